@@ -1,0 +1,223 @@
+"""The training config: one flat, typed dataclass; YAML recipe + ``key=value`` overrides; validation.
+
+Every field carries a one-line help text (``sftrl train --help-config`` prints them all). Defaults train
+the built-in sandbox on a CPU in minutes; `recipes/paper-*.yaml` carry the papers' GPU settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .losses import LOSS_TYPES, SCALE_REWARDS
+
+
+class ConfigError(ValueError):
+    """A bad recipe, override or value; the message names the field."""
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # --- what to train -------------------------------------------------------------------------
+    method: str = _f("sft-then-grpo", "Training method: sft, grpo or sft-then-grpo (see README, Methods).")
+    model: str = _f("sandbox", "Hugging Face hub id or local directory of a causal LM; 'sandbox' = the prepared sandbox base model.")
+    tokenizer: str | None = _f(None, "Tokenizer id or directory; default: the model's.")
+    trust_remote_code: bool = _f(False, "Allow custom modelling code from the model repository.")
+    dtype: str = _f("auto", "Weights dtype: auto (float32; bf16 compute comes from mixed_precision), float32, bfloat16, float16.")
+    mixed_precision: str = _f("auto", "Autocast: auto (bf16 on a GPU that supports it, none on CPU), no, bf16, fp16.")
+    seed: int = _f(0, "Seed for model init (sandbox), data order, sampling and method randomness.")
+
+    # --- data ----------------------------------------------------------------------------------
+    train_data: str = _f("sandbox", "Training data: 'sandbox', a .jsonl/.json/.parquet file, a save_to_disk directory or a hub dataset id.")
+    train_split: str = _f("train", "Split of train_data (for directories and hub datasets).")
+    eval_data: str | None = _f("auto", "Evaluation data for accuracy before/during/after training; 'auto' = sandbox:test for the sandbox, none otherwise; null = none.")
+    eval_split: str = _f("test", "Split of eval_data.")
+    prompt_field: str = _f("prompt", "Column holding the prompt (text or chat messages); dotted paths reach into nested columns.")
+    answer_field: str = _f("answer", "Column holding the gold answer; verl's reward_model.ground_truth is found automatically.")
+    demo_field: str = _f("demonstration", "Column holding the demonstration (a reference solution) for SFT terms.")
+    system_prompt: str | None = _f(None, "System prompt added to plain-text prompts.")
+    max_train_examples: int | None = _f(None, "Use only the first N training rows.")
+    max_eval_examples: int | None = _f(200, "Evaluate on the first N rows of eval_data.")
+    sandbox_demo_error_rate: float = _f(0.0, "Sandbox: fraction of demonstrations made wrong, to study demonstration quality.")
+    reward_funcs: list[str] = _f(["auto"], "Reward functions: math, choice, sandbox, module:function or file.py:function; auto = sandbox for the sandbox, math otherwise.")
+    reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
+
+    # --- optimisation --------------------------------------------------------------------------
+    max_steps: int = _f(120, "Optimizer steps to train.")
+    batch_size: int = _f(16, "Prompts per optimizer step (SFT: demonstrations; GRPO: prompts, each with num_generations rollouts).")
+    micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
+    learning_rate: float = _f(1e-3, "Peak AdamW learning rate (sandbox default; the papers use 1e-6 on 7B models).")
+    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up: constant or cosine.")
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
+    max_grad_norm: float = _f(1.0, "Clip the global gradient L2 norm to this value (0 = no clipping).")
+    sft_steps: int = _f(40, "sft-then-grpo: number of SFT steps before switching to GRPO.")
+
+    # --- rollouts and GRPO (names as in TRL) ---------------------------------------------------
+    num_generations: int = _f(8, "Rollouts sampled per prompt (G, the GRPO group size).")
+    max_prompt_length: int | None = _f(None, "Keep only the last N prompt tokens (null = no truncation).")
+    max_completion_length: int = _f(64, "Maximum tokens per completion; longer ones are truncated.")
+    temperature: float = _f(1.0, "Sampling temperature of rollouts (also scales the logits of the GRPO loss, as in TRL).")
+    top_p: float = _f(1.0, "Nucleus sampling threshold of rollouts.")
+    generation_batch_size: int = _f(256, "Sequences per generate() call (memory knob; results do not depend on it on CPU).")
+    beta: float = _f(0.0, "KL(π_θ‖π_ref) coefficient, k3 estimator (DeepSeekMath Eq. 4); 0 loads no reference model.")
+    epsilon: float = _f(0.2, "Lower clipping range ε of the ratio (PPO/GRPO).")
+    epsilon_high: float | None = _f(None, "Upper clipping range (DAPO's clip-higher, arXiv 2503.14476); default = epsilon.")
+    loss_type: str = _f("dapo", "Loss normaliser: grpo (sequence mean), dapo/bnpo (token mean over the step), dr_grpo (sum / (sequences·max_completion_length)).")
+    scale_rewards: str = _f("group", "Advantage scaling: group std, batch std or none (Dr. GRPO).")
+    mask_truncated_completions: bool = _f(False, "Exclude truncated completions from the loss (DAPO).")
+
+    # --- evaluation, logging, checkpoints ------------------------------------------------------
+    output_dir: str = _f("runs/{method}-seed{seed}", "Run directory; {method} and {seed} are filled in.")
+    eval_every: int = _f(0, "Evaluate every N steps (0 = only before and after training).")
+    eval_batch_size: int = _f(128, "Prompts per generate() call during evaluation.")
+    logging_steps: int = _f(1, "Write metrics every N steps.")
+    save_every: int = _f(50, "Write a checkpoint every N steps (0 = only the final model).")
+    save_total_limit: int = _f(2, "Keep the newest N checkpoints.")
+    resume: bool = _f(False, "Continue from the newest checkpoint in output_dir.")
+    progress: bool = _f(True, "Show a progress bar.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(method=self.method, seed=self.seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_help() -> dict[str, str]:
+    """name -> help text, in declaration order."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field's type annotation, converting ints to floats where a float is asked."""
+    hint = typing.get_type_hints(Config)[name] if isinstance(annotation, str) else annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(name, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{name}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _unknown(name: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(Config)]
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else " (sftrl train --help-config lists them)"
+    return ConfigError(f"unknown config field {name!r}{hint}")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> dict; values are read as YAML (so 1e-6, true, null and [a, b] work)."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Config from defaults, then the recipe's YAML mapping, then overrides; validated."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of config fields")
+        values.update(loaded)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    values.update(overrides or {})
+    known = {f.name: f for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    kwargs = {}
+    for name, value in values.items():
+        if name not in known:
+            raise _unknown(name)
+        kwargs[name] = _coerce(name, value, hints[name])
+    config = Config(**kwargs)
+    validate(config)
+    return config
+
+
+def validate(c: Config) -> None:
+    """Range and choice checks; each error names the field and the allowed values."""
+    from .methods import METHODS  # late: methods import config types
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    check(c.method in METHODS, f"method: unknown {c.method!r}; choose one of {', '.join(METHODS)}")
+    check(c.loss_type in LOSS_TYPES, f"loss_type: {c.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    check(c.scale_rewards in SCALE_REWARDS, f"scale_rewards: {c.scale_rewards!r} is not one of {', '.join(SCALE_REWARDS)}")
+    check(c.lr_scheduler in ("constant", "cosine"), f"lr_scheduler: {c.lr_scheduler!r} is not constant or cosine")
+    check(c.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype: {c.dtype!r} is not auto, float32, bfloat16 or float16")
+    check(c.mixed_precision in ("auto", "no", "bf16", "fp16"), f"mixed_precision: {c.mixed_precision!r} is not auto, no, bf16 or fp16")
+    for name in ("max_steps", "batch_size", "micro_batch_size", "num_generations", "max_completion_length",
+                 "generation_batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
+        check(getattr(c, name) >= 1, f"{name}: must be at least 1, got {getattr(c, name)}")
+    for name in ("warmup_steps", "sft_steps", "eval_every", "save_every"):
+        check(getattr(c, name) >= 0, f"{name}: must be 0 or more, got {getattr(c, name)}")
+    for name in ("max_prompt_length", "max_train_examples", "max_eval_examples"):
+        value = getattr(c, name)
+        check(value is None or value >= 1, f"{name}: must be at least 1 or null, got {value}")
+    check(c.learning_rate > 0, f"learning_rate: must be positive, got {c.learning_rate}")
+    check(c.temperature > 0, f"temperature: must be positive, got {c.temperature}")
+    check(0 < c.top_p <= 1, f"top_p: must be in (0, 1], got {c.top_p}")
+    check(c.beta >= 0, f"beta: must be 0 or more, got {c.beta}")
+    check(c.epsilon >= 0, f"epsilon: must be 0 or more, got {c.epsilon}")
+    check(c.epsilon_high is None or c.epsilon_high >= 0, f"epsilon_high: must be 0 or more, got {c.epsilon_high}")
+    check(c.max_grad_norm >= 0, f"max_grad_norm: must be 0 or more, got {c.max_grad_norm}")
+    check(c.weight_decay >= 0, f"weight_decay: must be 0 or more, got {c.weight_decay}")
+    check(0 <= c.sandbox_demo_error_rate <= 1, f"sandbox_demo_error_rate: must be in [0, 1], got {c.sandbox_demo_error_rate}")
+    check(len(c.reward_funcs) >= 1, "reward_funcs: name at least one reward function")
+    check(c.reward_weights is None or len(c.reward_weights) == len(c.reward_funcs),
+          f"reward_weights: {c.reward_weights} has a different length than reward_funcs {c.reward_funcs}")
+    if METHODS[c.method].NEEDS_ROLLOUTS:
+        check(c.num_generations >= 2, f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")

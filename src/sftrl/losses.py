@@ -1,0 +1,150 @@
+"""Loss functions: pure, shape-commented, each parity-tested against a naive per-token loop.
+
+Shapes: ``B`` sequences in a micro-batch, ``T`` completion (or demonstration) tokens, ``V`` vocabulary.
+``mask`` is 1.0 on tokens that count and 0.0 on padding (and on truncated completions when
+``mask_truncated_completions`` is on).
+
+Normalisation is never "per micro-batch": every reducer takes the counts of the *whole optimizer
+step* (all micro-batches, all data-parallel ranks), so accumulating micro-batch gradients gives
+exactly the gradient of one big batch (ALGORITHMS.md; arXiv 2604.23747 shows what goes wrong otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor,  # (B, T, V) logits that predict `tokens`
+    tokens: torch.Tensor,  # (B, T) the tokens whose log-probabilities we want
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log π(token) and full-vocabulary entropy H_t from the same (temperature-scaled) logits.
+
+    Rollouts are sampled at `temperature`, so the policy being optimised is softmax(logits / T)
+    (as in TRL); SFT calls this with temperature 1.
+    """
+    logits = logits.float() / temperature  # (B, T, V); float32 for a stable logsumexp under bf16
+    log_z = torch.logsumexp(logits, dim=-1)  # (B, T)
+    logps = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_z  # (B, T)
+    if not with_entropy:
+        return logps, None
+    probs = torch.softmax(logits, dim=-1)  # (B, T, V)
+    entropy = log_z - (probs * logits).sum(-1)  # (B, T): H = log Z - E_p[logit]
+    return logps, entropy
+
+
+def group_advantages(
+    rewards: torch.Tensor,  # (N,) with N = num_groups * group_size, groups contiguous
+    group_size: int,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO advantages A_i = (r_i - mean_group(r)) / (std + eps) (DeepSeekMath Eq. 3; TRL semantics).
+
+    scale_rewards: "group" divides by the group's std, "batch" by the whole batch's std (PPO-Lite),
+    "none" does not divide (Dr. GRPO). Std is the unbiased one, as torch/TRL compute it.
+    Returns (advantages (N,), per-group std (num_groups,)).
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)  # (G_count, group_size)
+    group_mean = grouped.mean(dim=1, keepdim=True)  # (G_count, 1)
+    group_std = grouped.std(dim=1) if group_size > 1 else torch.zeros(grouped.shape[0])  # (G_count,)
+    advantages = (grouped - group_mean).view(-1)  # (N,)
+    if scale_rewards == "group":
+        advantages = advantages / (group_std.repeat_interleave(group_size) + eps)
+    elif scale_rewards == "batch":
+        advantages = advantages / (rewards.std() + eps)
+    return advantages, group_std
+
+
+def k3_kl(
+    logps: torch.Tensor,  # (B, T) log π_θ
+    ref_logps: torch.Tensor,  # (B, T) log π_ref
+) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π_θ ‖ π_ref): exp(ref - logp) - (ref - logp) - 1 ≥ 0 (Schulman 2020)."""
+    delta = ref_logps - logps  # (B, T)
+    return torch.exp(delta) - delta - 1.0
+
+
+def grpo_token_loss(
+    logps: torch.Tensor,  # (B, T) log π_θ of the sampled tokens (with grad)
+    old_logps: torch.Tensor,  # (B, T) log π_old at sampling time (no grad)
+    advantages: torch.Tensor,  # (B,) one advantage per sequence
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    ref_logps: torch.Tensor | None = None,  # (B, T) log π_ref, needed when beta > 0
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped-surrogate GRPO loss per token, plus β·KL_k3 (DeepSeekMath Eq. 3; TRL's `_compute_loss`).
+
+    l_t = -min(ρ_t A, clip(ρ_t, 1-ε, 1+ε_high) A) + β KL_t, with ρ_t = π_θ/π_old.
+    Returns (per-token loss (B, T), per-token diagnostics: low/high clipped indicators and KL).
+    """
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logps - old_logps)  # (B, T)
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)  # (B, T)
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    loss = -torch.min(ratio * adv, clipped * adv)  # (B, T)
+    stats = {
+        "low_clipped": ((ratio < 1.0 - epsilon) & (adv < 0)).float(),
+        "high_clipped": ((ratio > 1.0 + eps_high) & (adv > 0)).float(),
+    }
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta > 0 needs ref_logps")
+        kl = k3_kl(logps, ref_logps)  # (B, T)
+        loss = loss + beta * kl
+        stats["kl"] = kl.detach()
+    return loss, stats
+
+
+def reduce_token_loss(
+    token_loss: torch.Tensor,  # (B, T) per-token loss of this micro-batch
+    mask: torch.Tensor,  # (B, T) 1.0 where the token counts
+    loss_type: str,
+    step_sequences: int,  # sequences in the whole optimizer step (all micro-batches, all ranks)
+    step_tokens: int,  # mask.sum() over the whole optimizer step
+    max_completion_length: int | None = None,
+) -> torch.Tensor:
+    """This micro-batch's share of the step's loss, normalised by whole-step counts (ALGORITHMS.md).
+
+    grpo: mean over each sequence's tokens, then mean over sequences.
+    dapo / bnpo: token mean over the step (bnpo is TRL's local-batch variant; normalising by the
+        step's count makes the two identical, which is the point).
+    dr_grpo: token sum / (sequences · max_completion_length) (Dr. GRPO, arXiv 2503.20783).
+    Summing the returned values over all micro-batches gives the big-batch loss exactly.
+    """
+    masked = token_loss * mask  # (B, T)
+    if loss_type == "grpo":
+        per_sequence = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+        return per_sequence.sum() / max(step_sequences, 1)
+    if loss_type in ("dapo", "bnpo"):
+        return masked.sum() / max(step_tokens, 1)
+    if loss_type == "dr_grpo":
+        if not max_completion_length:
+            raise ValueError("loss_type 'dr_grpo' needs max_completion_length")
+        return masked.sum() / (max(step_sequences, 1) * max_completion_length)
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def sft_loss(
+    logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens
+    mask: torch.Tensor,  # (B, T)
+    step_tokens: int,  # demonstration tokens in the whole optimizer step
+) -> torch.Tensor:
+    """Token-mean negative log-likelihood of demonstrations over the whole step: -Σ log π(d_t) / N_tokens."""
+    return -(logps * mask).sum() / max(step_tokens, 1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of `values` over tokens where mask is 1 (a logging helper; 0.0 when nothing is masked in)."""
+    total = mask.sum()
+    return float((values * mask).sum() / total) if total > 0 else 0.0

@@ -1,0 +1,22 @@
+"""Training methods: one short module each, saying what one optimizer step does.
+
+A method module defines:
+- ``NEEDS_DEMONSTRATIONS`` / ``NEEDS_ROLLOUTS``: what data the method uses (checked before training);
+- ``step(trainer, state, examples) -> dict``: the backward passes of one optimizer step, built from the
+  trainer's primitives ``sft_backward`` and ``grpo_backward``; returns metrics. The trainer then clips,
+  steps the optimizer, logs and checkpoints;
+- optionally ``init_state(config) -> dict`` (method state that goes into checkpoints) and
+  ``needs_reference(config) -> bool`` (default: GRPO with ``beta > 0``).
+
+Adding a method = one new module here plus one line in ``METHODS``.
+"""
+
+from types import ModuleType
+
+from . import grpo, sft, sft_then_grpo
+
+METHODS: dict[str, ModuleType] = {
+    "sft": sft,
+    "grpo": grpo,
+    "sft-then-grpo": sft_then_grpo,
+}

@@ -1,0 +1,8 @@
+"""GRPO ("zero-RL" from the base model): G rollouts per prompt, group advantages, clipped surrogate (+β·KL)."""
+
+NEEDS_DEMONSTRATIONS = False
+NEEDS_ROLLOUTS = True
+
+
+def step(trainer, state, examples):
+    return trainer.grpo_backward(examples)

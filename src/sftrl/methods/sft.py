@@ -1,0 +1,8 @@
+"""SFT: token NLL of the demonstrations of this step's prompts; no rollouts."""
+
+NEEDS_DEMONSTRATIONS = True
+NEEDS_ROLLOUTS = False
+
+
+def step(trainer, state, examples):
+    return trainer.sft_backward(examples)

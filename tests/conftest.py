@@ -1,0 +1,34 @@
+"""Shared fixtures: offline mode, a tiny untrained sandbox model saved locally, the prepared base model."""
+
+import os
+
+# Before transformers/datasets are imported: a hub call would otherwise wait ~50 s to fail.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """An untrained sandbox-architecture model + char tokenizer, saved with save_pretrained."""
+    from sftrl.sandbox.model import build_model
+    from sftrl.sandbox.tokenizer import build_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sandbox_base_model():
+    """The prepared sandbox base model (trained once, then cached under $SFTRL_CACHE or ~/.cache/sftrl)."""
+    from sftrl.sandbox import prepare_base_model
+
+    return prepare_base_model(progress=False)
