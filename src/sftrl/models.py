@@ -20,6 +20,8 @@ def resolve_model_path(name: str, progress: bool = True) -> str:
         from .sandbox import prepare_base_model
 
         return str(prepare_base_model(progress=progress))
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model path not found: {name}")
     return name
 
 

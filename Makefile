@@ -1,0 +1,35 @@
+# Set-up and everyday commands. Each target creates the virtual environment on first use.
+#   make demo    train the default method on the built-in sandbox (CPU, minutes)
+#   make test    run the test suite
+#   make bench   time a GRPO step against TRL's GRPOTrainer
+# On a GPU machine install your CUDA build of torch into .venv first (or set TORCH_SPEC);
+# on a CPU-only Linux box, TORCH_INDEX=https://download.pytorch.org/whl/cpu avoids the CUDA wheels.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sftrl-installed
+
+.PHONY: demo test bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, so nothing later swaps it for another build
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sftrl train
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/grpo_step.py
+
+clean-venv:
+	rm -rf $(VENV)
