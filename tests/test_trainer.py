@@ -211,3 +211,27 @@ def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):
     assert main(["train", f"model={tmp_path / 'missing-model'}", "eval_data=null", "method=sft",
                  f"output_dir={tmp_path / 'x'}"]) == 2
     assert "model path not found" in capsys.readouterr().err
+
+
+def test_sft_raises_sandbox_accuracy(tmp_path, sandbox_base_model):
+    """A short SFT run on the sandbox demonstrations clearly raises greedy test accuracy."""
+    run = tmp_path / "learn"
+    summary = Trainer(load_config(overrides=dict(
+        model=str(sandbox_base_model), method="sft", max_steps=40, batch_size=32, learning_rate=1e-3,
+        max_eval_examples=100, progress=False, save_every=0, output_dir=str(run)))).train()
+    before = summary["eval_before"]["eval/accuracy"]
+    after = summary["eval_after"]["eval/accuracy"]
+    assert 0.0 < before < 0.5
+    assert after >= before + 0.15, (before, after)
+
+
+def test_eval_command_writes_results(tmp_path, tiny_model_dir, capsys):
+    from sftrl.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", "sandbox:test", "--limit", "6",
+                 "--max-new-tokens", "8", "-o", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["n"] == 6 and len(record["samples"]) == 6 and record["reward"] == "sandbox"
+    assert record["accuracy"] == 0.0  # an untrained model cannot box the right answer in 8 tokens
+    assert "accuracy 0.0% over 6 prompts" in capsys.readouterr().out

@@ -226,3 +226,16 @@ def validate(c: Config) -> None:
           f"reward_weights: {c.reward_weights} has a different length than reward_funcs {c.reward_funcs}")
     if METHODS[c.method].NEEDS_ROLLOUTS:
         check(c.num_generations >= 2, f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")
+
+
+def markdown_reference() -> str:
+    """The README's config table (`python -m sftrl.config` prints it)."""
+    import json
+
+    defaults = Config().to_dict()
+    rows = [f"| `{name}` | `{json.dumps(defaults[name])}` | {text} |" for name, text in field_help().items()]
+    return "\n".join(["| field | default | meaning |", "|---|---|---|", *rows])
+
+
+if __name__ == "__main__":
+    print(markdown_reference())

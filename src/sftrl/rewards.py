@@ -15,7 +15,8 @@ math-verify guards its sympy calls with ``signal.alarm``, which only works in th
 cannot stop a C-level computation such as a huge integer power. So its own timeouts are turned off
 and every grading runs in a small pool of worker processes under a wall-clock limit of ours; a
 grading that overruns scores 0.0 and its worker is killed, so one pathological answer can never hang
-training.
+training. The workers are spawned (forking a process that holds CUDA is unsafe), so a script that
+grades math at import time must guard its entry point with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations

@@ -267,6 +267,7 @@ class Trainer:
             "clip_ratio/region_mean": (sums["low_clipped"] + sums["high_clipped"]) / n_tokens,
             "time/generate": t_gen,
             "time/score": t_score,
+            "time/backward": time.perf_counter() - t0 - t_gen - t_score,
         }
         if cfg.beta > 0:
             metrics["kl"] = sums["kl"] / n_tokens
@@ -335,7 +336,9 @@ class Trainer:
             examples = [self.train_examples[i] for i in indices]
             self.model.train()
             metrics = self.method.step(self, self.method_state, examples)
+            t_opt = time.perf_counter()
             metrics["grad_norm"] = self.optimizer_step()
+            metrics["time/optimizer"] = time.perf_counter() - t_opt
             metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
             metrics.setdefault("loss", metrics.get("sft/loss", 0.0) + metrics.get("grpo/loss", 0.0))
             self.step += 1
