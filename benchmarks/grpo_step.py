@@ -407,6 +407,17 @@ def render(results: dict, settings: dict) -> str:
     return out
 
 
+def _sandbox_model_path() -> str:
+    from sftrl.models import resolve_model_path
+
+    try:
+        return resolve_model_path("sandbox")
+    except ImportError:  # a checkout where sftrl.sandbox does not re-export prepare_base_model
+        from sftrl.sandbox.prepare import prepare_base_model
+
+        return str(prepare_base_model())
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -456,10 +467,9 @@ def main(argv=None) -> None:
     import torch
     import transformers
 
-    from sftrl.models import resolve_model_path
-
     requested_model = args.model
-    args.model = str(Path(resolve_model_path(args.model)).resolve()) if args.model == "sandbox" else args.model
+    if args.model == "sandbox":  # prepare (train and cache) it here, once, before either engine starts
+        args.model = str(Path(_sandbox_model_path()).resolve())
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         for engine in engines:

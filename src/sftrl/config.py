@@ -32,7 +32,7 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class Config:
     # --- what to train -------------------------------------------------------------------------
-    method: str = _f("sft-then-grpo", "Training method: sft, grpo or sft-then-grpo (see README, Methods).")
+    method: str = _f("sft", "Training method: sft, grpo or sft-then-grpo (see README, Methods).")
     model: str = _f("sandbox", "Hugging Face hub id or local directory of a causal LM; 'sandbox' = the prepared sandbox base model.")
     tokenizer: str | None = _f(None, "Tokenizer id or directory; default: the model's.")
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the model repository.")
@@ -56,11 +56,11 @@ class Config:
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
 
     # --- optimisation --------------------------------------------------------------------------
-    max_steps: int = _f(120, "Optimizer steps to train.")
-    batch_size: int = _f(16, "Prompts per optimizer step (SFT: demonstrations; GRPO: prompts, each with num_generations rollouts).")
+    max_steps: int = _f(150, "Optimizer steps to train.")
+    batch_size: int = _f(64, "Prompts per optimizer step (SFT: demonstrations; GRPO: prompts, each with num_generations rollouts).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
     learning_rate: float = _f(1e-3, "Peak AdamW learning rate (sandbox default; the papers use 1e-6 on 7B models).")
-    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up: constant or cosine.")
+    lr_scheduler: str = _f("cosine", "Learning-rate schedule after warm-up: constant or cosine.")
     warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     adam_beta1: float = _f(0.9, "AdamW beta1.")

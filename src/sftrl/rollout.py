@@ -83,7 +83,7 @@ def generate_completions(
         do_sample=not greedy,
         temperature=None if greedy else temperature,
         top_p=None if greedy else top_p,
-        top_k=None,
+        top_k=None if greedy else 0,  # transformers fills None with 50: switch top-k off explicitly
         max_new_tokens=max_new_tokens,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,

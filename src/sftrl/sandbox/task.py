@@ -57,7 +57,7 @@ class Difficulty:
 
 
 IN_DISTRIBUTION = Difficulty(min_terms=3, max_terms=5, min_operand=1, max_operand=19)
-OUT_OF_DISTRIBUTION = Difficulty(min_terms=5, max_terms=7, min_operand=1, max_operand=29)
+OUT_OF_DISTRIBUTION = Difficulty(min_terms=4, max_terms=6, min_operand=1, max_operand=29)
 SPLIT_DIFFICULTY = {"train": IN_DISTRIBUTION, "test": IN_DISTRIBUTION, "ood": OUT_OF_DISTRIBUTION}
 
 
