@@ -71,6 +71,10 @@ class PretrainSettings:
         (0.15, IN_DISTRIBUTION),
     )
 
+    def to_json(self) -> dict:
+        """The settings as plain JSON types (tuples become lists), as stored in ``sandbox.json``."""
+        return json.loads(json.dumps(asdict(self)))
+
 
 def default_cache_dir() -> Path:
     """``$SFTRL_CACHE/sandbox/base-v1`` if ``SFTRL_CACHE`` is set, else ``~/.cache/sftrl/sandbox/base-v1``."""
@@ -79,15 +83,15 @@ def default_cache_dir() -> Path:
     return base / "sandbox" / BASE_MODEL_NAME
 
 
-def is_complete(directory: Path) -> bool:
-    """Whether ``directory`` holds a finished base model (all files written, metadata readable)."""
+def read_metadata(directory: Path) -> dict | None:
+    """The ``sandbox.json`` of a complete base-model directory; None if a file is missing or unreadable."""
     if not all((directory / name).is_file() for name in REQUIRED_FILES):
-        return False
+        return None
     try:
-        json.loads((directory / METADATA_FILE).read_text())
+        metadata = json.loads((directory / METADATA_FILE).read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return True
+        return None
+    return metadata if isinstance(metadata, dict) else None
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
@@ -231,15 +235,18 @@ def prepare_base_model(
     """Return the directory of the sandbox base model, training and caching it first if needed.
 
     ``cache_dir`` is the model directory itself (default: :func:`default_cache_dir`). A complete
-    existing directory is returned as-is unless ``force``. ``settings`` overrides the pretraining
+    existing directory made with the same ``settings`` is returned as-is unless ``force``; one
+    made with other settings is stale and rebuilt. ``settings`` overrides the pretraining
     recipe (tests use a handful of steps); the default takes about two minutes on two CPU cores.
     The model is built in a temporary sibling directory and renamed into place, so an interrupted
     run never leaves a half-written model where a complete one is expected.
     """
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if is_complete(target) and not force:
-        return target
     settings = settings or PretrainSettings()
+    metadata = read_metadata(target)
+    # A cache made with other settings (an older recipe, or a test's tiny budget) is stale.
+    if metadata is not None and metadata.get("settings") == settings.to_json() and not force:
+        return target
 
     started = time.perf_counter()
     tokenizer = build_tokenizer()
@@ -253,7 +260,7 @@ def prepare_base_model(
         "name": BASE_MODEL_NAME,
         "description": "sftrl sandbox base model: pretrained from scratch on a warm-up mixture, "
         "stopped early so post-training has room to improve it",
-        "settings": asdict(settings),
+        "settings": settings.to_json(),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": losses[-1] if losses else None,
         "test_accuracy": test_accuracy,
