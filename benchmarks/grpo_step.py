@@ -433,7 +433,7 @@ def parse_args(argv=None):
     p.add_argument("--engines", default="sftrl,trl", help="comma-separated: sftrl, trl (default both)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each engine (default: torch's default)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default 1e-3, sftrl's)")
+    p.add_argument("--learning-rate", type=float, default=1e-5, help="AdamW learning rate (default 1e-5: low enough that both engines keep the same completion lengths, so their step times compare like for like)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write settings, per-step timings and summaries here")
     p.add_argument("--profile", metavar="DIR", help="run each engine under cProfile; write DIR/<engine>.prof")

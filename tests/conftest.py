@@ -32,3 +32,17 @@ def sandbox_base_model():
     from sftrl.sandbox import prepare_base_model
 
     return prepare_base_model(progress=False)
+
+
+REWARD_FILE = '''
+def odd_length(prompts, completions, answer, **kwargs):
+    """A deterministic reward with signal even for an untrained model: 1 for odd-length completions."""
+    return [float(len(c) % 2) for c in completions]
+'''
+
+
+@pytest.fixture(scope="session")
+def reward_spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "my_rewards.py"
+    path.write_text(REWARD_FILE)
+    return f"{path}:odd_length"

@@ -575,3 +575,11 @@ def test_sampler_rejects_bad_settings_and_mismatched_state():
         PromptSampler(10, 3, seed=1).load_state_dict(PromptSampler(10, 3, seed=2).state_dict())
     with pytest.raises(ValueError, match="n_examples"):
         PromptSampler(11, 3, seed=1).load_state_dict(PromptSampler(10, 3, seed=1).state_dict())
+
+
+def test_demonstration_as_chat_messages_takes_the_last_assistant_turn():
+    # LUFFY's released data keeps the demonstration as messages in a `target` column
+    rows = [{"prompt": "p", "answer": "a",
+             "target": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "so \\boxed{a}"}]}]
+    (example,) = to_examples(rows, "luffy.parquet", demo_field="target", require_demo=True)
+    assert example.demonstration == "so \\boxed{a}"

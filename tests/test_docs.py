@@ -25,3 +25,20 @@ def test_every_recipe_loads():
     assert recipes
     for recipe in recipes:
         load_config(recipe)
+
+
+def test_every_method_has_a_sandbox_and_a_paper_recipe_and_a_readme_row():
+    from sftrl.config import load_config
+    from sftrl.methods import METHODS
+
+    readme = (ROOT / "README.md").read_text()
+    budgets = set()
+    for method in METHODS:
+        sandbox = load_config(ROOT / "recipes" / f"sandbox-{method}.yaml")
+        paper = load_config(ROOT / "recipes" / f"paper-{method}.yaml")
+        assert sandbox.method == paper.method == method
+        assert (paper.learning_rate, paper.batch_size, paper.num_generations) == (1e-6, 128, 8)
+        budgets.add((sandbox.max_steps, sandbox.batch_size, sandbox.num_generations, sandbox.learning_rate,
+                     sandbox.max_completion_length, sandbox.lr_scheduler))
+        assert f"| `{method}`" in readme
+    assert len(budgets) == 1  # the sandbox recipes share one budget, so their results compare

@@ -9,20 +9,6 @@ import torch
 from sftrl.config import ConfigError, load_config
 from sftrl.trainer import Trainer
 
-REWARD_FILE = '''
-def odd_length(prompts, completions, answer, **kwargs):
-    """A deterministic reward with signal even for an untrained model: 1 for odd-length completions."""
-    return [float(len(c) % 2) for c in completions]
-'''
-
-
-@pytest.fixture(scope="module")
-def reward_spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rewards") / "my_rewards.py"
-    path.write_text(REWARD_FILE)
-    return f"{path}:odd_length"
-
-
 def make_config(tmp_path, model_dir, **overrides):
     values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None,
                   max_steps=2, batch_size=4, num_generations=4, max_completion_length=12, progress=False,
@@ -107,14 +93,12 @@ def test_resume_continues_with_the_same_metrics(tmp_path, tiny_model_dir, reward
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
-    final_full = torch.load(full_dir / "model" / "model.safetensors", weights_only=False) if False else None
     from safetensors.torch import load_file
 
     w_full = load_file(full_dir / "model" / "model.safetensors")
     w_part = load_file(part_dir / "model" / "model.safetensors")
     for name in w_full:
         torch.testing.assert_close(w_full[name], w_part[name])
-    del final_full
 
 
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path, tiny_model_dir):
@@ -190,11 +174,12 @@ def test_recipe_then_overrides(tmp_path):
         load_config(recipe)
 
 
-def test_method_needing_demonstrations_fails_before_training(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("method", ["sft", "sasr", "srft", "luffy", "static", "sft-then-grpo", "grpo-then-sft"])
+def test_method_needing_demonstrations_fails_before_training(tmp_path, tiny_model_dir, method):
     data = tmp_path / "nodemo.jsonl"
     data.write_text(json.dumps({"prompt": "Compute 1+2.", "answer": "3"}) + "\n")
     with pytest.raises(ValueError, match="row 0.*demonstration"):
-        Trainer(make_config(tmp_path, tiny_model_dir, method="sft", train_data=str(data), reward_funcs=["sandbox"]))
+        Trainer(make_config(tmp_path, tiny_model_dir, method=method, train_data=str(data), reward_funcs=["sandbox"]))
     # GRPO needs no demonstrations
     Trainer(make_config(tmp_path, tiny_model_dir, method="grpo", train_data=str(data), reward_funcs=["sandbox"],
                         batch_size=1))
@@ -214,13 +199,13 @@ def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):
 
 
 def test_sft_raises_sandbox_accuracy(tmp_path, sandbox_base_model):
-    """The default sandbox run (SFT, 64 demonstrations a step, cosine) clearly raises greedy test accuracy.
+    """SFT on the sandbox (64 demonstrations a step, lr 1e-3 cosine) clearly raises greedy test accuracy.
 
     Measured on 2 cores: 10% -> 24% on these 100 prompts in 150 steps; 100 steps must give +8 points.
     """
     run = tmp_path / "learn"
     summary = Trainer(load_config(overrides=dict(
-        model=str(sandbox_base_model), method="sft", max_steps=100, max_eval_examples=100, progress=False,
+        model=str(sandbox_base_model), method="sft", max_steps=100, batch_size=64, max_eval_examples=100, progress=False,
         save_every=0, output_dir=str(run)))).train()
     before = summary["eval_before"]["eval/accuracy"]
     after = summary["eval_after"]["eval/accuracy"]

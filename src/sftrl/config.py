@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .losses import LOSS_TYPES, SCALE_REWARDS
+from .losses import LOSS_TYPES, SCALE_REWARDS, SRFT_VARIANTS
 
 
 class ConfigError(ValueError):
@@ -32,7 +32,7 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class Config:
     # --- what to train -------------------------------------------------------------------------
-    method: str = _f("sft", "Training method: sft, grpo or sft-then-grpo (see README, Methods).")
+    method: str = _f("sasr", "Training method: sasr, srft, luffy, sft, grpo, sft-then-grpo, grpo-then-sft or static (see README, Methods).")
     model: str = _f("sandbox", "Hugging Face hub id or local directory of a causal LM; 'sandbox' = the prepared sandbox base model.")
     tokenizer: str | None = _f(None, "Tokenizer id or directory; default: the model's.")
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the model repository.")
@@ -56,8 +56,8 @@ class Config:
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
 
     # --- optimisation --------------------------------------------------------------------------
-    max_steps: int = _f(150, "Optimizer steps to train.")
-    batch_size: int = _f(64, "Prompts per optimizer step (SFT: demonstrations; GRPO: prompts, each with num_generations rollouts).")
+    max_steps: int = _f(100, "Optimizer steps to train.")
+    batch_size: int = _f(32, "Prompts per optimizer step (SFT: demonstrations; GRPO: prompts, each with num_generations rollouts).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
     learning_rate: float = _f(1e-3, "Peak AdamW learning rate (sandbox default; the papers use 1e-6 on 7B models).")
     lr_scheduler: str = _f("cosine", "Learning-rate schedule after warm-up: constant or cosine.")
@@ -66,7 +66,22 @@ class Config:
     adam_beta1: float = _f(0.9, "AdamW beta1.")
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     max_grad_norm: float = _f(1.0, "Clip the global gradient L2 norm to this value (0 = no clipping).")
-    sft_steps: int = _f(40, "sft-then-grpo: number of SFT steps before switching to GRPO.")
+    sft_steps: int = _f(50, "sft-then-grpo: number of SFT steps before switching to GRPO.")
+    grpo_steps: int = _f(50, "grpo-then-sft: number of GRPO steps before switching to SFT.")
+    sft_kl_coef: float = _f(0.0, "grpo-then-sft: weight λ of the exact KL(π_θ‖π_RL-end) added to the SFT steps (RL→SFT_KL, SRFT Table 1).")
+
+    # --- hybrid methods (see docs/ALGORITHMS.md) -----------------------------------------------
+    sasr_warmup_steps: int = _f(20, "sasr: SFT warm-up steps W; the last one's gradient norm is G_warmup (SASR, arXiv 2505.13026; paper value unknown).")
+    sasr_gamma: float = _f(1.0, "sasr: γ in p_t = G_sft / (G_sft + γ·G_warmup); larger γ means fewer SFT steps (paper value unknown).")
+    sasr_reference: str = _f("initial", "sasr: reference model of the KL: 'initial' (before training) or 'warmup' (after the warm-up).")
+    sasr_rule: str = _f("sftrl.methods.sasr:switch_probability", "sasr: the step rule (g_sft, g_warmup, gamma) -> p_t, as module:function or file.py:function.")
+    srft_variant: str = _f("paper", "srft: 'paper' (w_SFT = 0.5·exp(-H), demo term -A·π) or 'released-code' (w_SFT = 0.5·exp(+H), demo term shaped p/(p+0.1)) (SRFT, arXiv 2506.19767).")
+    luffy_gamma: float = _f(0.1, "luffy: γ of the policy shaping f(p) = p/(p+γ) on demonstration tokens (LUFFY, arXiv 2504.14945).")
+    static_mode: str = _f("alternate", "static: alternate (k SFT then m GRPO steps), probability (SFT with probability p) or weighted (μ·SFT + (1-μ)·GRPO).")
+    static_sft_steps: int = _f(1, "static alternate: k, SFT steps per cycle.")
+    static_grpo_steps: int = _f(1, "static alternate: m, GRPO steps per cycle.")
+    static_sft_prob: float = _f(0.5, "static probability: p, chance that a step is SFT.")
+    static_sft_weight: float = _f(0.5, "static weighted: μ, weight of the SFT loss (GRPO gets 1-μ).")
 
     # --- rollouts and GRPO (names as in TRL) ---------------------------------------------------
     num_generations: int = _f(8, "Rollouts sampled per prompt (G, the GRPO group size).")
@@ -81,6 +96,8 @@ class Config:
     loss_type: str = _f("dapo", "Loss normaliser: grpo (sequence mean), dapo/bnpo (token mean over the step), dr_grpo (sum / (sequences·max_completion_length)).")
     scale_rewards: str = _f("group", "Advantage scaling: group std, batch std or none (Dr. GRPO).")
     mask_truncated_completions: bool = _f(False, "Exclude truncated completions from the loss (DAPO).")
+    clip_ratio: bool = _f(True, "Clip the ratio π_θ/π_old to [1-ε, 1+ε_high]; LUFFY's released code trains without clipping.")
+    entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · token entropy of the rollouts from the loss (LUFFY and SRFT use 0.001).")
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------
     output_dir: str = _f("runs/{method}-seed{seed}", "Run directory; {method} and {seed} are filled in.")
@@ -161,6 +178,16 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
+def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the chosen method's PRESET (e.g. LUFFY's released-code settings) beneath what the
+    recipe and overrides set: a field given explicitly always wins."""
+    from .methods import METHODS
+
+    method = values.get("method", Config.method)
+    preset = getattr(METHODS.get(method), "PRESET", {}) if isinstance(method, str) else {}
+    return {**preset, **values}
+
+
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """Config from defaults, then the recipe's YAML mapping, then overrides; validated."""
     values: dict[str, Any] = {}
@@ -178,6 +205,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[st
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     values.update(overrides or {})
+    values = apply_preset(values)
     known = {f.name: f for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     kwargs = {}
@@ -207,7 +235,8 @@ def validate(c: Config) -> None:
     for name in ("max_steps", "batch_size", "micro_batch_size", "num_generations", "max_completion_length",
                  "generation_batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
         check(getattr(c, name) >= 1, f"{name}: must be at least 1, got {getattr(c, name)}")
-    for name in ("warmup_steps", "sft_steps", "eval_every", "save_every"):
+    for name in ("warmup_steps", "sft_steps", "grpo_steps", "static_sft_steps", "static_grpo_steps", "eval_every",
+                 "save_every"):
         check(getattr(c, name) >= 0, f"{name}: must be 0 or more, got {getattr(c, name)}")
     for name in ("max_prompt_length", "max_train_examples", "max_eval_examples"):
         value = getattr(c, name)
@@ -224,6 +253,20 @@ def validate(c: Config) -> None:
     check(len(c.reward_funcs) >= 1, "reward_funcs: name at least one reward function")
     check(c.reward_weights is None or len(c.reward_weights) == len(c.reward_funcs),
           f"reward_weights: {c.reward_weights} has a different length than reward_funcs {c.reward_funcs}")
+    check(c.sft_kl_coef >= 0, f"sft_kl_coef: must be 0 or more, got {c.sft_kl_coef}")
+    check(c.entropy_coef >= 0, f"entropy_coef: must be 0 or more, got {c.entropy_coef}")
+    check(c.sasr_warmup_steps >= 1, f"sasr_warmup_steps: must be at least 1 (G_warmup comes from the last warm-up step), got {c.sasr_warmup_steps}")
+    check(c.sasr_gamma > 0, f"sasr_gamma: must be positive, got {c.sasr_gamma}")
+    check(c.sasr_reference in ("initial", "warmup"), f"sasr_reference: {c.sasr_reference!r} is not initial or warmup")
+    check(":" in c.sasr_rule, f"sasr_rule: {c.sasr_rule!r} is not of the form module:function or file.py:function")
+    check(c.srft_variant in SRFT_VARIANTS, f"srft_variant: {c.srft_variant!r} is not one of {', '.join(SRFT_VARIANTS)}")
+    check(c.luffy_gamma > 0, f"luffy_gamma: must be positive, got {c.luffy_gamma}")
+    check(c.static_mode in ("alternate", "probability", "weighted"),
+          f"static_mode: {c.static_mode!r} is not alternate, probability or weighted")
+    check(c.method != "static" or c.static_mode != "alternate" or c.static_sft_steps + c.static_grpo_steps >= 1,
+          "static_sft_steps + static_grpo_steps: a cycle needs at least one step")
+    check(0 <= c.static_sft_prob <= 1, f"static_sft_prob: must be in [0, 1], got {c.static_sft_prob}")
+    check(0 <= c.static_sft_weight <= 1, f"static_sft_weight: must be in [0, 1], got {c.static_sft_weight}")
     if METHODS[c.method].NEEDS_ROLLOUTS:
         check(c.num_generations >= 2, f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")
 

@@ -467,6 +467,11 @@ def _read_demonstration(
     row: Mapping, demo_field: str, require_demo: bool, source: str, index: int
 ) -> str | None:
     demonstration = _lookup(row, demo_field)
+    if isinstance(demonstration, (list, tuple)) and demonstration and all(
+            isinstance(m, Mapping) and "content" in m for m in demonstration):
+        # chat messages (LUFFY's `target` column): the demonstration is the last assistant turn
+        replies = [m for m in demonstration if m.get("role", "assistant") == "assistant"]
+        demonstration = (replies or list(demonstration))[-1]["content"]
     if demonstration is not _MISSING and demonstration is not None and not isinstance(demonstration, str):
         raise DataError(f"expected a string demonstration, got {type(demonstration).__name__}",
                         source=source, row=index, field=demo_field)

@@ -15,6 +15,7 @@ import torch
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
+SRFT_VARIANTS = ("paper", "released-code")
 
 
 def token_logprobs_and_entropy(
@@ -82,20 +83,25 @@ def grpo_token_loss(
     epsilon_high: float | None = None,
     ref_logps: torch.Tensor | None = None,  # (B, T) log π_ref, needed when beta > 0
     beta: float = 0.0,
+    clip: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate GRPO loss per token, plus β·KL_k3 (DeepSeekMath Eq. 3; TRL's `_compute_loss`).
 
-    l_t = -min(ρ_t A, clip(ρ_t, 1-ε, 1+ε_high) A) + β KL_t, with ρ_t = π_θ/π_old.
+    l_t = -min(ρ_t A, clip(ρ_t, 1-ε, 1+ε_high) A) + β KL_t, with ρ_t = π_θ/π_old;
+    clip=False gives -ρ_t A (LUFFY's released code trains without clipping).
     Returns (per-token loss (B, T), per-token diagnostics: low/high clipped indicators and KL).
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logps - old_logps)  # (B, T)
-    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)  # (B, T)
     adv = advantages.unsqueeze(1)  # (B, 1)
-    loss = -torch.min(ratio * adv, clipped * adv)  # (B, T)
+    if clip:
+        clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)  # (B, T)
+        loss = -torch.min(ratio * adv, clipped * adv)  # (B, T)
+    else:
+        loss = -ratio * adv  # (B, T)
     stats = {
-        "low_clipped": ((ratio < 1.0 - epsilon) & (adv < 0)).float(),
-        "high_clipped": ((ratio > 1.0 + eps_high) & (adv > 0)).float(),
+        "low_clipped": ((ratio < 1.0 - epsilon) & (adv < 0) & clip).float(),
+        "high_clipped": ((ratio > 1.0 + eps_high) & (adv > 0) & clip).float(),
     }
     if beta != 0.0:
         if ref_logps is None:
@@ -139,9 +145,90 @@ def sft_loss(
     logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens
     mask: torch.Tensor,  # (B, T)
     step_tokens: int,  # demonstration tokens in the whole optimizer step
+    weights: torch.Tensor | None = None,  # (B, T) per-token weights, treated as constants (SRFT's w_SFT)
 ) -> torch.Tensor:
-    """Token-mean negative log-likelihood of demonstrations over the whole step: -Σ log π(d_t) / N_tokens."""
-    return -(logps * mask).sum() / max(step_tokens, 1)
+    """Token-mean negative log-likelihood of demonstrations over the whole step: -Σ w_t log π(d_t) / N_tokens."""
+    nll = -logps * mask  # (B, T)
+    if weights is not None:
+        nll = nll * weights.detach()
+    return nll.sum() / max(step_tokens, 1)
+
+
+def exact_kl(
+    logits: torch.Tensor,  # (B, T, V) policy logits (temperature already applied)
+    ref_logits: torch.Tensor,  # (B, T, V) reference logits, same scaling
+) -> torch.Tensor:
+    """Full-vocabulary KL(π_θ ‖ π_ref) at every position: Σ_v π_θ(v) (log π_θ(v) - log π_ref(v)), shape (B, T).
+
+    Exact, so it is meaningful on demonstration tokens too (k3 is an estimator that needs tokens
+    sampled from π_θ); SASR logs it every step and RL→SFT_KL trains on it.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)  # (B, T, V)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, T)
+
+
+def off_policy_token_loss(
+    logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens (with grad)
+    advantages: torch.Tensor,  # (B,) the demonstrations' advantages inside their groups
+    shaping_gamma: float | None = None,
+) -> torch.Tensor:
+    """Off-policy term on demonstrations, ratio against π_β := 1 and no clipping: -A · f(π_θ(d_t)), (B, T).
+
+    f(p) = p (SRFT Eq. 9-10) or, with shaping_gamma = γ, LUFFY's policy shaping f(p) = p / (p + γ)
+    (LUFFY Eq. 6), which boosts the gradient of low-probability demonstration tokens.
+    """
+    probs = logps.exp()  # (B, T)
+    shaped = probs if shaping_gamma is None else probs / (probs + shaping_gamma)  # (B, T)
+    return -advantages.unsqueeze(1) * shaped
+
+
+def srft_sft_weights(
+    entropy: torch.Tensor,  # (B, T) per-token entropy H_t of π_θ on the demonstration
+    variant: str = "paper",
+    scale: float = 0.5,
+) -> torch.Tensor:
+    """SRFT's w_SFT = 0.5 · sg(exp(-H_t)) (Eq. 8; paper) or 0.5 · sg(exp(+H_t)) (released code), (B, T)."""
+    if variant not in SRFT_VARIANTS:
+        raise ValueError(f"SRFT variant must be one of {SRFT_VARIANTS}, got {variant!r}")
+    sign = -1.0 if variant == "paper" else 1.0
+    return scale * torch.exp(sign * entropy.detach())
+
+
+def srft_rl_weights(
+    entropy: torch.Tensor,  # (B, T) per-token entropy H_t of π_θ on the rollouts
+    scale: float = 0.1,
+) -> torch.Tensor:
+    """SRFT's w_RL = 0.1 · sg(exp(H_t)) for positive-advantage rollouts (Eq. 12), (B, T)."""
+    return scale * torch.exp(entropy.detach())
+
+
+def mixed_policy_token_loss(
+    logps: torch.Tensor,  # (B, T) log π_θ (with grad) of rollouts and demonstrations
+    old_logps: torch.Tensor,  # (B, T) log π_old at sampling time (no grad); unused on demonstration rows
+    advantages: torch.Tensor,  # (B,) advantages over each (augmented) group
+    is_demo: torch.Tensor,  # (B,) bool, True on demonstration rows
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    clip: bool = True,
+    shaping_gamma: float | None = None,
+    positive_weights: torch.Tensor | None = None,  # (B, T) weights on positive-advantage rollouts (SRFT w_RL)
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO with demonstrations inside the groups (LUFFY, SRFT), per token, (B, T).
+
+    Rollout rows: the (clipped) surrogate of `grpo_token_loss`; with `positive_weights`, rows with
+    A > 0 are multiplied by them (stop-gradient) and rows with A <= 0 are not (SRFT Eq. 11-12).
+    Demonstration rows: `off_policy_token_loss` (no ratio to π_old, no clipping).
+    """
+    on_policy, stats = grpo_token_loss(logps, old_logps, advantages, epsilon, epsilon_high, clip=clip)  # (B, T)
+    if positive_weights is not None:
+        positive = (advantages > 0).unsqueeze(1)  # (B, 1)
+        on_policy = torch.where(positive, on_policy * positive_weights.detach(), on_policy)
+    off_policy = off_policy_token_loss(logps, advantages, shaping_gamma)  # (B, T)
+    demo = is_demo.unsqueeze(1)  # (B, 1)
+    loss = torch.where(demo, off_policy, on_policy)  # (B, T)
+    stats = {key: value * (~demo) for key, value in stats.items()}
+    return loss, stats
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:

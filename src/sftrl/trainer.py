@@ -14,6 +14,8 @@ import os
 import random
 import shutil
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .rewards import load_rewards, score_completions
 from .rollout import generate_completions
 
-BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|"}
+BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
+               "sasr/p_sft": "p_sft", "kl_ref": "kl"}
 
 
 @dataclass
@@ -64,15 +67,38 @@ def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int, device
     return TokenBatch(ids.to(device), attn.to(device), ids[:, width_p:].to(device), tmask.to(device))
 
 
-def target_logprobs(model, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = True):
-    """log π(target_t | prefix) and entropy H_t for every target position: two (B, T) tensors."""
+@dataclass
+class Rollouts:
+    """One step's sequences for a policy-gradient loss: each prompt's group of rollouts, with its
+    demonstration inside the group for LUFFY and SRFT. Groups are contiguous, `group_size` long."""
+
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]]  # completions (or demonstrations), EOS included when there is one
+    is_demo: torch.Tensor  # (N,) bool
+    truncated: torch.Tensor  # (N,) bool: no EOS within max_completion_length
+    rewards: torch.Tensor  # (N,)
+    advantages: torch.Tensor  # (N,) over each group, demonstration included
+    group_size: int
+    metrics: dict[str, float]
+
+
+# (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
+TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def target_logits(model, batch: TokenBatch) -> torch.Tensor:
+    """Logits (B, T, V) that predict each target token (unscaled)."""
     # Positions count real tokens only, so left padding does not shift them (as generate() does).
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     width_t = batch.targets.shape[1]
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    position_ids=position_ids, logits_to_keep=width_t + 1, use_cache=False).logits
-    logits = logits[:, :-1]  # (B, T, V): logit at column j predicts the token at column j+1
-    return losses.token_logprobs_and_entropy(logits, batch.targets, temperature, with_entropy)
+    return logits[:, :-1]  # (B, T, V): logit at column j predicts the token at column j+1
+
+
+def target_logprobs(model, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = True):
+    """log π(target_t | prefix) and entropy H_t for every target position: two (B, T) tensors."""
+    return losses.token_logprobs_and_entropy(target_logits(model, batch), batch.targets, temperature, with_entropy)
 
 
 def lr_lambda(config: Config):
@@ -128,6 +154,7 @@ class Trainer:
         needs_reference = getattr(self.method, "needs_reference", None)
         wants_ref = needs_reference(config) if needs_reference else (self.method.NEEDS_ROLLOUTS and config.beta > 0)
         self.reference = frozen_copy(model).to(self.accelerator.device) if wants_ref else None
+        self.reference_step: int | None = None  # set when the reference is a snapshot taken during training
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                       betas=(config.adam_beta1, config.adam_beta2))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -169,26 +196,54 @@ class Trainer:
         with self.accelerator.no_sync(self.model):
             self.accelerator.backward(loss * self.world)
 
-    def sft_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]:
-        """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics."""
-        cfg = self.config
+    def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
+        """Token ids of a demonstration + EOS, cut to max_completion_length; and whether it was cut."""
+        ids = self.tokenizer(example.demonstration, add_special_tokens=False)["input_ids"] + [self.eos_id]
+        limit = self.config.max_completion_length
+        return ids[:limit], len(ids) > limit
+
+    def sft_backward(self, examples: list[Example], weight: float = 1.0,
+                     token_weights: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     kl_coef: float = 0.0) -> dict[str, float]:
+        """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics.
+
+        token_weights: entropy (B, T) -> per-token weights of the NLL (SRFT's w_SFT), as constants.
+        kl_coef: adds kl_coef · exact KL(π_θ‖π_ref) on the demonstration positions (RL→SFT_KL).
+        With a reference model loaded, the KL to it is measured (`kl_ref`) whether or not it is trained on.
+        """
         prompts = [self.prompt_ids(e) for e in examples]
-        demos = []
-        for e in examples:
-            ids = self.tokenizer(e.demonstration, add_special_tokens=False)["input_ids"] + [self.eos_id]
-            demos.append(ids[:cfg.max_completion_length])
+        demos = [self.demonstration_ids(e)[0] for e in examples]
         step_tokens = self._global_sum(sum(len(d) for d in demos))
-        nll_sum, entropy_sum = 0.0, 0.0
+        if kl_coef > 0 and self.reference is None:
+            raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
+        sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
         for rows in self._micro_batches(len(examples)):
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
-            logps, entropy = target_logprobs(self.model, batch, 1.0)
-            loss = losses.sft_loss(logps, batch.target_mask, step_tokens)
+            mask = batch.target_mask
+            logits = target_logits(self.model, batch)  # (B, T, V)
+            logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, 1.0)
+            weights = token_weights(entropy.detach()) if token_weights is not None else None
+            loss = losses.sft_loss(logps, mask, step_tokens, weights)
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logits = target_logits(self.reference, batch)
+                kl = losses.exact_kl(logits if kl_coef > 0 else logits.detach(), ref_logits)  # (B, T)
+                if kl_coef > 0:
+                    loss = loss + kl_coef * (kl * mask).sum() / max(step_tokens, 1)
+                sums["kl_ref"] += float((kl.detach() * mask).sum())
             self._backward(weight * loss)
-            nll_sum += float(-(logps.detach() * batch.target_mask).sum())
-            entropy_sum += float((entropy.detach() * batch.target_mask).sum())
+            sums["nll"] += float(-(logps.detach() * mask).sum())
+            sums["entropy"] += float((entropy.detach() * mask).sum())
+            if weights is not None:
+                sums["weight"] += float((weights * mask).sum())
         tokens = sum(len(d) for d in demos)
-        return {"sft/loss": nll_sum / tokens, "sft/entropy": entropy_sum / tokens,
-                "sft/mean_length": tokens / len(demos)}
+        metrics = {"sft/loss": sums["nll"] / tokens, "sft/entropy": sums["entropy"] / tokens,
+                   "sft/mean_length": tokens / len(demos)}
+        if token_weights is not None:
+            metrics["sft/mean_weight"] = sums["weight"] / tokens
+        if self.reference is not None:
+            metrics["kl_ref"] = sums["kl_ref"] / tokens
+        return metrics
 
     def generate(self, examples: list[Example], num_generations: int, greedy: bool = False):
         cfg = self.config
@@ -206,84 +261,157 @@ class Trainer:
                                              self.reward_weights)
         return torch.nan_to_num(rewards, nan=0.0), metrics
 
-    def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]:
-        """Roll out G completions per prompt, score, group advantages, accumulate weight · GRPO loss."""
-        cfg = self.config
-        G = cfg.num_generations
-        t0 = time.perf_counter()
-        completions = self.generate(examples, G)
-        t_gen = time.perf_counter() - t0
-        rewards, reward_metrics = self.score(examples, completions.texts, G)
-        advantages, group_std = self._advantages(rewards)
-        t_score = time.perf_counter() - t0 - t_gen
+    def rollouts(self, examples: list[Example], demonstrations: str = "none") -> Rollouts:
+        """Sample, place demonstrations in the groups, score, and compute group advantages.
 
-        lengths = torch.tensor([len(c) for c in completions.completion_ids], dtype=torch.float32)
-        truncated = torch.tensor(completions.truncated)
-        counted = [0 if (cfg.mask_truncated_completions and tr) else len(c)
-                   for c, tr in zip(completions.completion_ids, completions.truncated)]
+        demonstrations: "none" (G rollouts per group), "replace" (G-1 rollouts + the demonstration,
+        LUFFY) or "append" (G rollouts + the demonstration, SRFT). Demonstrations are scored by the
+        same reward functions as rollouts (a wrong one gets a low reward), and they enter the group's
+        mean and std (LUFFY Eq. 3; SRFT Eq. 6-7).
+        """
+        if demonstrations not in ("none", "replace", "append"):
+            raise ValueError(f"demonstrations must be none, replace or append, got {demonstrations!r}")
+        cfg = self.config
+        sampled = cfg.num_generations - 1 if demonstrations == "replace" else cfg.num_generations
+        t0 = time.perf_counter()
+        completions = self.generate(examples, sampled)
+        t_gen = time.perf_counter() - t0
+        prompt_ids, target_ids, truncated, texts, is_demo = [], [], [], [], []
+        for i, example in enumerate(examples):
+            for j in range(i * sampled, (i + 1) * sampled):
+                prompt_ids.append(completions.prompt_ids[j])
+                target_ids.append(completions.completion_ids[j])
+                truncated.append(completions.truncated[j])
+                texts.append(completions.texts[j])
+                is_demo.append(False)
+            if demonstrations != "none":
+                ids, cut = self.demonstration_ids(example)
+                prompt_ids.append(completions.prompt_ids[i * sampled])
+                target_ids.append(ids)
+                truncated.append(cut)
+                texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+                is_demo.append(True)
+        group_size = sampled + (demonstrations != "none")
+        rewards, reward_metrics = self.score(examples, texts, group_size)
+        advantages, group_std = self._advantages(rewards, group_size)
+        demo = torch.tensor(is_demo)
+        cut = torch.tensor(truncated)
+        lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
+        own = lengths[~demo]
+        terminated = lengths[~demo & ~cut]
+        metrics = {
+            "reward": float(rewards[~demo].mean()),
+            "reward_std": float(group_std.mean()),
+            "frac_reward_zero_std": float((group_std < 1e-6).float().mean()),
+            "completions/mean_length": float(own.mean()),
+            "completions/min_length": float(own.min()),
+            "completions/max_length": float(own.max()),
+            "completions/clipped_ratio": float(cut[~demo].float().mean()),
+            "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0,
+            "time/generate": t_gen,
+            "time/score": time.perf_counter() - t0 - t_gen,
+            **reward_metrics,
+        }
+        if demo.any():
+            metrics.update({"demo/reward": float(rewards[demo].mean()),
+                            "demo/advantage": float(advantages[demo].mean()),
+                            "demo/mean_length": float(lengths[demo].mean())})
+        return Rollouts(prompt_ids, target_ids, demo, cut, rewards, advantages, group_size, metrics)
+
+    def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0) -> dict[str, float]:
+        """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
+
+        token_loss(logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token
+        stats) is the method's loss (a function of `losses`); this adds β·k3 KL and the entropy bonus,
+        normalises by the whole step's counts (`loss_type`) and logs the stats' means over rollout
+        tokens (a stat that is NaN on a token is undefined there and left out of its mean).
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        n = len(rollouts.target_ids)
+        counted = [0 if (cfg.mask_truncated_completions and cut) else len(t)
+                   for t, cut in zip(rollouts.target_ids, rollouts.truncated.tolist())]
         step_tokens = self._global_sum(sum(counted))
-        step_sequences = self._global_sum(len(counted))
-        sums = {"entropy": 0.0, "kl": 0.0, "low_clipped": 0.0, "high_clipped": 0.0}
+        step_sequences = self._global_sum(n)
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
-        for rows in self._micro_batches(len(counted)):
-            batch = pack([completions.prompt_ids[i] for i in rows], [completions.completion_ids[i] for i in rows],
+        for rows in self._micro_batches(n):
+            idx = list(rows)
+            batch = pack([rollouts.prompt_ids[i] for i in idx], [rollouts.target_ids[i] for i in idx],
                          self.pad_id, self.accelerator.device)
+            device = batch.target_mask.device
+            is_demo = rollouts.is_demo[idx].to(device)
             mask = batch.target_mask
             if cfg.mask_truncated_completions:
-                mask = mask * (~truncated[list(rows)]).float().unsqueeze(1).to(mask.device)
-            logps, entropy = target_logprobs(self.model, batch, cfg.temperature)
-            ref_logps = None
-            if cfg.beta > 0:
-                with torch.no_grad():
-                    ref_logps, _ = target_logprobs(self.reference, batch, cfg.temperature, with_entropy=False)
+                mask = mask * (~rollouts.truncated[idx]).float().unsqueeze(1).to(device)
+            logits = target_logits(self.model, batch)  # (B, T, V)
+            logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, cfg.temperature)
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
-            token_loss, stats = losses.grpo_token_loss(
-                logps, logps.detach(), advantages[list(rows)].to(logps.device), cfg.epsilon, cfg.epsilon_high,
-                ref_logps, cfg.beta)
-            loss = losses.reduce_token_loss(token_loss, mask, cfg.loss_type, step_sequences, step_tokens,
+            per_token, stats = token_loss(logps, logps.detach(), entropy, rollouts.advantages[idx].to(device), is_demo)
+            stats = dict(stats)
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logits = target_logits(self.reference, batch)
+                    stats["kl_ref"] = losses.exact_kl(logits.detach(), ref_logits)
+                if cfg.beta > 0:
+                    ref_logps, _ = losses.token_logprobs_and_entropy(ref_logits, batch.targets, cfg.temperature, False)
+                    kl = losses.k3_kl(logps, ref_logps)  # (B, T)
+                    per_token = per_token + cfg.beta * kl
+                    stats["kl"] = kl.detach()
+            if cfg.entropy_coef:
+                per_token = per_token - cfg.entropy_coef * entropy  # entropy bonus (LUFFY, SRFT)
+            loss = losses.reduce_token_loss(per_token, mask, cfg.loss_type, step_sequences, step_tokens,
                                             cfg.max_completion_length)
             self._backward(weight * loss)
             loss_total += float(loss.detach())
+            stats["entropy"] = entropy.detach()
             real = batch.target_mask
-            sums["entropy"] += float((entropy.detach() * real).sum())
-            for key in ("kl", "low_clipped", "high_clipped"):
-                if key in stats:
-                    sums[key] += float((stats[key] * real).sum())
-        n_tokens = max(1.0, float(lengths.sum()))
-        terminated = lengths[~truncated]
-        metrics = {
-            "grpo/loss": loss_total,
-            "reward": float(rewards.mean()),
-            "reward_std": float(group_std.mean()),
-            "frac_reward_zero_std": float((group_std < 1e-6).float().mean()),
-            "completions/mean_length": float(lengths.mean()),
-            "completions/min_length": float(lengths.min()),
-            "completions/max_length": float(lengths.max()),
-            "completions/clipped_ratio": float(truncated.float().mean()),
-            "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0,
-            "entropy": sums["entropy"] / n_tokens,
-            "clip_ratio/low_mean": sums["low_clipped"] / n_tokens,
-            "clip_ratio/high_mean": sums["high_clipped"] / n_tokens,
-            "clip_ratio/region_mean": (sums["low_clipped"] + sums["high_clipped"]) / n_tokens,
-            "time/generate": t_gen,
-            "time/score": t_score,
-            "time/backward": time.perf_counter() - t0 - t_gen - t_score,
-        }
-        if cfg.beta > 0:
-            metrics["kl"] = sums["kl"] / n_tokens
-        metrics.update(reward_metrics)
+            rollout_tokens = real * (~is_demo).float().unsqueeze(1)
+            for key, value in stats.items():
+                defined = rollout_tokens * torch.isfinite(value).float()
+                sums[key] += float((torch.nan_to_num(value) * defined).sum())
+                counts[key] += float(defined.sum())
+            demo_tokens = real * is_demo.float().unsqueeze(1)
+            sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
+            counts["demo/entropy"] += float(demo_tokens.sum())
+        metrics = {"grpo/loss": loss_total, **rollouts.metrics}
+        names = {"low_clipped": "clip_ratio/low_mean", "high_clipped": "clip_ratio/high_mean"}
+        for key in sums:
+            if counts[key] > 0:
+                metrics[names.get(key, key)] = sums[key] / counts[key]
+        if "low_clipped" in sums:
+            metrics["clip_ratio/region_mean"] = metrics.get("clip_ratio/low_mean", 0.0) + metrics.get(
+                "clip_ratio/high_mean", 0.0)
+        metrics["time/backward"] = time.perf_counter() - t0
         return metrics
 
-    def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]:
+        """Roll out G completions per prompt, score, group advantages, accumulate weight · GRPO loss."""
+        cfg = self.config
+
+        def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
+            return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high,
+                                          clip=cfg.clip_ratio)
+
+        return self.policy_backward(self.rollouts(examples), grpo_loss, weight)
+
+    def _advantages(self, rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Group advantages; with several processes, batch-std scaling uses every rank's rewards."""
         cfg = self.config
         if self.world == 1 or cfg.scale_rewards != "batch":
-            return losses.group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
+            return losses.group_advantages(rewards, group_size, cfg.scale_rewards)
         everyone = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
-        advantages, group_std = losses.group_advantages(everyone, cfg.num_generations, "batch")
+        advantages, group_std = losses.group_advantages(everyone, group_size, "batch")
         start = self.accelerator.process_index * len(rewards)
-        groups = len(rewards) // cfg.num_generations
-        return advantages[start:start + len(rewards)], group_std[start // cfg.num_generations:][:groups]
+        groups = len(rewards) // group_size
+        return advantages[start:start + len(rewards)], group_std[start // group_size:][:groups]
+
+    def snapshot_reference(self) -> None:
+        """Make the current policy the frozen reference (SASR after warm-up; the end of RL in RL→SFT_KL).
+        Checkpoints then carry its weights, so a resumed run measures against the same model."""
+        self.reference = frozen_copy(self.policy).to(self.accelerator.device)
+        self.reference_step = self.step
 
     # ------------------------------------------------------------------ the loop
     def optimizer_step(self) -> float:
@@ -341,14 +469,18 @@ class Trainer:
             metrics["time/optimizer"] = time.perf_counter() - t_opt
             metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
             metrics.setdefault("loss", metrics.get("sft/loss", 0.0) + metrics.get("grpo/loss", 0.0))
+            metrics["step_type"] = "+".join(kind for kind in ("sft", "grpo") if f"{kind}/loss" in metrics)
             self.step += 1
+            if hasattr(self.method, "after_step"):  # e.g. SASR reads this step's gradient norm
+                self.method.after_step(self, self.method_state, metrics)
             metrics["epoch"] = self.step * cfg.batch_size / len(self.train_examples)
             metrics["time/step"] = time.perf_counter() - t0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 metrics.update(self.evaluate())
             if self.step % cfg.logging_steps == 0:
                 self._log({"step": self.step, **metrics})
-            bar.set_postfix({short: f"{metrics[k]:.3g}" for k, short in BAR_METRICS.items() if k in metrics})
+            postfix = {short: f"{metrics[k]:.3g}" for k, short in BAR_METRICS.items() if k in metrics}
+            bar.set_postfix({"step": metrics["step_type"], **postfix})
             bar.update(1)
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.save_checkpoint()
@@ -392,6 +524,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "method_state": self.method_state,
+            "reference_step": self.reference_step,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -409,6 +542,8 @@ class Trainer:
             self.policy.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             torch.save(self._trainer_state(), tmp / "trainer_state.pt")
+            if self.reference_step is not None:  # a snapshot taken during training: keep it for resuming
+                self.reference.save_pretrained(tmp / "reference")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -439,6 +574,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.method_state = state["method_state"]
+        self.reference_step = state.get("reference_step")
+        if self.reference_step is not None:
+            reference = load_model(str(latest / "reference"), self.config.dtype, self.config.trust_remote_code)
+            self.reference = frozen_copy(reference).to(self.accelerator.device)
         self.step = state["step"]
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])

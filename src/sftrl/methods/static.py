@@ -1,0 +1,41 @@
+"""Static hybrids, the fixed SFT/GRPO mixtures SASR is compared against (`static_mode`):
+- alternate: k SFT steps, then m GRPO steps, repeating (`static_sft_steps`, `static_grpo_steps`);
+- probability: each step is SFT with a fixed probability p (`static_sft_prob`), drawn from the
+  run's seeded generator (checkpointed, so a resumed run draws the same);
+- weighted: one loss μ·SFT + (1-μ)·GRPO on the same prompts every step (`static_sft_weight`).
+"""
+
+import random
+
+NEEDS_DEMONSTRATIONS = True
+NEEDS_ROLLOUTS = True
+
+
+def init_state(config) -> dict:
+    return {"rng": random.Random(config.seed).getstate()}
+
+
+def mode_at(config, step: int, state: dict) -> str:
+    """"sft", "grpo" or "weighted" for 0-based step `step` (probability mode advances the generator)."""
+    if config.static_mode == "alternate":
+        cycle = config.static_sft_steps + config.static_grpo_steps
+        return "sft" if step % cycle < config.static_sft_steps else "grpo"
+    if config.static_mode == "probability":
+        generator = random.Random()
+        generator.setstate(state["rng"])
+        alpha = generator.random()
+        state["rng"] = generator.getstate()
+        return "sft" if alpha < config.static_sft_prob else "grpo"
+    return "weighted"
+
+
+def step(trainer, state, examples):
+    cfg = trainer.config
+    mode = mode_at(cfg, trainer.step, state)
+    if mode == "sft":
+        return trainer.sft_backward(examples)
+    if mode == "grpo":
+        return trainer.grpo_backward(examples)
+    mu = cfg.static_sft_weight
+    return {**trainer.sft_backward(examples, weight=mu), **trainer.grpo_backward(examples, weight=1.0 - mu),
+            "static/sft_weight": mu}
