@@ -1,5 +1,5 @@
 # Set-up and everyday commands. Each target creates the virtual environment on first use.
-#   make demo    train the default method on the built-in sandbox (CPU, minutes)
+#   make demo    train SFT on the built-in sandbox and print accuracy before and after (CPU, minutes)
 #   make test    run the test suite
 #   make bench   time a GRPO step against TRL's GRPOTrainer
 # On a GPU machine install your CUDA build of torch into .venv first (or set TORCH_SPEC);
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sftrl train
+	$(VENV)/bin/sftrl train --config recipes/sandbox-sft.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

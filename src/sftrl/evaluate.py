@@ -5,6 +5,7 @@ The full benchmark harness (avg@k / pass@k per data_source, vLLM) builds on this
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,3 +52,19 @@ def evaluate_accuracy(
         "truncated": sum(completions.truncated) / len(lengths),
         "completions": completions.texts,
     }
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, Eq. 1)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def avg_at_k(grades: list[float]) -> float:
+    """avg@k: the mean grade over a question's k samples (the papers' AIME/AMC metric with k = 32)."""
+    if not grades:
+        raise ValueError("avg@k of no samples")
+    return sum(grades) / len(grades)
