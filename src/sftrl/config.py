@@ -97,7 +97,7 @@ class Config:
     scale_rewards: str = _f("group", "Advantage scaling: group std, batch std or none (Dr. GRPO).")
     mask_truncated_completions: bool = _f(False, "Exclude truncated completions from the loss (DAPO).")
     clip_ratio: bool = _f(True, "Clip the ratio π_θ/π_old to [1-ε, 1+ε_high]; LUFFY's released code trains without clipping.")
-    entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · token entropy of the rollouts from the loss (LUFFY and SRFT use 0.001).")
+    entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · token entropy (rollout and in-group demonstration tokens) from the policy loss (LUFFY and SRFT use 0.001).")
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------
     output_dir: str = _f("runs/{method}-seed{seed}", "Run directory; {method} and {seed} are filled in.")
