@@ -44,39 +44,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import load_examples
-    from .evaluate import evaluate_accuracy
-    from .models import load_model, load_tokenizer, resolve_model_path
-    from .rewards import load_rewards
+def _dataset_name(spec: str) -> str:
+    """A short name for a --data entry: 'sandbox:test' as is, a file or directory by its stem."""
+    return spec if ":" in spec and not Path(spec).exists() else Path(spec.rstrip("/")).stem or spec
 
-    examples = load_examples(args.data, args.split, prompt_field=args.prompt_field, answer_field=args.answer_field,
-                             require_demo=False, limit=args.limit)
-    is_sandbox = args.data.split(":")[0] == "sandbox"
-    reward = args.reward or ("sandbox" if is_sandbox else "math")
-    reward_fns = load_rewards([reward])
-    path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(path)
-    model = load_model(path, args.dtype)
-    if args.device:
-        model.to(args.device)
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text.strip("./")).strip("-") or "model"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(examples), desc="eval", unit="prompt") as bar:
-        result = evaluate_accuracy(model, tokenizer, examples, reward_fns, max_new_tokens=args.max_new_tokens,
-                                   batch_size=args.batch_size, temperature=args.temperature, progress=bar)
-    print(f"{args.model} on {args.data}: accuracy {result['accuracy']:.1%} over {len(examples)} prompts "
-          f"(mean length {result['mean_length']:.1f} tokens, truncated {result['truncated']:.1%})")
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"model": args.model, "data": args.data, "split": args.split, "reward": reward,
-                  "n": len(examples), **{k: v for k, v in result.items() if k != "completions"},
-                  "samples": [{"prompt": e.prompt, "answer": e.answer, "completion": c}
-                              for e, c in zip(examples, result["completions"])]}
-        out.write_text(json.dumps(record, indent=2))
-        print(f"wrote {out}")
+    from .data import load_examples
+    from .evaluate import VLLMSampler, build_questions, format_summary, run_benchmark, sample_with_generate, summarize
+    from .config import ConfigError
+    from .models import load_model, load_tokenizer, resolve_model_path
+
+    if args.temperature == 0.0 and args.k > 1:
+        raise ConfigError("--temperature 0 (greedy) gives k identical samples; use --k 1 or a temperature > 0")
+    k_by_source = dict(PAPER_K) if args.paper_protocol else {}
+    for item in args.k_for:
+        name, _, value = item.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"--k-for takes SOURCE=K with K >= 1, got {item!r}")
+        k_by_source[name] = int(value)
+    questions = []
+    for spec in args.data:
+        examples = load_examples(spec, args.split, prompt_field=args.prompt_field, answer_field=args.answer_field,
+                                 require_demo=False, limit=args.limit)
+        questions += build_questions(examples, _dataset_name(spec), args.k, k_by_source, args.reward,
+                                     args.shuffle_choices, args.seed)
+    path = resolve_model_path(args.model)
+    out_dir = Path(args.output_dir or Path("runs/eval") / _slug(args.model))
+    samples_path = out_dir / "samples.jsonl"
+    if args.overwrite and samples_path.exists():
+        samples_path.unlink()
+    settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "temperature": args.temperature,
+                "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "shuffle_choices": args.shuffle_choices,
+                "seed": args.seed}
+    tokenizer = load_tokenizer(path)
+    if args.backend == "vllm":
+        sampler, model = VLLMSampler(path, dtype=args.dtype), None
+    else:
+        sampler, model = sample_with_generate, load_model(path, args.dtype)
+        if args.device:
+            model.to(args.device)
+    with tqdm(total=len(questions), desc="eval", unit="question", dynamic_ncols=True) as bar:
+        records = run_benchmark(model, tokenizer, questions, samples_path, settings,
+                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                batch_size=args.batch_size, seed=args.seed, sampler=sampler, progress=bar)
+    summary = summarize(records)
+    print(f"{args.model} (temperature {args.temperature}, top_p {args.top_p})")
+    print(format_summary(summary))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = out_dir / "summary.json"
+    summary_path.write_text(json.dumps({"settings": settings, "data": args.data, **summary}, indent=2))
+    print(f"wrote {summary_path} and {samples_path}")
     return 0
+
+
+PAPER_K = {"aime24": 32, "aime25": 32, "amc": 32}
+"""The papers' protocol: AIME and AMC as avg@32, everything else from one sample (pass@1)."""
 
 
 def cmd_sandbox_prepare(args: argparse.Namespace) -> int:
@@ -101,20 +130,39 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=50")
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="accuracy of a model on a dataset split")
+    ev = sub.add_parser("eval", help="avg@k / pass@k of a model on benchmarks, per data_source",
+                        description="Sample k completions per question, grade them, and report avg@k and pass@k "
+                                    "per data_source and overall. Samples are written as they are graded; running "
+                                    "the same command again resumes.")
     ev.add_argument("--model", required=True, help="hub id, local directory, or 'sandbox'")
-    ev.add_argument("--data", default="sandbox:test", help="sandbox:test, sandbox:ood, a file, a directory or a hub id")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--limit", type=int, default=None, help="first N rows only")
-    ev.add_argument("--reward", default=None, help="grader: math, choice, sandbox or module:function (default: by data)")
+    ev.add_argument("--data", nargs="+", default=["sandbox:test"],
+                    help="one or more datasets: sandbox:test, sandbox:ood, a verl parquet/JSONL file, a directory or a hub id")
+    ev.add_argument("--split", default="test", help="split of hub datasets and directories")
+    ev.add_argument("--limit", type=int, default=None, help="first N rows of each dataset only")
+    ev.add_argument("--k", type=int, default=1, help="samples per question (avg@k, pass@1..k)")
+    ev.add_argument("--k-for", action="append", default=[], metavar="SOURCE=K",
+                    help="k for one data_source, e.g. --k-for aime24=32 (repeatable)")
+    ev.add_argument("--paper-protocol", action="store_true",
+                    help="the papers' k: avg@32 for aime24, aime25 and amc, --k for the rest")
+    ev.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy, k must be 1)")
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=1024, help="completion budget (the papers use 8192)")
+    ev.add_argument("--reward", default=None,
+                    help="grader for every row: math, choice, sandbox or module:function "
+                         "(default: sandbox for the sandbox, choice when the gold is a letter A-J, else math)")
+    ev.add_argument("--shuffle-choices", action="store_true",
+                    help="shuffle multiple-choice options (lines 'A) ...') per question, seeded; the gold letter follows")
+    ev.add_argument("--seed", type=int, default=0, help="seed for sampling and option shuffling")
     ev.add_argument("--prompt-field", default="prompt")
-    ev.add_argument("--answer-field", default="answer")
-    ev.add_argument("--max-new-tokens", type=int, default=256)
-    ev.add_argument("--batch-size", type=int, default=128)
-    ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
+    ev.add_argument("--answer-field", default="answer", help="gold column (verl's reward_model.ground_truth is found too)")
+    ev.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                    help="hf: transformers generate; vllm: a vLLM engine (pip install 'sftrl[vllm]', GPU)")
+    ev.add_argument("--batch-size", type=int, default=128, help="sequences per generate call (hf backend)")
     ev.add_argument("--dtype", default="auto")
     ev.add_argument("--device", default=None, help="e.g. cuda; default: CPU")
-    ev.add_argument("--output", "-o", default=None, help="write results and completions to this JSON file")
+    ev.add_argument("--output-dir", "-o", default=None,
+                    help="where samples.jsonl and summary.json go (default: runs/eval/<model>)")
+    ev.add_argument("--overwrite", action="store_true", help="discard samples already in --output-dir")
     ev.set_defaults(func=cmd_eval)
 
     sandbox = sub.add_parser("sandbox", help="the built-in sandbox task")
@@ -135,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RewardError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, DataError, RewardError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"sftrl: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,17 +1,27 @@
-"""Evaluation: accuracy of a model on a set of examples (greedy decoding, graded by reward functions).
+"""Evaluation: greedy accuracy during training, and the benchmark harness behind `sftrl eval`.
 
-The full benchmark harness (avg@k / pass@k per data_source, vLLM) builds on this.
+The harness samples k completions per question (temperature 0.6, top_p 1.0: the papers' protocol),
+grades them (math-verify on the text after ``</think>``, multiple choice by letter, the sandbox's
+exact check) and reports avg@k and pass@k per ``data_source`` and overall.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from typing import Callable
+import random
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import Example, render_prompt
-from .rewards import score_completions
+from .rewards import load_rewards, score_completions
 from .rollout import generate_completions
 
 
@@ -68,3 +78,280 @@ def avg_at_k(grades: list[float]) -> float:
     if not grades:
         raise ValueError("avg@k of no samples")
     return sum(grades) / len(grades)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The benchmark harness: k samples per question, avg@k and pass@k per data_source
+#
+# Samples are appended to a JSONL file one question at a time, so an evaluation that stops keeps
+# everything already graded and a second run with the same settings picks up where it left off.
+
+DEFAULT_TEMPERATURE = 0.6  # the papers' evaluation protocol (ALGORITHMS.md, "Shared ... protocol")
+SETTINGS_KEYS = ("model", "k", "temperature", "top_p", "max_new_tokens", "shuffle_choices", "seed")
+
+_OPTION_LINE = re.compile(r"^([A-J])[).:]\s+(.*\S)\s*$")
+
+
+def grader_for(example: Example, reward: str | None = None) -> str:
+    """The reward that grades `example`: `reward` if given; else "sandbox" for the sandbox, "choice"
+    when the gold answer is a lone option letter (ARC-C, GPQA), and "math" otherwise."""
+    if reward:
+        return reward
+    if example.source.split(":")[0] == "sandbox":
+        return "sandbox"
+    return "choice" if re.fullmatch(r"\(?[A-J]\)?", example.answer.strip()) else "math"
+
+
+def shuffle_options(text: str, gold: str, rng: random.Random) -> tuple[str, str] | None:
+    """Permute the contents of a question's option lines ("A) ...", "B. ...", one per line, labels
+    A, B, C, ... in order) and return the new text and the gold's new letter; None when the text has
+    no such option block or the gold is not one of its labels."""
+    lines = text.split("\n")
+    found = [(i, m) for i, m in ((i, _OPTION_LINE.match(line)) for i, line in enumerate(lines)) if m]
+    labels = [m.group(1) for _, m in found]
+    if len(found) < 2 or labels != [chr(ord("A") + j) for j in range(len(found))]:
+        return None
+    gold_label = gold.strip().strip("()")
+    if gold_label not in labels:
+        return None
+    order = list(range(len(found)))
+    rng.shuffle(order)
+    for position, (line_index, match) in enumerate(found):
+        source = found[order[position]][1]
+        # Keep this line's label and punctuation ("A) "), take another line's option text.
+        lines[line_index] = f"{match.group(0)[:match.start(2)]}{source.group(2)}"
+    new_gold = labels[order.index(labels.index(gold_label))]
+    return "\n".join(lines), new_gold
+
+
+def _shuffled(example: Example, seed: int) -> Example:
+    """`example` with its options shuffled (in its last user message), by a generator fixed by seed and row."""
+    rng = random.Random(f"sftrl.shuffle:{seed}:{example.source}:{example.index}")
+    if isinstance(example.prompt, str):
+        result = shuffle_options(example.prompt, example.answer, rng)
+        return example if result is None else replace(example, prompt=result[0], answer=result[1])
+    messages = [dict(m) for m in example.prompt]
+    for message in reversed(messages):
+        if message["role"] == "user":
+            result = shuffle_options(message["content"], example.answer, rng)
+            if result is None:
+                return example
+            message["content"] = result[0]
+            return replace(example, prompt=messages, answer=result[1])
+    return example
+
+
+@dataclass
+class Question:
+    """One benchmark question as evaluated: its id in the samples file, source name, grader and k."""
+
+    id: str
+    data_source: str
+    grader: str
+    k: int
+    example: Example
+
+
+def build_questions(
+    examples: list[Example],
+    dataset_name: str,
+    k: int,
+    k_by_source: dict[str, int] | None = None,
+    reward: str | None = None,
+    shuffle_choices: bool = False,
+    seed: int = 0,
+) -> list[Question]:
+    """Questions for the harness: `data_source` from the column (verl) or the dataset name, the grader
+    by :func:`grader_for`, k from `k_by_source` (e.g. {"aime24": 32}) or `k`, options optionally shuffled."""
+    questions = []
+    for example in examples:
+        source = str(example.columns.get("data_source") or dataset_name)
+        grader = grader_for(example, reward)
+        if shuffle_choices and grader == "choice":
+            example = _shuffled(example, seed)
+        questions.append(Question(id=f"{dataset_name}#{example.index}", data_source=source, grader=grader,
+                                  k=(k_by_source or {}).get(source, k), example=example))
+    return questions
+
+
+def grade_samples(questions: list[Question], completions: list[list[str]]) -> list[list[float]]:
+    """0/1 grade of every completion (``completions[i]`` are question i's samples), each question by
+    its grader; graders run once per grader over all their completions (math in parallel workers)."""
+    grades: list[list[float]] = [[0.0] * len(c) for c in completions]
+    for name in sorted({q.grader for q in questions}):
+        rows = [i for i, q in enumerate(questions) if q.grader == name]
+        examples = [questions[i].example for i in rows]
+        flat = [text for i in rows for text in completions[i]]
+        columns = {"answer": [questions[i].example.answer for i in rows for _ in completions[i]]}
+        for key in examples[0].columns:
+            columns.setdefault(key, [questions[i].example.columns.get(key) for i in rows for _ in completions[i]])
+        prompts = [questions[i].example.prompt for i in rows for _ in completions[i]]
+        scores, _ = score_completions(load_rewards([name]), prompts, flat, columns)
+        scores = scores.nan_to_num(0.0).tolist()
+        position = 0
+        for i in rows:
+            grades[i] = [float(s) for s in scores[position:position + len(completions[i])]]
+            position += len(completions[i])
+    return grades
+
+
+def read_samples(path: Path, settings: dict[str, Any]) -> dict[str, dict]:
+    """Records already in a samples file, by question id; an error if it was written with other settings."""
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        return {}
+    header = json.loads(lines[0])
+    old = header.get("settings", {})
+    if any(old.get(key) != settings.get(key) for key in SETTINGS_KEYS):
+        diff = {key: (old.get(key), settings.get(key)) for key in SETTINGS_KEYS if old.get(key) != settings.get(key)}
+        raise FileExistsError(f"{path} holds samples made with other settings {diff} (old, new); "
+                              f"choose another --output-dir, or pass --overwrite")
+    records = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off by a crash: that question is evaluated again
+            continue
+        records[record["id"]] = record
+    return records
+
+
+def sample_with_generate(model, tokenizer, questions: list[Question], temperature: float, top_p: float,
+                         max_new_tokens: int, batch_size: int) -> list[tuple[list[str], list[int], list[bool]]]:
+    """(texts, lengths, truncated) of each question's k samples with Hugging Face `generate`."""
+    results = []
+    for k in sorted({q.k for q in questions}):
+        group = [q for q in questions if q.k == k]
+        texts = [render_prompt(tokenizer, q.example.prompt) for q in group]
+        out = generate_completions(model, tokenizer, texts, num_generations=k, max_new_tokens=max_new_tokens,
+                                   temperature=temperature or 1.0, top_p=top_p, batch_size=batch_size,
+                                   greedy=temperature == 0.0)
+        for j, q in enumerate(group):
+            span = range(j * k, (j + 1) * k)
+            results.append((q.id, [out.texts[s] for s in span], [len(out.completion_ids[s]) for s in span],
+                            [out.truncated[s] for s in span]))
+    by_id = {r[0]: r[1:] for r in results}
+    return [by_id[q.id] for q in questions]
+
+
+class VLLMSampler:
+    """Samples with vLLM (``pip install sftrl[vllm]``, a GPU): one engine, `n=k` samples per prompt."""
+
+    def __init__(self, model_path: str, dtype: str = "auto", max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.9):
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise ImportError("--backend vllm needs vLLM: pip install 'sftrl[vllm]' (on a machine with a GPU)") from error
+        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
+                       gpu_memory_utilization=gpu_memory_utilization)
+
+    def __call__(self, model, tokenizer, questions, temperature, top_p, max_new_tokens, batch_size):
+        from vllm import SamplingParams
+
+        texts = [render_prompt(tokenizer, q.example.prompt) for q in questions]
+        params = [SamplingParams(n=q.k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
+                  for q in questions]
+        outputs = self.llm.generate(texts, params, use_tqdm=False)
+        return [([o.text for o in out.outputs], [len(o.token_ids) for o in out.outputs],
+                 [o.finish_reason == "length" for o in out.outputs]) for out in outputs]
+
+
+def run_benchmark(
+    model,
+    tokenizer,
+    questions: list[Question],
+    samples_path: str | Path | None,
+    settings: dict[str, Any],
+    max_new_tokens: int = 1024,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_p: float = 1.0,
+    batch_size: int = 128,
+    seed: int = 0,
+    sampler=sample_with_generate,
+    progress=None,
+) -> list[dict]:
+    """Sample and grade every question not yet in `samples_path`, appending one JSON line per question
+    as soon as it is graded; returns the records of all questions (in question order).
+
+    Each chunk of questions is sampled under a seed fixed by its first question, so a resumed
+    evaluation draws the same samples as an uninterrupted one.
+    """
+    path = Path(samples_path) if samples_path else None
+    done = read_samples(path, settings) if path else {}
+    if path and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"settings": settings}) + "\n")
+    todo = [q for q in questions if q.id not in done]
+    if progress is not None:
+        progress.update(len(questions) - len(todo))
+    chunk = max(1, batch_size // max(q.k for q in questions)) * 4 if questions else 1
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        torch.manual_seed(int(hashlib.sha256(f"{seed}:{part[0].id}".encode()).hexdigest()[:8], 16))
+        sampled = sampler(model, tokenizer, part, temperature, top_p, max_new_tokens, batch_size)
+        grades = grade_samples(part, [texts for texts, _, _ in sampled])
+        lines = []
+        for q, (texts, lengths, truncated), g in zip(part, sampled, grades):
+            record = {"id": q.id, "data_source": q.data_source, "grader": q.grader, "answer": q.example.answer,
+                      "grades": g, "lengths": lengths, "truncated": truncated, "completions": texts}
+            done[q.id] = record
+            lines.append(json.dumps(record) + "\n")
+        if path:
+            with open(path, "a") as f:
+                f.writelines(lines)
+        if progress is not None:
+            progress.update(len(part))
+    return [done[q.id] for q in questions]
+
+
+def pass_ks(k: int) -> list[int]:
+    """The pass@k values reported for k samples: 1, 2, 4, ... up to k, and k itself."""
+    values = [1]
+    while values[-1] * 2 <= k:
+        values.append(values[-1] * 2)
+    return values if values[-1] == k else values + [k]
+
+
+def _summarize_group(records: list[dict]) -> dict[str, float]:
+    """Means over questions of avg@k and pass@j, each question with its own k; pass@j for the j
+    every question in the group has samples for."""
+    k = min(len(r["grades"]) for r in records)
+    out: dict[str, float] = {"questions": len(records), "k": k,
+                             "avg@k": sum(avg_at_k(r["grades"]) for r in records) / len(records)}
+    for j in pass_ks(k):
+        out[f"pass@{j}"] = sum(pass_at_k(len(r["grades"]), int(sum(r["grades"])), j) for r in records) / len(records)
+    lengths = [n for r in records for n in r["lengths"]]
+    out["mean_length"] = sum(lengths) / len(lengths)
+    out["truncated"] = sum(t for r in records for t in r["truncated"]) / len(lengths)
+    return out
+
+
+def summarize(records: list[dict]) -> dict[str, Any]:
+    """avg@k, pass@j (j = 1, 2, 4, ..., k), mean length and truncation per data_source; overall, with
+    every question weighted equally; and `source_mean`, the mean over sources of avg@k (the papers'
+    "average" column)."""
+    if not records:
+        raise ValueError("nothing to summarize: no graded questions")
+    by_source: dict[str, list[dict]] = {}
+    for record in records:
+        by_source.setdefault(record["data_source"], []).append(record)
+    sources = {name: _summarize_group(group) for name, group in by_source.items()}
+    return {"by_source": sources, "overall": _summarize_group(records),
+            "source_mean": sum(s["avg@k"] for s in sources.values()) / len(sources)}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a plain-text table: one row per data_source, then overall."""
+    rows = [(name, s) for name, s in summary["by_source"].items()] + [("overall", summary["overall"])]
+    header = f"{'data_source':<20} {'n':>6} {'k':>4} {'avg@k':>8} {'pass@1':>8} {'pass@k':>8} {'length':>8} {'trunc':>7}"
+    lines = [header, "-" * len(header)]
+    for name, s in rows:
+        k = int(s["k"])
+        lines.append(f"{name:<20} {int(s['questions']):>6} {k:>4} {s['avg@k']:>8.1%} {s['pass@1']:>8.1%} "
+                     f"{s[f'pass@{k}']:>8.1%} {s['mean_length']:>8.1f} {s['truncated']:>7.1%}")
+    if len(summary["by_source"]) > 1:
+        lines.append(f"mean avg@k over the {len(summary['by_source'])} sources: {summary['source_mean']:.1%}")
+    return "\n".join(lines)
