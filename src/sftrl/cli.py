@@ -1,9 +1,14 @@
-"""Command line: `sftrl train | eval | sandbox prepare`.
+"""Command line: `sftrl train | eval | compare | report | analyze tokens | analyze map | sandbox prepare`.
 
     sftrl train                                   # the default method on the built-in sandbox
     sftrl train --config recipes/sandbox-grpo.yaml max_steps=50 learning_rate=5e-4
     sftrl train --help-config                     # every config field with its help text
-    sftrl eval --model runs/sft-then-grpo-seed0/model --data sandbox:test
+    sftrl eval --model runs/sft-seed0/model --data sandbox:test sandbox:ood --k 8
+    sftrl eval --model Qwen/Qwen2.5-Math-7B --data math_reasoning.parquet --paper-protocol --backend vllm
+    sftrl compare --seeds 0 1 2                   # every method on the sandbox, equal budgets
+    sftrl report runs/sasr-seed0 runs/srft-seed0 -o report
+    sftrl analyze tokens --before sandbox --after runs/sft-seed0/model runs/grpo-seed0/model
+    sftrl analyze map --references sandbox runs/sft-seed0/model runs/grpo-seed0/model --runs runs/sasr-seed0
     sftrl sandbox prepare [--force]
 """
 
@@ -17,6 +22,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from .config import ConfigError
+
 
 def _quiet_libraries() -> None:
     # Keep the progress bar readable: transformers' and datasets' info chatter goes to warnings only.
@@ -25,6 +32,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars, one per checkpoint in analyze/compare
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -58,7 +66,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .data import load_examples
     from .evaluate import VLLMSampler, build_questions, format_summary, run_benchmark, sample_with_generate, summarize
-    from .config import ConfigError
     from .models import load_model, load_tokenizer, resolve_model_path
 
     if args.temperature == 0.0 and args.k > 1:
@@ -106,6 +113,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 PAPER_K = {"aime24": 32, "aime25": 32, "amc": 32}
 """The papers' protocol: AIME and AMC as avg@32, everything else from one sample (pass@1)."""
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import load_run, write_report
+
+    if args.label and len(args.label) != len(args.runs):
+        raise ConfigError(f"--label was given {len(args.label)} times for {len(args.runs)} runs; give one per run or none")
+    runs = [load_run(path, label) for path, label in zip(args.runs, args.label or [None] * len(args.runs))]
+    images = write_report(runs, args.output_dir, window=args.smooth)
+    print(f"wrote {len(images)} plots, {Path(args.output_dir) / 'report.md'} and {Path(args.output_dir) / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import METHOD_ORDER, compare
+    from .config import parse_overrides
+
+    compare(args.methods or METHOD_ORDER, args.seeds, args.output_dir, max_steps=args.max_steps,
+            batch_size=args.batch_size, num_generations=args.num_generations, k=args.k,
+            temperature=args.temperature, eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
+            overrides=parse_overrides(args.overrides))
+    return 0
+
+
+def _labels(given: list[str] | None, paths: list[str], option: str) -> list[str]:
+    if given and len(given) != len(paths):
+        raise ConfigError(f"{option} was given {len(given)} times for {len(paths)} models or runs; give one each or none")
+    return given or [Path(p.rstrip("/")).name if Path(p).name != "model" else Path(p).parent.name for p in paths]
+
+
+def cmd_analyze_tokens(args: argparse.Namespace) -> int:
+    from .analyze import analyze_tokens, probe_pairs
+
+    results = analyze_tokens(args.before, args.after, _labels(args.label, args.after, "--label"),
+                             probe_pairs(args.probe, args.limit, args.split), args.output_dir)
+    for label, stats in results.items():
+        print(f"{label}: mean |dp| {stats['mean_abs_shift']:.3f}, {stats['share_moved_0.2']:.1%} of "
+              f"{stats['tokens']} tokens moved > 0.2 ({stats['share_up']:.1%} up, {stats['share_down']:.1%} down "
+              f"by > 0.05); mean p {stats['mean_p_before']:.3f} -> {stats['mean_p_after']:.3f}")
+    out = Path(args.output_dir)
+    print(f"wrote {out / 'tokens.png'}, {out / 'tokens.json'} and {out / 'tokens.html'}")
+    return 0
+
+
+def cmd_analyze_map(args: argparse.Namespace) -> int:
+    from .analyze import analyze_map, probe_pairs
+
+    result = analyze_map(args.references, _labels(args.reference_label, args.references, "--reference-label"),
+                         args.runs, _labels(args.label, args.runs, "--label"),
+                         probe_pairs(args.probe, args.limit, args.split), args.output_dir)
+    for run in result["runs"]:
+        path = " -> ".join(f"{p['step']}:({p['xy'][0]:.3f},{p['xy'][1]:.3f})" for p in run["points"])
+        print(f"{run['label']}: {path}")
+    out = Path(args.output_dir)
+    print(f"wrote {out / 'map.png'} and {out / 'map.json'}")
+    return 0
 
 
 def cmd_sandbox_prepare(args: argparse.Namespace) -> int:
@@ -165,6 +228,65 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true", help="discard samples already in --output-dir")
     ev.set_defaults(func=cmd_eval)
 
+    cmp = sub.add_parser("compare", help="every method x seeds on the sandbox under one budget: table and plots",
+                         description="Train (or reuse) each method with each seed on the sandbox under the same "
+                                     "budget, evaluate in and out of distribution, and write comparison.md "
+                                     "(mean ± std over seeds), accuracy.png and the training-dynamics report.")
+    cmp.add_argument("--methods", nargs="+", default=None, help="default: all (sft grpo sft-then-grpo "
+                                                                 "grpo-then-sft static luffy srft sasr)")
+    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    cmp.add_argument("--max-steps", type=int, default=100, help="optimizer steps per run (the sandbox recipes: 100)")
+    cmp.add_argument("--batch-size", type=int, default=32, help="prompts per step (the sandbox recipes: 32)")
+    cmp.add_argument("--num-generations", type=int, default=8, help="rollouts per prompt")
+    cmp.add_argument("--k", type=int, default=4, help="samples per evaluation prompt (avg@k, pass@k)")
+    cmp.add_argument("--temperature", type=float, default=0.6, help="evaluation sampling temperature")
+    cmp.add_argument("--eval-limit", type=int, default=200, help="prompts per evaluation split")
+    cmp.add_argument("--checkpoint-every", type=int, default=0,
+                     help="keep a checkpoint every N steps (for `sftrl analyze map`; 0 = final model only)")
+    cmp.add_argument("--output-dir", "-o", default="runs/compare")
+    cmp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run, e.g. learning_rate=5e-4")
+    cmp.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser("report", help="plots and a table from the metrics of one or many runs",
+                         description="Overlay the training dynamics of runs (reward, accuracy, length, entropy, "
+                                     "gradient norm, KL, SASR's p_t and step choices, SRFT's weights) as PNG files "
+                                     "plus report.md and a self-contained report.html.")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (with metrics.jsonl)")
+    rep.add_argument("--output-dir", "-o", default="report", help="where the plots and pages go")
+    rep.add_argument("--label", action="append", help="a legend label per run, in order (default: its method; "
+                                                        "runs with the same label are drawn as mean and band)")
+    rep.add_argument("--smooth", type=int, default=5, help="trailing moving-average window in steps (1 = none)")
+    rep.set_defaults(func=cmd_report)
+
+    ana = sub.add_parser("analyze", help="token probability shifts, and a map of models in probability space")
+    ana_sub = ana.add_subparsers(dest="analyze_command", required=True)
+    probe_help = "probe set: a dataset whose demonstrations are the scored responses (default: sandbox:test)"
+    tok = ana_sub.add_parser("tokens", help="per-token probability changes from one model to others",
+                             description="Score the probe responses under a model before training and one or more "
+                                         "after it; plot and list which tokens' probabilities moved and how much.")
+    tok.add_argument("--before", required=True, help="the starting model: hub id, directory or 'sandbox'")
+    tok.add_argument("--after", required=True, nargs="+", help="trained model(s) to compare with it")
+    tok.add_argument("--label", action="append", help="a label per --after model, in order")
+    tok.add_argument("--probe", default="sandbox:test", help=probe_help)
+    tok.add_argument("--split", default="test")
+    tok.add_argument("--limit", type=int, default=100, help="probe pairs to score")
+    tok.add_argument("--output-dir", "-o", default="analysis")
+    tok.set_defaults(func=cmd_analyze_tokens)
+    mp = ana_sub.add_parser("map", help="place checkpoints of runs relative to three reference models",
+                            description="Each model is a point whose distances to three reference models (mean "
+                                        "|p_a - p_b| on the probe tokens) match as closely as the plane allows; "
+                                        "every run's checkpoints form a trajectory.")
+    mp.add_argument("--references", required=True, nargs=3, metavar="MODEL", help="three reference models")
+    mp.add_argument("--reference-label", action="append", help="a label per reference, in order")
+    mp.add_argument("--runs", required=True, nargs="+", metavar="RUN_DIR", help="run directories (their start "
+                                                                                 "model, checkpoints and final model)")
+    mp.add_argument("--label", action="append", help="a label per run, in order")
+    mp.add_argument("--probe", default="sandbox:test", help=probe_help)
+    mp.add_argument("--split", default="test")
+    mp.add_argument("--limit", type=int, default=100, help="probe pairs to score")
+    mp.add_argument("--output-dir", "-o", default="analysis")
+    mp.set_defaults(func=cmd_analyze_map)
+
     sandbox = sub.add_parser("sandbox", help="the built-in sandbox task")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
     prep = sandbox_sub.add_parser("prepare", help="make (or find cached) the sandbox base model")
@@ -177,7 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    from .config import ConfigError
     from .data import DataError
     from .rewards import RewardError
 

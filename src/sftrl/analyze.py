@@ -1,0 +1,257 @@
+"""`sftrl analyze tokens | map`: the SRFT paper's two pictures of how training moves a model.
+
+    # which response tokens changed probability, and by how much (SFT: broad shifts; RL: selective ones)
+    sftrl analyze tokens --before sandbox --after runs/compare/sft-seed0/model runs/compare/grpo-seed0/model
+    # every checkpoint of some runs as a point placed by its distances to three reference models
+    sftrl analyze map --references sandbox runs/compare/sft-seed0/model runs/compare/grpo-seed0/model \\
+        --runs runs/compare/sasr-seed0 runs/compare/srft-seed0
+
+Both score a fixed probe set of (prompt, response) pairs (default: the sandbox test prompts with
+their worked solutions) by the probability each model gives every response token, p(y_t | x, y_<t).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import load_examples, render_prompt
+from .trainer import pack, target_logprobs
+
+
+def probe_pairs(source: str, limit: int, split: str = "test") -> list[tuple[Any, str]]:
+    """(prompt, response) pairs from a dataset's demonstrations: the texts every model is scored on."""
+    examples = [e for e in load_examples(source, split, limit=None) if e.demonstration][:limit]
+    if not examples:
+        raise ValueError(f"{source} has no rows with a demonstration to use as probe responses")
+    return [(e.prompt, e.demonstration) for e in examples]
+
+
+def load_scorer(name: str):
+    """(model, tokenizer) for a hub id, directory or 'sandbox', in eval mode."""
+    from .models import load_model, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(name, progress=False)
+    model = load_model(path)
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+@torch.no_grad()
+def response_token_probs(model, tokenizer, pairs: list[tuple[Any, str]], batch_size: int = 64
+                         ) -> list[list[tuple[str, float]]]:
+    """For each pair, every response token (its text) and the probability the model gives it."""
+    eos = tokenizer.eos_token_id
+    prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p, _ in pairs]
+    responses = [tokenizer(r, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+                 for _, r in pairs]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pack(prompts[start:start + batch_size], responses[start:start + batch_size], pad, device)
+        logps, _ = target_logprobs(model, batch, with_entropy=False)  # (B, T)
+        for row, ids in enumerate(responses[start:start + batch_size]):
+            texts = [tokenizer.decode([t]) for t in ids]
+            out.append([(text, math.exp(float(lp))) for text, lp in zip(texts, logps[row, :len(ids)].tolist())])
+    return out
+
+
+def probability_shift_stats(before: list[list[tuple[str, float]]], after: list[list[tuple[str, float]]],
+                            top: int = 15) -> dict[str, Any]:
+    """How far token probabilities moved from `before` to `after` on the same texts: the spread of
+    Δp = p_after - p_before, the share of tokens that moved more than 0.05 / 0.2, and the tokens
+    (by text) that rose and fell most on average."""
+    deltas, by_token = [], defaultdict(list)
+    for row_before, row_after in zip(before, after):
+        for (text, p0), (_, p1) in zip(row_before, row_after):
+            deltas.append(p1 - p0)
+            by_token[text].append(p1 - p0)
+    n = len(deltas)
+    magnitudes = sorted(abs(d) for d in deltas)
+    mean_by_token = sorted(((sum(v) / len(v), len(v), t) for t, v in by_token.items()), reverse=True)
+    return {
+        "tokens": n,
+        "mean_abs_shift": sum(magnitudes) / n,
+        "median_abs_shift": magnitudes[n // 2],
+        "share_moved_0.05": sum(m > 0.05 for m in magnitudes) / n,
+        "share_moved_0.2": sum(m > 0.2 for m in magnitudes) / n,
+        "share_up": sum(d > 0.05 for d in deltas) / n,
+        "share_down": sum(d < -0.05 for d in deltas) / n,
+        "mean_p_before": sum(p for row in before for _, p in row) / n,
+        "mean_p_after": sum(p for row in after for _, p in row) / n,
+        "rose_most": [{"token": t, "mean_shift": m, "count": c} for m, c, t in mean_by_token[:top]],
+        "fell_most": [{"token": t, "mean_shift": m, "count": c} for m, c, t in reversed(mean_by_token[-top:])],
+    }
+
+
+def _token_html(before, after, rows: int = 12) -> str:
+    """Responses with each token's background coloured by its shift: green rose, red fell."""
+    lines = []
+    for row_before, row_after in list(zip(before, after))[:rows]:
+        spans = []
+        for (text, p0), (_, p1) in zip(row_before, row_after):
+            d = p1 - p0
+            color = f"rgba(0,160,0,{min(1, abs(d)):.2f})" if d > 0 else f"rgba(220,0,0,{min(1, abs(d)):.2f})"
+            shown = html.escape(text).replace("\n", "↵<br>") or "∅"
+            spans.append(f"<span title='{p0:.3f} → {p1:.3f}' style='background:{color}'>{shown}</span>")
+        lines.append("<p style='font-family:monospace'>" + "".join(spans) + "</p>")
+    return "\n".join(lines)
+
+
+def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out_dir: str | Path) -> dict[str, Any]:
+    """Score the probe responses under `before` and every `afters` model; write tokens.json,
+    tokens.png (histogram of shifts; p_before vs p_after) and tokens.html (coloured responses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_scorer(before)
+    base = response_token_probs(model, tokenizer, pairs)
+    results, page = {}, [f"<!doctype html><meta charset='utf-8'><title>token shifts</title><h1>Token probability "
+                         f"shifts from {html.escape(before)}</h1><p>Hover a token for p before → after.</p>"]
+    fig, (hist, scatter) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = matplotlib.colormaps["tab10"]
+    for i, (after, label) in enumerate(zip(afters, labels)):
+        model, tokenizer = load_scorer(after)
+        probs = response_token_probs(model, tokenizer, pairs)
+        stats = probability_shift_stats(base, probs)
+        results[label] = {"model": after, **stats}
+        deltas = [p1 - p0 for r0, r1 in zip(base, probs) for (_, p0), (_, p1) in zip(r0, r1)]
+        hist.hist(deltas, bins=50, range=(-1, 1), histtype="step", linewidth=1.5, color=colors(i),
+                  label=f"{label}: mean |Δp| {stats['mean_abs_shift']:.3f}, {stats['share_moved_0.2']:.0%} > 0.2")
+        p0 = [p for r in base for _, p in r]
+        p1 = [p for r in probs for _, p in r]
+        scatter.scatter(p0, p1, s=3, alpha=0.35, color=colors(i), label=label)
+        page.append(f"<h2>{html.escape(label)}</h2><p>{stats['tokens']} tokens; mean |Δp| "
+                    f"{stats['mean_abs_shift']:.3f}; {stats['share_up']:.1%} rose and {stats['share_down']:.1%} "
+                    f"fell by more than 0.05.</p>" + _token_html(base, probs))
+    hist.set(yscale="log", xlabel="Δp = p_after − p_before (per response token)", ylabel="tokens",
+             title=f"Token probability shifts from {Path(before).name or before}")
+    hist.legend(fontsize=7)
+    scatter.plot([0, 1], [0, 1], color="gray", linewidth=0.8)
+    scatter.set(xlabel="p before", ylabel="p after", title="Each response token, before vs after")
+    scatter.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "tokens.png", dpi=110)
+    plt.close(fig)
+    (out_dir / "tokens.json").write_text(json.dumps({"before": before, "probes": len(pairs), "models": results},
+                                                    indent=2))
+    (out_dir / "tokens.html").write_text("\n".join(page) + "\n")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# the map
+
+
+def model_distance(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> float:
+    """Mean absolute difference of the probabilities two models give the same probe tokens (0 to 1)."""
+    diffs = [abs(p - q) for row_a, row_b in zip(a, b) for (_, p), (_, q) in zip(row_a, row_b)]
+    return sum(diffs) / len(diffs)
+
+
+def reference_triangle(d12: float, d13: float, d23: float) -> list[tuple[float, float]]:
+    """Vertices for three references with these pairwise distances: R1 at the origin, R2 on the x axis,
+    R3 above it (law of cosines; clamped when the distances break the triangle inequality)."""
+    if d12 <= 0:
+        raise ValueError("the first two reference models score the probes identically; choose distinct references")
+    x3 = (d13 ** 2 - d23 ** 2 + d12 ** 2) / (2 * d12)
+    y3 = math.sqrt(max(d13 ** 2 - x3 ** 2, 0.0))
+    if y3 == 0:
+        raise ValueError("the three reference models lie on a line in probability space; choose other references")
+    return [(0.0, 0.0), (d12, 0.0), (x3, y3)]
+
+
+def place(vertices: list[tuple[float, float]], distances: list[float]) -> tuple[float, float]:
+    """The point whose distances to the three vertices best match `distances`: subtracting the first
+    circle's equation from the other two leaves two linear equations in (x, y), solved exactly."""
+    (x1, y1), (x2, y2), (x3, y3) = vertices
+    r1, r2, r3 = distances
+    a11, a12, b1 = 2 * (x2 - x1), 2 * (y2 - y1), r1 ** 2 - r2 ** 2 + x2 ** 2 - x1 ** 2 + y2 ** 2 - y1 ** 2
+    a21, a22, b2 = 2 * (x3 - x1), 2 * (y3 - y1), r1 ** 2 - r3 ** 2 + x3 ** 2 - x1 ** 2 + y3 ** 2 - y1 ** 2
+    det = a11 * a22 - a12 * a21
+    return ((b1 * a22 - b2 * a12) / det, (a11 * b2 - a21 * b1) / det)
+
+
+def run_models(run_dir: Path) -> list[tuple[int, str]]:
+    """(step, model path) of a run's start model, every kept checkpoint and its final model."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    models = [(0, config["model"])] if config.get("model") else []
+    for checkpoint in sorted((run_dir / "checkpoints").glob("step-*")):
+        models.append((int(checkpoint.name.split("-")[1]), str(checkpoint)))
+    if (run_dir / "model").exists():
+        models.append((config.get("max_steps", models[-1][0] + 1 if models else 1), str(run_dir / "model")))
+    if len(models) < 2:
+        raise FileNotFoundError(f"{run_dir}: no checkpoints or final model to place on the map")
+    return models
+
+
+def analyze_map(references: list[str], reference_labels: list[str], run_dirs: list[str], run_labels: list[str],
+                pairs, out_dir: str | Path) -> dict[str, Any]:
+    """Place every model of every run relative to three references; write map.json and map.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(references) != 3:
+        raise ValueError(f"the map needs exactly three reference models, got {len(references)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache: dict[str, list] = {}
+
+    def scores(name: str):
+        if name not in cache:
+            model, tokenizer = load_scorer(name)
+            cache[name] = response_token_probs(model, tokenizer, pairs)
+        return cache[name]
+
+    refs = [scores(r) for r in references]
+    d12, d13, d23 = model_distance(refs[0], refs[1]), model_distance(refs[0], refs[2]), model_distance(refs[1], refs[2])
+    vertices = reference_triangle(d12, d13, d23)
+    result: dict[str, Any] = {"distance": "mean |p_a - p_b| over probe response tokens", "probes": len(pairs),
+                              "references": [{"label": l, "model": m, "xy": v}
+                                             for l, m, v in zip(reference_labels, references, vertices)],
+                              "runs": []}
+    fig, ax = plt.subplots(figsize=(7, 6))
+    tri = vertices + [vertices[0]]
+    ax.plot([v[0] for v in tri], [v[1] for v in tri], color="gray", linewidth=0.8, linestyle="--")
+    for (x, y), label in zip(vertices, reference_labels):
+        ax.scatter([x], [y], marker="*", s=220, color="black", zorder=4)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=10, weight="bold")
+    colors = matplotlib.colormaps["tab10"]
+    for i, (run_dir, label) in enumerate(zip(run_dirs, run_labels)):
+        points = []
+        for step, path in run_models(Path(run_dir)):
+            probs = scores(path)
+            distances = [model_distance(probs, ref) for ref in refs]
+            xy = place(vertices, distances)
+            points.append({"step": step, "model": path, "distances": distances, "xy": xy})
+        result["runs"].append({"label": label, "run": run_dir, "points": points})
+        xs, ys = [p["xy"][0] for p in points], [p["xy"][1] for p in points]
+        ax.plot(xs, ys, "-o", color=colors(i), markersize=4, label=label)
+        ax.annotate("", xy=(xs[-1], ys[-1]), xytext=(xs[-2], ys[-2]),
+                    arrowprops={"arrowstyle": "->", "color": colors(i), "lw": 1.5})
+        ax.annotate(f"{points[-1]['step']}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color=colors(i))
+    ax.set(title="Models in probability space (distance: mean |Δp| on probe tokens)", xlabel="x", ylabel="y")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(out_dir / "map.png", dpi=110)
+    plt.close(fig)
+    (out_dir / "map.json").write_text(json.dumps(result, indent=2))
+    return result

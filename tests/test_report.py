@@ -1,0 +1,130 @@
+"""`sftrl compare`, `sftrl report` and `sftrl analyze` on tiny runs: the files they write, the numbers
+in them, reuse of finished runs, and the geometry of the model map."""
+
+import json
+import math
+import random
+
+import pytest
+
+from sftrl import analyze, compare as compare_module
+from sftrl.cli import main
+from sftrl.report import load_run, run_table, smooth, write_report
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("compare")
+    kwargs = dict(methods=["sft", "static"], seeds=[0, 1], out_dir=out, max_steps=4, batch_size=4, num_generations=2,
+                  k=2, eval_limit=3, checkpoint_every=2,
+                  overrides={"model": str(tiny_model_dir), "max_completion_length": 8, "max_train_examples": 32,
+                             "max_eval_examples": 4, "progress": False})
+    results = compare_module.compare(**kwargs)
+    return out, results, kwargs
+
+
+def test_compare_trains_every_method_and_seed_and_writes_table_and_plots(compared):
+    out, results, _ = compared
+    assert [(r["method"], r["seed"]) for r in results] == [("base", 0), ("base", 1), ("sft", 0), ("static", 0),
+                                                           ("sft", 1), ("static", 1)]
+    for r in results:
+        for split in ("in-dist", "ood"):
+            assert r[split]["questions"] == 3 and r[split]["k"] == 2 and 0.0 <= r[split]["avg@k"] <= 1.0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["budget"]["max_steps"] == 4 and saved["budget"]["sft_steps"] == 2 and len(saved["results"]) == 6
+    table = (out / "comparison.md").read_text()
+    assert "| base | 2 |" in table and "| sft | 2 |" in table and "| static | 2 |" in table and " ± " in table
+    for name in ("accuracy.png", "report.md", "report.html", "step_types.png", "grad_norm.png"):
+        assert (out / name).stat().st_size > 1000, name
+    # Checkpoints every 2 steps are kept (the last step is the final model): the map's trajectory.
+    assert [p.name for p in sorted((out / "sft-seed0" / "checkpoints").glob("step-*"))] == ["step-000002"]
+    static = json.loads((out / "static-seed1" / "metrics.jsonl").read_text().splitlines()[1])
+    assert static["step_type"] == "sft"
+
+
+def test_compare_reuses_finished_runs_and_refuses_other_settings(compared, monkeypatch):
+    out, results, kwargs = compared
+
+    def no_training(config):
+        raise AssertionError(f"{config.run_dir} was trained again")
+
+    monkeypatch.setattr("sftrl.trainer.train", no_training)
+    again = compare_module.compare(**kwargs)
+    assert [r["in-dist"] for r in again] == [r["in-dist"] for r in results]  # samples files reused too
+    with pytest.raises(FileExistsError, match="other settings"):
+        compare_module.compare(**{**kwargs, "overrides": {**kwargs["overrides"], "learning_rate": 5e-4}})
+    with pytest.raises(ValueError, match="unknown method"):
+        compare_module.compare(**{**kwargs, "methods": ["sfft"]})
+
+
+def test_mean_std_and_smooth():
+    assert compare_module.mean_std([0.1, 0.3]) == pytest.approx((0.2, math.sqrt(0.02)))
+    assert compare_module.mean_std([0.5]) == (0.5, 0.0)
+    assert smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_report_table_and_files_from_runs(compared, tmp_path):
+    out, _, _ = compared
+    runs = [load_run(out / "sft-seed0"), load_run(out / "static-seed0"), load_run(out / "static-seed1")]
+    rows = run_table(runs)
+    assert [(r["label"], r["steps"], r["sft_steps"], r["grpo_steps"]) for r in rows] == [
+        ("sft", 4, 4, 0), ("static", 4, 2, 2), ("static", 4, 2, 2)]
+    assert rows[0]["reward_last"] is None and rows[1]["reward_last"] is not None
+    images = write_report(runs, tmp_path / "rep")
+    names = {p.name for p in images}
+    assert {"grad_norm.png", "reward.png", "entropy.png", "step_types.png"} <= names
+    assert "sasr_p_sft.png" not in names  # no SASR run: no empty panel
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(images) and "<td>static</td>" in page
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert all(f"({p.name})" in md for p in images)
+
+    assert main(["report", str(out / "sft-seed0"), "--label", "a", "--label", "b"]) == 2  # one label per run
+    assert main(["report", str(tmp_path)]) == 2  # not a run directory
+
+
+def test_probability_shift_stats_on_hand_made_probabilities():
+    before = [[("a", 0.5), ("b", 0.9)], [("a", 0.5)]]
+    after = [[("a", 0.8), ("b", 0.9)], [("a", 0.1)]]
+    stats = analyze.probability_shift_stats(before, after)
+    assert stats["tokens"] == 3
+    assert stats["mean_abs_shift"] == pytest.approx((0.3 + 0.0 + 0.4) / 3)
+    assert stats["share_up"] == pytest.approx(1 / 3) and stats["share_down"] == pytest.approx(1 / 3)
+    assert stats["share_moved_0.2"] == pytest.approx(2 / 3)
+    assert stats["rose_most"][0]["token"] == "b" and stats["fell_most"][0]["token"] == "a"
+    assert stats["fell_most"][0]["mean_shift"] == pytest.approx(-0.05)
+
+
+def test_map_geometry_places_points_at_their_distances():
+    vertices = analyze.reference_triangle(3.0, 4.0, 5.0)  # a right angle at the first reference
+    assert vertices == [(0.0, 0.0), (3.0, 0.0), (pytest.approx(0.0), pytest.approx(4.0))]
+    rng = random.Random(0)
+    for _ in range(5):
+        x, y = rng.uniform(-2, 4), rng.uniform(-2, 5)
+        distances = [math.dist((x, y), v) for v in vertices]
+        assert analyze.place(vertices, distances) == (pytest.approx(x), pytest.approx(y))
+    assert analyze.place(vertices, [0.0, 3.0, 4.0]) == (pytest.approx(0.0), pytest.approx(0.0))  # = reference 1
+    with pytest.raises(ValueError, match="on a line"):
+        analyze.reference_triangle(1.0, 2.0, 1.0)
+    with pytest.raises(ValueError, match="identically"):
+        analyze.reference_triangle(0.0, 1.0, 1.0)
+
+
+def test_analyze_commands_write_their_files(compared, tiny_model_dir, tmp_path, capsys):
+    out, _, _ = compared
+    assert main(["analyze", "tokens", "--before", str(tiny_model_dir), "--after", str(out / "sft-seed0" / "model"),
+                 str(out / "static-seed0" / "model"), "--limit", "6", "-o", str(tmp_path)]) == 0
+    tokens = json.loads((tmp_path / "tokens.json").read_text())
+    assert set(tokens["models"]) == {"sft-seed0", "static-seed0"}
+    assert tokens["models"]["sft-seed0"]["tokens"] > 6 * 10 and tokens["models"]["sft-seed0"]["mean_abs_shift"] > 0
+    assert (tmp_path / "tokens.png").stat().st_size > 1000 and "<span" in (tmp_path / "tokens.html").read_text()
+
+    refs = [str(tiny_model_dir), str(out / "sft-seed0" / "model"), str(out / "static-seed1" / "model")]
+    assert main(["analyze", "map", "--references", *refs, "--runs", str(out / "static-seed0"), "--limit", "6",
+                 "-o", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "map.json").read_text())
+    points = result["runs"][0]["points"]
+    assert [p["step"] for p in points] == [0, 2, 4]  # start model, checkpoint, final model
+    assert points[0]["distances"][0] == 0.0 and points[0]["xy"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    assert "static-seed0: 0:(0.000,0.000)" in capsys.readouterr().out
