@@ -34,7 +34,7 @@ def test_compare_trains_every_method_and_seed_and_writes_table_and_plots(compare
     assert saved["budget"]["max_steps"] == 4 and saved["budget"]["sft_steps"] == 2 and len(saved["results"]) == 6
     table = (out / "comparison.md").read_text()
     assert "| base | 2 |" in table and "| sft | 2 |" in table and "| static | 2 |" in table and " ± " in table
-    for name in ("accuracy.png", "report.md", "report.html", "step_types.png", "grad_norm.png"):
+    for name in ("final_accuracy.png", "accuracy.png", "report.md", "report.html", "step_types.png", "grad_norm.png"):
         assert (out / name).stat().st_size > 1000, name
     # Checkpoints every 2 steps are kept (the last step is the final model): the map's trajectory.
     assert [p.name for p in sorted((out / "sft-seed0" / "checkpoints").glob("step-*"))] == ["step-000002"]

@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="every method x seeds on the sandbox under one budget: table and plots",
                          description="Train (or reuse) each method with each seed on the sandbox under the same "
                                      "budget, evaluate in and out of distribution, and write comparison.md "
-                                     "(mean ± std over seeds), accuracy.png and the training-dynamics report.")
+                                     "(mean ± std over seeds), final_accuracy.png and the training-dynamics report.")
     cmp.add_argument("--methods", nargs="+", default=None, help="default: all (sft grpo sft-then-grpo "
                                                                  "grpo-then-sft static luffy srft sasr)")
     cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -8,7 +8,7 @@ Equal budget: every run takes the same optimizer steps with the same prompts per
 per prompt; phase lengths scale with it (SFT→GRPO and GRPO→SFT switch at half the steps, SASR warms
 up for a fifth). Each run lives in OUT/<method>-seed<seed>/; a finished run with the same settings
 is reused, an interrupted one resumes from its newest checkpoint, and evaluations resume from their
-samples files. Outputs: results.json, comparison.md, accuracy.png and the training-dynamics report
+samples files. Outputs: results.json, comparison.md, final_accuracy.png and the training-dynamics report
 (report.md / report.html and its plots).
 """
 
@@ -192,11 +192,11 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, max_steps
                                                       "eval_limit": eval_limit, "results": results}, indent=2))
     (out_dir / "comparison.md").write_text(f"Budget: {budget}. Accuracy in percent, mean ± std over seeds "
                                            f"{', '.join(map(str, seeds))}.\n\n{table}\n")
-    plot_accuracy(results, k, out_dir / "accuracy.png")
+    plot_accuracy(results, k, out_dir / "final_accuracy.png")
     if runs:
         write_report(runs, out_dir, title="sftrl compare: sandbox", extra_sections=[("Comparison", table)],
-                     extra_images=[out_dir / "accuracy.png"])
+                     extra_images=[out_dir / "final_accuracy.png"])
     print(table)
-    print(f"wrote {out_dir / 'comparison.md'}, {out_dir / 'accuracy.png'}, {out_dir / 'report.html'} "
+    print(f"wrote {out_dir / 'comparison.md'}, {out_dir / 'final_accuracy.png'}, {out_dir / 'report.html'} "
           f"({time.perf_counter() - start:.0f} s)")
     return results

@@ -101,22 +101,22 @@ def plot_panel(groups: dict[str, list[Run]], keys: list[str], title: str, ylabel
             curves = [c for c in curves if c[0]]
             if not curves:
                 continue
-            steps = sorted(set.intersection(*(set(c[0]) for c in curves)))
-            if not steps:
-                continue
-            rows = []
+            # Each run smoothed on its own steps; a step's mean and band use the runs that logged it.
+            by_step: dict[int, list[float]] = {}
             for c_steps, c_values in curves:
-                lookup = dict(zip(c_steps, c_values))
-                values = [lookup[s] for s in steps]
-                rows.append(values if key in SMOOTH_EXCEPT else smooth(values, window))
-            mean = [sum(col) / len(col) for col in zip(*rows)]
+                values = c_values if key in SMOOTH_EXCEPT else smooth(c_values, window)
+                for step, value in zip(c_steps, values):
+                    by_step.setdefault(step, []).append(value)
+            steps = sorted(by_step)
+            cols = [by_step[s] for s in steps]
+            mean = [sum(col) / len(col) for col in cols]
             name = label if len(keys) == 1 else f"{label}: {key.split('/')[-1]}"
             if len(runs) > 1:
                 name += f" (n={len(curves)})"
             marker = "o" if key in SMOOTH_EXCEPT else None
             ax.plot(steps, mean, style, color=colors[label], label=name, marker=marker, markersize=4)
-            if len(rows) > 1:
-                ax.fill_between(steps, [min(col) for col in zip(*rows)], [max(col) for col in zip(*rows)],
+            if len(curves) > 1:
+                ax.fill_between(steps, [min(col) for col in cols], [max(col) for col in cols],
                                 color=colors[label], alpha=0.15, linewidth=0)
             drawn = True
     if drawn:
