@@ -208,3 +208,14 @@ def test_eval_command_writes_a_summary_and_resumes(tiny_model_dir, tmp_path, cap
     assert main(args[:-2] + ["--temperature", "0", "-o", str(tmp_path)]) == 2  # greedy with k = 2
     assert main(args + ["--temperature", "1.0"]) == 2  # other settings than the samples file holds
     assert "other settings" in capsys.readouterr().err
+
+
+def test_eval_with_vllm_missing_says_how_to_install_it(tiny_model_dir, tmp_path, capsys):
+    import importlib.util
+
+    from sftrl.cli import main
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    assert main(["eval", "--model", str(tiny_model_dir), "--limit", "2", "--backend", "vllm", "-o", str(tmp_path)]) == 2
+    assert "pip install 'sftrl[vllm]'" in capsys.readouterr().err
