@@ -48,8 +48,7 @@ from sftrl.data import Example, load_examples
 from sftrl.evaluate import build_questions, grader_for, run_benchmark, shuffle_options, summarize
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-SETTINGS = {"model": "fake", "k": 2, "temperature": 0.6, "top_p": 1.0, "max_new_tokens": 16,
-            "shuffle_choices": False, "seed": 0}
+SETTINGS = {"model": "fake", "k": 2, "shuffle_choices": False}
 
 
 def record(source, grades, lengths=None):
@@ -155,7 +154,10 @@ def test_run_benchmark_writes_every_question_and_resumes_after_a_stop(tmp_path):
     run_benchmark(None, None, questions, path, SETTINGS, batch_size=2, sampler=fake_sampler(calls))
     assert calls == []  # all done: nothing sampled again
     with pytest.raises(FileExistsError, match="other settings"):
-        run_benchmark(None, None, questions, path, {**SETTINGS, "temperature": 1.0}, sampler=fake_sampler(calls))
+        run_benchmark(None, None, questions, path, SETTINGS, temperature=1.0, sampler=fake_sampler(calls))
+    with pytest.raises(FileExistsError, match="other settings"):
+        run_benchmark(None, None, questions, path, {**SETTINGS, "k_by_source": {"sandbox-test": 4}},
+                      sampler=fake_sampler(calls))
 
 
 @pytest.mark.parametrize("name,sources", [

@@ -87,9 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples_path = out_dir / "samples.jsonl"
     if args.overwrite and samples_path.exists():
         samples_path.unlink()
-    settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "temperature": args.temperature,
-                "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "shuffle_choices": args.shuffle_choices,
-                "seed": args.seed}
+    settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "shuffle_choices": args.shuffle_choices}
     tokenizer = load_tokenizer(path)
     if args.backend == "vllm":
         sampler, model = VLLMSampler(path, dtype=args.dtype), None
@@ -106,7 +104,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps({"settings": settings, "data": args.data, **summary}, indent=2))
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+                "seed": args.seed}
+    summary_path.write_text(json.dumps({"settings": {**settings, **sampling}, "data": args.data, **summary}, indent=2))
     print(f"wrote {summary_path} and {samples_path}")
     return 0
 
@@ -118,9 +118,8 @@ PAPER_K = {"aime24": 32, "aime25": 32, "amc": 32}
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import load_run, write_report
 
-    if args.label and len(args.label) != len(args.runs):
-        raise ConfigError(f"--label was given {len(args.label)} times for {len(args.runs)} runs; give one per run or none")
-    runs = [load_run(path, label) for path, label in zip(args.runs, args.label or [None] * len(args.runs))]
+    labels = _labels(args.label, args.runs, "--label", default=lambda path: None)  # None: the run's method
+    runs = [load_run(path, label) for path, label in zip(args.runs, labels)]
     images = write_report(runs, args.output_dir, window=args.smooth)
     print(f"wrote {len(images)} plots, {Path(args.output_dir) / 'report.md'} and {Path(args.output_dir) / 'report.html'}")
     return 0
@@ -137,10 +136,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels(given: list[str] | None, paths: list[str], option: str) -> list[str]:
+def _path_label(path: str) -> str:
+    """A run's directory name: runs/sft-seed0 and runs/sft-seed0/model are both 'sft-seed0'."""
+    p = Path(path.rstrip("/"))
+    return p.parent.name if p.name == "model" else p.name
+
+
+def _labels(given: list[str] | None, paths: list[str], option: str, default=_path_label) -> list:
+    """One label per path: the ones given (exactly one each) or default(path)."""
     if given and len(given) != len(paths):
         raise ConfigError(f"{option} was given {len(given)} times for {len(paths)} models or runs; give one each or none")
-    return given or [Path(p.rstrip("/")).name if Path(p).name != "model" else Path(p).parent.name for p in paths]
+    return given or [default(p) for p in paths]
 
 
 def cmd_analyze_tokens(args: argparse.Namespace) -> int:

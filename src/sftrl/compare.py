@@ -82,8 +82,7 @@ def evaluate_run(model_dir: Path, eval_dir: Path, k: int, temperature: float, li
     results = {}
     for name, source in SPLITS.items():
         questions = build_questions(load_examples(source, limit=limit), source, k=k)
-        settings = {"model": str(model_dir), "k": k, "temperature": temperature, "top_p": 1.0,
-                    "max_new_tokens": max_new_tokens, "shuffle_choices": False, "seed": seed}
+        settings = {"model": str(model_dir), "k": k, "shuffle_choices": False}
         records = run_benchmark(model, tokenizer, questions, eval_dir / f"{name}.jsonl", settings,
                                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         results[name] = summarize(records)["overall"]
@@ -178,11 +177,11 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, max_steps
             print(f"    reused the finished run in {run_dir}", flush=True)
         evals = evaluate_run(run_dir / "model", run_dir / "eval", k, temperature, eval_limit, config.seed,
                              max_new_tokens)
-        summary = json.loads((run_dir / "summary.json").read_text())
+        run = load_run(run_dir)
         results.append({"method": config.method, "seed": config.seed, "run_dir": str(run_dir), **evals,
-                        "greedy_after": summary.get("eval_after", {}).get("eval/accuracy"),
-                        "train_seconds": summary.get("train_seconds")})
-        runs.append(load_run(run_dir))
+                        "greedy_after": run.summary.get("eval_after", {}).get("eval/accuracy"),
+                        "train_seconds": run.summary.get("train_seconds")})
+        runs.append(run)
         print(f"    in-dist avg@{k} {evals['in-dist']['avg@k']:.1%}, ood avg@{k} {evals['ood']['avg@k']:.1%}",
               flush=True)
     table = comparison_table(results, k)

@@ -25,12 +25,13 @@ from .rewards import load_rewards, score_completions
 from .rollout import generate_completions
 
 
-def reward_columns(examples: list[Example], repeat: int = 1) -> dict[str, list]:
+def reward_columns(examples: list[Example], repeat: int | list[int] = 1) -> dict[str, list]:
     """Keyword columns for TRL-style reward functions: `answer` plus every other dataset column,
-    each example's value repeated for its `repeat` completions."""
-    columns: dict[str, list] = {"answer": [e.answer for e in examples for _ in range(repeat)]}
+    each example's value repeated for its completions (`repeat` of them, or `repeat[i]` for example i)."""
+    counts = [repeat] * len(examples) if isinstance(repeat, int) else repeat
+    columns: dict[str, list] = {"answer": [e.answer for e, n in zip(examples, counts) for _ in range(n)]}
     for key in examples[0].columns:
-        columns.setdefault(key, [e.columns.get(key) for e in examples for _ in range(repeat)])
+        columns.setdefault(key, [e.columns.get(key) for e, n in zip(examples, counts) for _ in range(n)])
     return columns
 
 
@@ -87,7 +88,7 @@ def avg_at_k(grades: list[float]) -> float:
 # everything already graded and a second run with the same settings picks up where it left off.
 
 DEFAULT_TEMPERATURE = 0.6  # the papers' evaluation protocol (ALGORITHMS.md, "Shared ... protocol")
-SETTINGS_KEYS = ("model", "k", "temperature", "top_p", "max_new_tokens", "shuffle_choices", "seed")
+SETTINGS_KEYS = ("model", "k", "k_by_source", "temperature", "top_p", "max_new_tokens", "shuffle_choices", "seed")
 
 _OPTION_LINE = re.compile(r"^([A-J])[).:]\s+(.*\S)\s*$")
 
@@ -181,10 +182,8 @@ def grade_samples(questions: list[Question], completions: list[list[str]]) -> li
     for name in sorted({q.grader for q in questions}):
         rows = [i for i, q in enumerate(questions) if q.grader == name]
         examples = [questions[i].example for i in rows]
+        columns = reward_columns(examples, [len(completions[i]) for i in rows])
         flat = [text for i in rows for text in completions[i]]
-        columns = {"answer": [questions[i].example.answer for i in rows for _ in completions[i]]}
-        for key in examples[0].columns:
-            columns.setdefault(key, [questions[i].example.columns.get(key) for i in rows for _ in completions[i]])
         prompts = [questions[i].example.prompt for i in rows for _ in completions[i]]
         scores, _ = score_completions(load_rewards([name]), prompts, flat, columns)
         scores = scores.nan_to_num(0.0).tolist()
@@ -276,9 +275,13 @@ def run_benchmark(
     """Sample and grade every question not yet in `samples_path`, appending one JSON line per question
     as soon as it is graded; returns the records of all questions (in question order).
 
+    `settings` says what made the questions (model, k, k_by_source, shuffle_choices); the sampling
+    arguments are added to it, and a samples file written under other settings is refused.
     Each chunk of questions is sampled under a seed fixed by its first question, so a resumed
     evaluation draws the same samples as an uninterrupted one.
     """
+    settings = {**settings, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                "seed": seed}
     path = Path(samples_path) if samples_path else None
     done = read_samples(path, settings) if path else {}
     if path and not path.exists():
