@@ -128,3 +128,15 @@ def test_analyze_commands_write_their_files(compared, tiny_model_dir, tmp_path, 
     assert points[0]["distances"][0] == 0.0 and points[0]["xy"] == pytest.approx([0.0, 0.0], abs=1e-9)
     assert (tmp_path / "map.png").stat().st_size > 1000
     assert "static-seed0: 0:(0.000,0.000)" in capsys.readouterr().out
+
+
+def test_analyze_map_reports_bad_references_and_runs_as_errors(compared, tiny_model_dir, tmp_path, capsys):
+    out, _, _ = compared
+    tiny, sft = str(tiny_model_dir), str(out / "sft-seed0" / "model")
+    assert main(["analyze", "map", "--references", tiny, tiny, sft, "--runs", str(out / "static-seed0"),
+                 "--limit", "4", "-o", str(tmp_path)]) == 2
+    assert "score the probes identically" in capsys.readouterr().err
+    assert main(["analyze", "map", "--references", tiny, sft, str(out / "static-seed1" / "model"),
+                 "--runs", str(tmp_path / "no-run"), "--limit", "4", "-o", str(tmp_path)]) == 2
+    assert "no checkpoints or final model" in capsys.readouterr().err
+    assert not (tmp_path / "map.png").exists()

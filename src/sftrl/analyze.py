@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .data import load_examples, render_prompt
+from .config import ConfigError
+from .data import DataError, load_examples, render_prompt
 from .trainer import pack, target_logprobs
 
 
@@ -29,7 +30,7 @@ def probe_pairs(source: str, limit: int, split: str = "test") -> list[tuple[Any,
     """(prompt, response) pairs from a dataset's demonstrations: the texts every model is scored on."""
     examples = [e for e in load_examples(source, split, limit=None) if e.demonstration][:limit]
     if not examples:
-        raise ValueError(f"{source} has no rows with a demonstration to use as probe responses")
+        raise DataError("has no rows with a demonstration to use as probe responses", source=source)
     return [(e.prompt, e.demonstration) for e in examples]
 
 
@@ -164,11 +165,11 @@ def reference_triangle(d12: float, d13: float, d23: float) -> list[tuple[float, 
     """Vertices for three references with these pairwise distances: R1 at the origin, R2 on the x axis,
     R3 above it (law of cosines; clamped when the distances break the triangle inequality)."""
     if d12 <= 0:
-        raise ValueError("the first two reference models score the probes identically; choose distinct references")
+        raise ConfigError("the first two reference models score the probes identically; choose distinct references")
     x3 = (d13 ** 2 - d23 ** 2 + d12 ** 2) / (2 * d12)
     y3 = math.sqrt(max(d13 ** 2 - x3 ** 2, 0.0))
     if y3 == 0:
-        raise ValueError("the three reference models lie on a line in probability space; choose other references")
+        raise ConfigError("the three reference models lie on a line in probability space; choose other references")
     return [(0.0, 0.0), (d12, 0.0), (x3, y3)]
 
 
@@ -207,7 +208,8 @@ def analyze_map(references: list[str], reference_labels: list[str], run_dirs: li
     import matplotlib.pyplot as plt
 
     if len(references) != 3:
-        raise ValueError(f"the map needs exactly three reference models, got {len(references)}")
+        raise ConfigError(f"the map needs exactly three reference models, got {len(references)}")
+    models_by_run = [run_models(Path(run_dir)) for run_dir in run_dirs]  # a bad run dir fails before any scoring
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[str, list] = {}
@@ -232,9 +234,9 @@ def analyze_map(references: list[str], reference_labels: list[str], run_dirs: li
         ax.scatter([x], [y], marker="*", s=220, color="black", zorder=4)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=10, weight="bold")
     colors = matplotlib.colormaps["tab10"]
-    for i, (run_dir, label) in enumerate(zip(run_dirs, run_labels)):
+    for i, (run_dir, label, models) in enumerate(zip(run_dirs, run_labels, models_by_run)):
         points = []
-        for step, path in run_models(Path(run_dir)):
+        for step, path in models:
             probs = scores(path)
             distances = [model_distance(probs, ref) for ref in refs]
             xy = place(vertices, distances)
