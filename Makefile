@@ -1,5 +1,5 @@
 # Set-up and everyday commands. Each target creates the virtual environment on first use.
-#   make demo    train SFT on the built-in sandbox and print accuracy before and after (CPU, minutes)
+#   make demo    train SFT on the built-in sandbox and print accuracy before and after (CPU, about 2 minutes)
 #   make test    run the test suite
 #   make bench   time a GRPO step against TRL's GRPOTrainer
 # On a GPU machine install your CUDA build of torch into .venv first (or set TORCH_SPEC);
@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Each demo run gets its own directory, so running it again never refuses or overwrites an earlier one.
 demo: $(STAMP)
-	$(VENV)/bin/sftrl train --config recipes/sandbox-sft.yaml
+	$(VENV)/bin/sftrl train --config recipes/sandbox-sft.yaml output_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

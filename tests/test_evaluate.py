@@ -193,15 +193,16 @@ def test_real_benchmark_golds_score_one_and_shuffled_golds_near_zero(name, sourc
 def test_eval_command_writes_a_summary_and_resumes(tiny_model_dir, tmp_path, capsys):
     from sftrl.cli import main
 
-    args = ["eval", "--model", str(tiny_model_dir), "--data", "sandbox:test", "sandbox:ood", "--limit", "3",
+    args = ["eval", "--model", str(tiny_model_dir), "--data", "sandbox:test", "sandbox:ood", "--limit", "4",
             "--k", "2", "--max-new-tokens", "8", "-o", str(tmp_path)]
     assert main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["by_source"]) == {"sandbox-test", "sandbox-ood"}
-    assert summary["overall"]["questions"] == 6 and summary["overall"]["k"] == 2
+    assert set(summary["by_source"]) == {f"sandbox-{split}-{family}" for split in ("test", "ood")
+                                         for family in ("chain", "paren")}
+    assert summary["overall"]["questions"] == 8 and summary["overall"]["k"] == 2
     assert 0 < summary["overall"]["mean_length"] <= 8
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 7 and all(len(json.loads(line)["completions"]) == 2 for line in lines[1:])
+    assert len(lines) == 9 and all(len(json.loads(line)["completions"]) == 2 for line in lines[1:])
     assert "overall" in capsys.readouterr().out
 
     assert main(args) == 0  # everything is graded already: same file, same numbers

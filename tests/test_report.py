@@ -15,8 +15,8 @@ from sftrl.report import load_run, run_table, smooth, write_report
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("compare")
-    kwargs = dict(methods=["sft", "static"], seeds=[0, 1], out_dir=out, max_steps=4, batch_size=4, num_generations=2,
-                  k=2, eval_limit=3, checkpoint_every=2,
+    kwargs = dict(methods=["sft", "static"], seeds=[0, 1], out_dir=out,
+                  budget={"max_steps": 4, "batch_size": 4, "num_generations": 2}, k=2, eval_limit=3, checkpoint_every=2,
                   overrides={"model": str(tiny_model_dir), "max_completion_length": 8, "max_train_examples": 32,
                              "max_eval_examples": 4, "progress": False})
     results = compare_module.compare(**kwargs)
@@ -34,6 +34,9 @@ def test_compare_trains_every_method_and_seed_and_writes_table_and_plots(compare
     assert saved["budget"]["max_steps"] == 4 and saved["budget"]["sft_steps"] == 2 and len(saved["results"]) == 6
     table = (out / "comparison.md").read_text()
     assert "| base | 2 |" in table and "| sft | 2 |" in table and "| static | 2 |" in table and " ± " in table
+    assert "| sft − static |" in table and "95% confidence interval" in table
+    assert {d["a"] + "/" + d["b"] for d in saved["paired_differences"]["in-dist"]} == {
+        "base/sft", "base/static", "sft/static"}
     for name in ("final_accuracy.png", "accuracy.png", "report.md", "report.html", "step_types.png", "grad_norm.png"):
         assert (out / name).stat().st_size > 1000, name
     # Checkpoints every 2 steps are kept (the last step is the final model): the map's trajectory.
@@ -61,6 +64,34 @@ def test_mean_std_and_smooth():
     assert compare_module.mean_std([0.1, 0.3]) == pytest.approx((0.2, math.sqrt(0.02)))
     assert compare_module.mean_std([0.5]) == (0.5, 0.0)
     assert smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_confidence_intervals_and_paired_differences():
+    # n = 5: t(0.975, 4) = 2.776; values 1..5 have sd sqrt(2.5).
+    mean, half = compare_module.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and half == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
+    assert compare_module.mean_ci([0.4]) == (0.4, 0.0)
+    assert compare_module.mean_ci([0.1] * 40)[1] == pytest.approx(0.0)
+    # Paired: b is a plus a seed-independent 0.1 with a little noise; unpaired spreads overlap, pairs do not.
+    a = [0.10, 0.50, 0.30, 0.70, 0.20]
+    b = [x + 0.1 + e for x, e in zip(a, [0.01, -0.01, 0.0, 0.02, -0.02])]
+    results = [{"method": "a", "seed": s, "x": v} for s, v in enumerate(a)]
+    results += [{"method": "b", "seed": s, "x": v} for s, v in enumerate(b)]
+    results.append({"method": "c", "seed": 0, "x": 0.9})  # one shared seed: no interval, no row
+    rows = compare_module.paired_differences(results, lambda r: r["x"], ["a", "b", "c"])
+    assert [(r["a"], r["b"], r["seeds"]) for r in rows] == [("a", "b", 5)]
+    assert rows[0]["mean"] == pytest.approx(-0.1) and rows[0]["separated"]
+    assert rows[0]["ci95"] == pytest.approx(compare_module.mean_ci([-0.11, -0.09, -0.1, -0.12, -0.08])[1])
+    assert compare_module.mean_ci(b)[1] > 0.1  # the unpaired interval alone would not separate them
+
+
+def test_tuning_grid_covers_the_rates_each_method_uses():
+    shared = compare_module.budget_overrides(compare_module.DEFAULT_BUDGET)
+    grid = {"learning_rate": [1e-5, 1e-4], "sft_learning_rate": [1e-3]}
+    assert compare_module.tuning_grid("sft", shared, grid) == [{"sft_learning_rate": 1e-3}]
+    assert compare_module.tuning_grid("grpo", shared, grid) == [{"learning_rate": 1e-5}, {"learning_rate": 1e-4}]
+    assert compare_module.tuning_grid("sasr", shared, grid) == [
+        {"learning_rate": 1e-5, "sft_learning_rate": 1e-3}, {"learning_rate": 1e-4, "sft_learning_rate": 1e-3}]
 
 
 def test_report_table_and_files_from_runs(compared, tmp_path):
@@ -140,3 +171,29 @@ def test_analyze_map_reports_bad_references_and_runs_as_errors(compared, tiny_mo
                  "--runs", str(tmp_path / "no-run"), "--limit", "4", "-o", str(tmp_path)]) == 2
     assert "no checkpoints or final model" in capsys.readouterr().err
     assert not (tmp_path / "map.png").exists()
+
+
+def test_compare_tunes_on_the_validation_split_in_parallel_processes(tmp_path, tiny_model_dir):
+    import yaml
+
+    grid = {"learning_rate": [1e-5, 1e-3], "sft_learning_rate": [1e-4]}
+    results = compare_module.compare(
+        methods=["grpo"], seeds=[0, 1], out_dir=tmp_path, budget={"max_steps": 2, "batch_size": 2, "num_generations": 2},
+        k=1, eval_limit=2, jobs=2, tune_grid=grid,
+        overrides={"model": str(tiny_model_dir), "max_completion_length": 6, "max_train_examples": 8,
+                   "max_eval_examples": 3})
+    saved = json.loads((tmp_path / "results.json").read_text())
+    scores = saved["tuning"]["grpo"]["scores"]
+    assert [s["learning_rate"] for s in scores] == [1e-5, 1e-3]
+    best = max(s["val_greedy"] for s in scores)
+    first_best = next(s["learning_rate"] for s in scores if s["val_greedy"] == best)  # ties: the lower rate
+    assert saved["tuning"]["grpo"]["chosen"] == {"learning_rate": first_best}
+    for point in ("lr1e-05", "lr0.001"):
+        tuned = yaml.safe_load((tmp_path / "tune" / f"grpo-{point}" / "config.yaml").read_text())
+        assert tuned["eval_data"] == "sandbox:val" and tuned["seed"] == compare_module.TUNE_SEED
+        assert "accuracy after training" in (tmp_path / "logs" / f"tune-grpo-{point}.log").read_text()  # its own log
+    for seed in (0, 1):
+        run = yaml.safe_load((tmp_path / f"grpo-seed{seed}" / "config.yaml").read_text())
+        assert run["learning_rate"] == first_best and run["seed"] == seed
+    assert [(r["method"], r["seed"]) for r in results] == [("base", 0), ("base", 1), ("grpo", 0), ("grpo", 1)]
+    assert "Learning rates chosen on sandbox:val" in (tmp_path / "comparison.md").read_text()

@@ -40,29 +40,53 @@ def model(tokenizer):
 # --- task ---------------------------------------------------------------------------------------
 
 
+def families(rows):
+    return [row["data_source"].rsplit("-", 1)[1] for row in rows]
+
+
+def solve(expression):
+    """Independent reference: Python's own arithmetic on the prompt's expression."""
+    return eval(expression)  # noqa: S307 (digits, +, -, brackets only)
+
+
 def test_default_splits_are_fixed_and_sized():
     assert make_split("test") == make_split("test")
     assert make_split("ood") == make_split("ood")
-    assert [len(make_split(s)) for s in ("train", "test", "ood")] == [5000, 200, 200]
+    assert [len(make_split(s)) for s in ("train", "val", "test", "ood")] == [5000, 200, 200, 200]
     row = make_split("test", 1)[0]
     assert set(row) == {"prompt", "answer", "demonstration", "data_source"}
-    assert row["data_source"] == "sandbox-test"
+    assert row["data_source"] in ("sandbox-test-chain", "sandbox-test-paren")
     assert row["prompt"].startswith("Compute ") and row["prompt"].endswith(".")
+
+
+def test_skill_share_sets_the_bracket_problems():
+    for split in ("train", "val", "test", "ood"):
+        rows = make_split(split)
+        assert families(rows).count("paren") == round(0.3 * len(rows))
+        assert families(rows[:100]).count("paren") == 30  # every prefix holds the share
+    rows = make_split("train", 1000, skill_share=0.5)
+    assert families(rows).count("paren") == 500
+    assert all(("(" in r["prompt"]) == (f == "paren") for r, f in zip(rows, families(rows)))
+    assert families(make_split("train", 100, skill_share=0.0)) == ["chain"] * 100
+    assert families(make_split("train", 100, skill_share=1.0)) == ["paren"] * 100
 
 
 def test_seed_changes_problems_and_prefixes_are_stable():
     assert make_split("train", 50, seed=1) != make_split("train", 50, seed=2)
     assert make_split("test", 300)[:200] == make_split("test")
+    assert make_split("train", 40, skill_share=0.5)[:10] == make_split("train", 10, skill_share=0.5)
 
 
 def test_splits_are_disjoint_and_prompts_unique():
-    train = {row["prompt"] for row in make_split("train")}
-    test = {row["prompt"] for row in make_split("test")}
-    ood = {row["prompt"] for row in make_split("ood")}
-    assert len(train) == 5000 and len(test) == 200 and len(ood) == 200
-    assert not train & test and not train & ood and not test & ood
-    # Disjointness holds for any seed, not just the defaults.
-    assert not {row["prompt"] for row in make_split("train", 2000, seed=7)} & test
+    prompts = {s: [row["prompt"] for row in make_split(s)] for s in ("train", "val", "test", "ood")}
+    for split, rows in prompts.items():
+        assert len(set(rows)) == len(rows), split
+    sets = {s: set(p) for s, p in prompts.items()}
+    for a, b in [("train", "val"), ("train", "test"), ("val", "test"), ("train", "ood"), ("test", "ood")]:
+        assert not sets[a] & sets[b], (a, b)
+    # Disjointness holds for any seed and share, not just the defaults.
+    other = {row["prompt"] for row in make_split("train", 2000, seed=7, skill_share=0.6)}
+    assert not other & sets["test"] and not other & sets["val"]
 
 
 def test_ood_is_harder():
@@ -74,17 +98,28 @@ def test_ood_is_harder():
 
     test, ood = make_split("test"), make_split("ood")
     assert mean([terms(r["prompt"]) for r in ood]) > mean([terms(r["prompt"]) for r in test]) + 0.5
-    assert mean([len(r["demonstration"]) for r in ood]) > mean([len(r["demonstration"]) for r in test])
+    assert mean([int(r["answer"]) for r in ood]) > mean([int(r["answer"]) for r in test]) + 5
     assert max(len(r["demonstration"]) for r in ood) < 80
 
 
 def test_correct_demonstrations_verify_and_show_every_step():
-    for row in make_split("train", 500) + make_split("ood"):
+    rows = make_split("train", 500) + make_split("ood")
+    for row, family in zip(rows, families(rows)):
+        expression = row["prompt"][len("Compute "):-1]
+        assert int(row["answer"]) == solve(expression) >= 0
         assert verify(row["demonstration"], row["answer"]) == 1.0
         lines = row["demonstration"].split("\n")
         assert lines[-1] == f"\\boxed{{{row['answer']}}}"
-        assert len(lines) == row["prompt"].count("+") + row["prompt"].count("-") + 1
-        assert int(row["answer"]) >= 0
+        assert len(lines) == expression.count("+") + expression.count("-") + 1
+        for line in lines[:-1]:
+            left, result = line.split("=")
+            assert solve(left) == int(result) >= 0
+        if family == "paren":
+            # Brackets first: the first line is the bracketed pair; left to right would be wrong.
+            inner = expression[expression.index("(") + 1:expression.index(")")]
+            assert lines[0].split("=")[0] == inner
+            assert solve(expression.replace("(", "").replace(")", "")) != int(row["answer"])
+            assert int(row["answer"]) >= 10
 
 
 def test_demo_error_rate_makes_that_fraction_wrong_with_gold_answers_kept():
@@ -94,12 +129,14 @@ def test_demo_error_rate_makes_that_fraction_wrong_with_gold_answers_kept():
     assert [r["answer"] for r in noisy] == [r["answer"] for r in clean]
     wrong = [r for r in noisy if verify(r["demonstration"], r["answer"]) == 0.0]
     assert abs(len(wrong) / len(noisy) - 0.3) < 0.02
+    assert {"chain", "paren"} <= set(families(wrong))
     # A wrong demonstration is a single slip: exactly one line's arithmetic does not hold.
-    for row in wrong[:50]:
+    for row in wrong[:80]:
         bad_lines = 0
         for line in row["demonstration"].split("\n")[:-1]:
             left, result = line.split("=")
-            bad_lines += eval(left) != int(result)  # noqa: S307 (digits and +/- only)
+            bad_lines += solve(left) != int(result)
+            assert int(result) >= 0
         assert bad_lines == 1
     assert all(verify(r["demonstration"], r["answer"]) == 0.0 for r in make_split("test", 20, demo_error_rate=1.0))
 
@@ -108,6 +145,7 @@ def test_demo_error_rate_makes_that_fraction_wrong_with_gold_answers_kept():
     ("kwargs", "message"),
     [
         ({"split": "validation"}, "unknown sandbox split"),
+        ({"split": "train", "skill_share": 1.2}, "skill_share"),
         ({"split": "train", "demo_error_rate": 1.5}, "demo_error_rate"),
         ({"split": "train", "demo_error_rate": -0.1}, "demo_error_rate"),
         ({"split": "train", "n": -1}, "non-negative"),
@@ -260,7 +298,9 @@ def test_prepare_base_model_caches_atomically(tmp_path, monkeypatch):
     assert path == target
     metadata = json.loads((path / "sandbox.json").read_text())
     assert metadata["settings"] == settings.to_json()
-    assert 0.0 <= metadata["test_accuracy"] <= 1.0 and 0.0 <= metadata["ood_accuracy"] <= 1.0
+    for split in ("test", "ood"):
+        for key in ("greedy_accuracy", "sampled_accuracy", "greedy_shortcut", "sampled_shortcut"):
+            assert 0.0 <= metadata[split]["all"][key] <= 1.0
     assert sorted(p.name for p in target.parent.iterdir()) == ["base"]  # no staging leftovers
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert tokenizer.decode(tokenizer("a b\nc")["input_ids"]) == "a b\nc"
@@ -296,3 +336,34 @@ def test_pretraining_is_deterministic(tokenizer):
     ]
     assert losses[0] == losses[1]
     assert len(losses[0]) == 3
+
+
+def test_shipped_base_model_is_complete_and_made_by_the_recorded_recipe():
+    directory = prepare_module.base_model_dir()
+    metadata = prepare_module.read_metadata(directory)
+    assert metadata["name"] == prepare_module.BASE_MODEL_NAME
+    assert metadata["settings"] == prepare_module.PretrainSettings().to_json()  # `--rebuild` remakes this model
+    model, tokenizer = prepare_module.load_base_model()
+    assert model.dtype == torch.float32 and sum(p.numel() for p in model.parameters()) == metadata["num_parameters"]
+    assert tokenizer.decode(tokenizer("Compute 3-(1+1).")["input_ids"]) == "Compute 3-(1+1)."
+    # The regime the sandbox is built for (README, The sandbox): greedy decoding takes the shortcut on
+    # chains, sampling often solves them step by step, and brackets are never solved.
+    test = metadata["test"]
+    assert test["chain"]["greedy_shortcut"] > 0.8 and test["chain"]["greedy_accuracy"] < 0.15
+    assert test["chain"]["sampled_accuracy"] > test["chain"]["greedy_accuracy"] + 0.15
+    assert test["paren"]["greedy_accuracy"] <= 0.02 and test["paren"]["sampled_accuracy"] <= 0.02
+
+
+def test_prepare_command_shows_the_shipped_model_and_rebuilds_from_the_recipe(tmp_path, monkeypatch, capsys):
+    from sftrl.cli import main
+
+    assert main(["sandbox", "prepare"]) == 0
+    out = capsys.readouterr().out
+    assert str(prepare_module.base_model_dir()) in out and "greedy" in out and "paren" in out
+    tiny = prepare_module.PretrainSettings(steps=2, batch_size=4, warmup_steps=1)
+    monkeypatch.setattr(prepare_module, "PretrainSettings", lambda: tiny)
+    monkeypatch.setattr(prepare_module, "make_split", lambda split: make_split(split, 4))
+    assert main(["sandbox", "prepare", "--rebuild", "--output-dir", str(tmp_path / "rebuilt")]) == 0
+    out = capsys.readouterr().out
+    assert "rebuilt from the recipe" in out and "shipped" in out
+    assert prepare_module.read_metadata(tmp_path / "rebuilt")["settings"]["steps"] == 2

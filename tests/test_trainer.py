@@ -132,10 +132,35 @@ def test_lr_schedule_warmup_then_cosine(tmp_path, tiny_model_dir):
     Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=6, warmup_steps=2, lr_scheduler="cosine",
                         learning_rate=1e-3, output_dir=str(run))).train()
     lrs = [r["learning_rate"] for r in read_metrics(run)]
-    # logged after each step: warm-up 1/3, 2/3 of the peak, then cosine from the peak towards 0
-    assert lrs[0] == pytest.approx(2e-3 / 3) and lrs[1] == pytest.approx(1e-3)
-    assert lrs[2] == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4)).item()))
-    assert lrs[1] > lrs[2] > lrs[3] > lrs[4] > 0
+    # the rate each step used: warm-up 1/3, 2/3 of the peak, then cosine from the peak towards 0
+    assert lrs[0] == pytest.approx(1e-3 / 3) and lrs[1] == pytest.approx(2e-3 / 3) and lrs[2] == pytest.approx(1e-3)
+    assert lrs[3] == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4)).item()))
+    assert lrs[2] > lrs[3] > lrs[4] > lrs[5] > 0
+
+
+def test_sft_steps_use_sft_learning_rate_and_policy_gradient_steps_learning_rate(tmp_path, tiny_model_dir,
+                                                                                reward_spec):
+    run = tmp_path / "two-rates"
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft-then-grpo", sft_steps=2, max_steps=4,
+                                  learning_rate=1e-4, sft_learning_rate=2e-3, lr_scheduler="constant",
+                                  reward_funcs=[reward_spec], output_dir=str(run)))
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    trainer.train()
+    records = [r for r in read_metrics(run) if "step_type" in r]
+    assert [(r["step_type"], r["learning_rate"]) for r in records] == [
+        ("sft", 2e-3), ("sft", 2e-3), ("grpo", 1e-4), ("grpo", 1e-4)]
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
+    # A step with a policy-gradient term uses learning_rate even when it also has an SFT term.
+    mixed = tmp_path / "mixed"
+    Trainer(make_config(tmp_path, tiny_model_dir, method="static", static_mode="weighted", max_steps=1,
+                        learning_rate=1e-4, sft_learning_rate=2e-3, reward_funcs=[reward_spec],
+                        output_dir=str(mixed))).train()
+    (record,) = [r for r in read_metrics(mixed) if "step_type" in r]
+    assert record["step_type"] == "sft+grpo" and record["learning_rate"] == 1e-4
+    with pytest.raises(ConfigError, match="sft_learning_rate"):
+        load_config(overrides=["sft_learning_rate=-1"])
+    with pytest.raises(ConfigError, match="learning_rate: must be positive and finite"):
+        load_config(overrides=["learning_rate=.inf"])
 
 
 def test_grad_norm_is_logged_before_clipping(tmp_path, tiny_model_dir):

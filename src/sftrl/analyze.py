@@ -38,7 +38,7 @@ def load_scorer(name: str):
     """(model, tokenizer) for a hub id, directory or 'sandbox', in eval mode."""
     from .models import load_model, load_tokenizer, resolve_model_path
 
-    path = resolve_model_path(name, progress=False)
+    path = resolve_model_path(name)
     model = load_model(path)
     model.eval()
     return model, load_tokenizer(path)

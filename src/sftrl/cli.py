@@ -9,7 +9,7 @@
     sftrl report runs/sasr-seed0 runs/srft-seed0 -o report
     sftrl analyze tokens --before sandbox --after runs/sft-seed0/model runs/grpo-seed0/model
     sftrl analyze map --references sandbox runs/sft-seed0/model runs/grpo-seed0/model --runs runs/sasr-seed0
-    sftrl sandbox prepare [--force]
+    sftrl sandbox prepare [--rebuild]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import textwrap
 from pathlib import Path
 
 from .config import ConfigError
+from .progress import Progress
 
 
 def _quiet_libraries() -> None:
@@ -62,8 +63,6 @@ def _slug(text: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from .data import load_examples
     from .evaluate import VLLMSampler, build_questions, format_summary, run_benchmark, sample_with_generate, summarize
     from .models import load_model, load_tokenizer, resolve_model_path
@@ -95,10 +94,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sampler, model = sample_with_generate, load_model(path, args.dtype)
         if args.device:
             model.to(args.device)
-    with tqdm(total=len(questions), desc="eval", unit="question", dynamic_ncols=True) as bar:
-        records = run_benchmark(model, tokenizer, questions, samples_path, settings,
-                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                batch_size=args.batch_size, seed=args.seed, sampler=sampler, progress=bar)
+    bar = Progress(len(questions), "eval", unit="question")
+    records = run_benchmark(model, tokenizer, questions, samples_path, settings,
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            batch_size=args.batch_size, seed=args.seed, sampler=sampler, progress=bar)
+    bar.close()
     summary = summarize(records)
     print(f"{args.model} (temperature {args.temperature}, top_p {args.top_p})")
     print(format_summary(summary))
@@ -126,13 +126,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import METHOD_ORDER, compare
+    from .compare import DEFAULT_BUDGET, DEFAULT_LR_GRID, METHOD_ORDER, compare
     from .config import parse_overrides
 
-    compare(args.methods or METHOD_ORDER, args.seeds, args.output_dir, max_steps=args.max_steps,
-            batch_size=args.batch_size, num_generations=args.num_generations, k=args.k,
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: must be at least 1, got {args.jobs}")
+    if args.k < 1:
+        raise ConfigError(f"--k: must be at least 1, got {args.k}")
+    overrides = parse_overrides(args.overrides)
+    # Budget values given as flags or as key=value land in the budget (the table's caption shows them).
+    budget = {key: overrides.pop(key) for key in list(overrides) if key in DEFAULT_BUDGET}
+    budget.update({key: value for key, value in (("max_steps", args.max_steps), ("batch_size", args.batch_size),
+                                                 ("num_generations", args.num_generations)) if value is not None})
+    grid = None
+    if args.tune:
+        grid = {"learning_rate": args.lr_grid or DEFAULT_LR_GRID["learning_rate"],
+                "sft_learning_rate": args.sft_lr_grid or DEFAULT_LR_GRID["sft_learning_rate"]}
+    compare(args.methods or METHOD_ORDER, args.seeds, args.output_dir, budget=budget, k=args.k,
             temperature=args.temperature, eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
-            overrides=parse_overrides(args.overrides))
+            overrides=overrides, jobs=args.jobs, tune_grid=grid)
     return 0
 
 
@@ -177,14 +189,32 @@ def cmd_analyze_map(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sandbox_prepare(args: argparse.Namespace) -> int:
-    from .sandbox import prepare_base_model
+def _describe_base(metadata: dict) -> str:
+    lines = [f"{metadata.get('name')}: {metadata.get('num_parameters', 0) / 1e6:.2f}M parameters, "
+             f"{metadata['settings']['steps']} pretraining steps ({metadata.get('train_seconds')} s on "
+             f"{metadata.get('torch_threads')} threads)"]
+    for split in ("test", "ood"):
+        for family, row in metadata.get(split, {}).items():
+            lines.append(f"  {split:<4} {family:<5}  greedy {row['greedy_accuracy']:6.1%}  sampled (T=1) "
+                         f"{row['sampled_accuracy']:6.1%}  shortcut answers greedy {row['greedy_shortcut']:6.1%} "
+                         f"sampled {row['sampled_shortcut']:6.1%}")
+    return "\n".join(lines)
 
-    path = prepare_base_model(cache_dir=args.cache_dir, force=args.force)
-    info = path / "sandbox.json"
-    if info.exists():
-        print(info.read_text())
-    print(f"sandbox base model: {path}")
+
+def cmd_sandbox_prepare(args: argparse.Namespace) -> int:
+    from .sandbox.prepare import base_model_dir, prepare_base_model, read_metadata
+
+    shipped = base_model_dir()
+    if not args.rebuild:
+        print(_describe_base(read_metadata(shipped)))
+        print(f"sandbox base model (shipped with sftrl, used for model=sandbox): {shipped}")
+        return 0
+    path = prepare_base_model(cache_dir=args.output_dir, force=args.force)
+    print("rebuilt from the recipe:")
+    print(_describe_base(read_metadata(path)))
+    print("shipped:")
+    print(_describe_base(read_metadata(shipped)))
+    print(f"rebuilt base model: {path} (train with model={path})")
     return 0
 
 
@@ -236,14 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="every method x seeds on the sandbox under one budget: table and plots",
                          description="Train (or reuse) each method with each seed on the sandbox under the same "
-                                     "budget, evaluate in and out of distribution, and write comparison.md "
-                                     "(mean ± std over seeds), final_accuracy.png and the training-dynamics report.")
+                                     "budget, evaluate in and out of distribution, and write comparison.md (mean "
+                                     "and 95%% confidence interval over seeds, paired differences), "
+                                     "final_accuracy.png and the training-dynamics report.")
     cmp.add_argument("--methods", nargs="+", default=None, help="default: all (sft grpo sft-then-grpo "
                                                                  "grpo-then-sft static luffy srft sasr)")
-    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    cmp.add_argument("--max-steps", type=int, default=100, help="optimizer steps per run (the sandbox recipes: 100)")
-    cmp.add_argument("--batch-size", type=int, default=32, help="prompts per step (the sandbox recipes: 32)")
-    cmp.add_argument("--num-generations", type=int, default=8, help="rollouts per prompt")
+    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    cmp.add_argument("--jobs", "-j", type=int, default=min(8, os.cpu_count() or 1),
+                     help="runs at once, in separate processes sharing the CPU threads (default: the cores, at most 8)")
+    cmp.add_argument("--max-steps", type=int, default=None, help="optimizer steps per run (default: the sandbox budget, 50)")
+    cmp.add_argument("--batch-size", type=int, default=None, help="prompts per step (default: 16)")
+    cmp.add_argument("--num-generations", type=int, default=None, help="rollouts per prompt (default: 8)")
+    cmp.add_argument("--tune", action="store_true",
+                     help="first choose each method's learning rate(s) on a grid, by greedy accuracy on sandbox:val")
+    cmp.add_argument("--lr-grid", nargs="+", type=float, default=None,
+                     help="learning_rate values to try with --tune (default: 3e-5 1e-4 3e-4)")
+    cmp.add_argument("--sft-lr-grid", nargs="+", type=float, default=None,
+                     help="sft_learning_rate values to try with --tune (default: 1e-4 3e-4 1e-3)")
     cmp.add_argument("--k", type=int, default=4, help="samples per evaluation prompt (avg@k, pass@k)")
     cmp.add_argument("--temperature", type=float, default=0.6, help="evaluation sampling temperature")
     cmp.add_argument("--eval-limit", type=int, default=200, help="prompts per evaluation split")
@@ -295,9 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="the built-in sandbox task")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
-    prep = sandbox_sub.add_parser("prepare", help="make (or find cached) the sandbox base model")
-    prep.add_argument("--force", action="store_true", help="retrain even if cached")
-    prep.add_argument("--cache-dir", default=None, help="default: $SFTRL_CACHE/sandbox or ~/.cache/sftrl/sandbox")
+    prep = sandbox_sub.add_parser("prepare", help="show the shipped sandbox base model, or rebuild it from its recipe",
+                                  description="Without --rebuild: where the shipped base model is and what it does. "
+                                              "With --rebuild: pretrain it again from the recorded recipe (about "
+                                              "ten minutes on two CPU cores) and compare with the shipped one.")
+    prep.add_argument("--rebuild", action="store_true", help="pretrain the base model from its recipe")
+    prep.add_argument("--force", action="store_true", help="with --rebuild: retrain even if --output-dir already "
+                                                          "holds a model made from the same recipe")
+    prep.add_argument("--output-dir", "-o", default=None,
+                      help="with --rebuild: where to write (default: $SFTRL_CACHE/sandbox/base-v2 or "
+                           "~/.cache/sftrl/sandbox/base-v2)")
     prep.set_defaults(func=cmd_sandbox_prepare)
     return parser
 

@@ -51,7 +51,10 @@ class Config:
     system_prompt: str | None = _f(None, "System prompt added to plain-text prompts.")
     max_train_examples: int | None = _f(None, "Use only the first N training rows.")
     max_eval_examples: int | None = _f(200, "Evaluate on the first N rows of eval_data.")
-    sandbox_demo_error_rate: float = _f(0.0, "Sandbox: fraction of demonstrations made wrong, to study demonstration quality.")
+    eval_reward: str | None = _f(None, "Grader of evaluations during training; null = the task's verifier (sandbox, option letter when the gold is one, math-verify otherwise), never the training reward. A name or module:function forces one.")
+    sandbox_demo_error_rate: float = _f(0.0, "Sandbox regime: fraction of training demonstrations made wrong (one slipped step), to study demonstration quality.")
+    sandbox_skill_share: float = _f(0.3, "Sandbox regime: share of training problems that need the bracket skill only demonstrations teach (evaluation splits keep 0.3).")
+    sandbox_train_size: int = _f(5000, "Sandbox regime: number of training problems, each with its demonstration.")
     reward_funcs: list[str] = _f(["auto"], "Reward functions: math, choice, sandbox, module:function or file.py:function; auto = sandbox for the sandbox, math otherwise.")
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
 
@@ -59,7 +62,8 @@ class Config:
     max_steps: int = _f(100, "Optimizer steps to train.")
     batch_size: int = _f(32, "Prompts per optimizer step (SFT: demonstrations; GRPO: prompts, each with num_generations rollouts).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
-    learning_rate: float = _f(1e-3, "Peak AdamW learning rate (sandbox default; the papers use 1e-6 on 7B models).")
+    learning_rate: float = _f(1e-4, "Peak AdamW learning rate of every step with a policy-gradient term (GRPO, LUFFY, SRFT, weighted mixtures); SFT-only steps use sft_learning_rate. Sandbox default; the papers use 1e-6 on 7B models.")
+    sft_learning_rate: float | None = _f(None, "Peak learning rate of SFT-only steps (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability); null = learning_rate. SFT tolerates higher rates than RL (the papers: SFT 5e-5, RL 1e-6 at 7B).")
     lr_scheduler: str = _f("cosine", "Learning-rate schedule after warm-up: constant or cosine.")
     warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
@@ -108,6 +112,11 @@ class Config:
     save_total_limit: int = _f(2, "Keep the newest N checkpoints.")
     resume: bool = _f(False, "Continue from the newest checkpoint in output_dir.")
     progress: bool = _f(True, "Show a progress bar.")
+
+    @property
+    def sft_lr(self) -> float:
+        """The peak learning rate of SFT-only steps."""
+        return self.learning_rate if self.sft_learning_rate is None else self.sft_learning_rate
 
     @property
     def run_dir(self) -> Path:
@@ -241,7 +250,9 @@ def validate(c: Config) -> None:
     for name in ("max_prompt_length", "max_train_examples", "max_eval_examples"):
         value = getattr(c, name)
         check(value is None or value >= 1, f"{name}: must be at least 1 or null, got {value}")
-    check(c.learning_rate > 0, f"learning_rate: must be positive, got {c.learning_rate}")
+    check(0 < c.learning_rate < float("inf"), f"learning_rate: must be positive and finite, got {c.learning_rate}")
+    check(c.sft_learning_rate is None or 0 < c.sft_learning_rate < float("inf"),
+          f"sft_learning_rate: must be positive and finite or null, got {c.sft_learning_rate}")
     check(c.temperature > 0, f"temperature: must be positive, got {c.temperature}")
     check(0 < c.top_p <= 1, f"top_p: must be in (0, 1], got {c.top_p}")
     check(c.beta >= 0, f"beta: must be 0 or more, got {c.beta}")
@@ -250,6 +261,8 @@ def validate(c: Config) -> None:
     check(c.max_grad_norm >= 0, f"max_grad_norm: must be 0 or more, got {c.max_grad_norm}")
     check(c.weight_decay >= 0, f"weight_decay: must be 0 or more, got {c.weight_decay}")
     check(0 <= c.sandbox_demo_error_rate <= 1, f"sandbox_demo_error_rate: must be in [0, 1], got {c.sandbox_demo_error_rate}")
+    check(0 <= c.sandbox_skill_share <= 1, f"sandbox_skill_share: must be in [0, 1], got {c.sandbox_skill_share}")
+    check(c.sandbox_train_size >= 1, f"sandbox_train_size: must be at least 1, got {c.sandbox_train_size}")
     check(len(c.reward_funcs) >= 1, "reward_funcs: name at least one reward function")
     check(c.reward_weights is None or len(c.reward_weights) == len(c.reward_funcs),
           f"reward_weights: {c.reward_weights} has a different length than reward_funcs {c.reward_funcs}")

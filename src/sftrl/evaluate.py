@@ -39,26 +39,33 @@ def evaluate_accuracy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
-    reward_fns: list[tuple[str, Callable]],
+    grader: str | None = None,
     max_new_tokens: int = 256,
     batch_size: int = 128,
     temperature: float = 0.0,
     progress=None,
-) -> dict[str, float]:
-    """Mean reward of one completion per example (greedy at temperature 0): accuracy for 0/1 rewards.
+) -> dict[str, Any]:
+    """Share of examples solved by one completion each (greedy at temperature 0).
 
-    Returns accuracy, mean completion length, the fraction of truncated completions, and the
-    completions themselves under "completions" for inspection.
+    Each example is graded by the task's own verifier (:func:`grader_for`: the sandbox's check,
+    option letters, or math-verify), never by a training reward, which may be shaped or noisy;
+    ``grader`` names one reward function to grade them all instead. Returns the accuracy, the
+    accuracy per ``data_source`` (when there are several), the mean completion length, the share of
+    truncated completions, and the completions themselves under "completions".
     """
     texts = [render_prompt(tokenizer, e.prompt) for e in examples]
     completions = generate_completions(model, tokenizer, texts, num_generations=1, max_new_tokens=max_new_tokens,
                                        temperature=temperature or 1.0, batch_size=batch_size,
                                        greedy=temperature == 0.0, progress=progress)
-    rewards, _ = score_completions(reward_fns, [e.prompt for e in examples], completions.texts,
-                                   reward_columns(examples))
+    questions = build_questions(examples, "eval", k=1, reward=grader)
+    grades = [g[0] for g in grade_samples(questions, [[text] for text in completions.texts])]
+    by_source: dict[str, list[float]] = {}
+    for question, grade in zip(questions, grades):
+        by_source.setdefault(question.data_source, []).append(grade)
     lengths = [len(c) for c in completions.completion_ids]
     return {
-        "accuracy": float(rewards.nan_to_num(0.0).mean()),
+        "accuracy": sum(grades) / len(grades),
+        "by_source": {name: sum(g) / len(g) for name, g in sorted(by_source.items())} if len(by_source) > 1 else {},
         "mean_length": sum(lengths) / len(lengths),
         "truncated": sum(completions.truncated) / len(lengths),
         "completions": completions.texts,

@@ -14,12 +14,12 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_model_path(name: str, progress: bool = True) -> str:
-    """'sandbox' -> the prepared sandbox base model's directory (prepared and cached on first use)."""
+def resolve_model_path(name: str) -> str:
+    """'sandbox' -> the directory of the sandbox base model shipped with sftrl."""
     if name == "sandbox":
-        from .sandbox import prepare_base_model
+        from .sandbox.prepare import base_model_dir
 
-        return str(prepare_base_model(progress=progress))
+        return str(base_model_dir())
     if _looks_local(name) and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"model path not found: {name}")
     return name

@@ -1,7 +1,7 @@
 """The one training loop, shared by every method.
 
 Each optimizer step: draw `batch_size` prompts -> the method runs its backward passes through
-`sft_backward` / `grpo_backward` -> global gradient norm, clipping, AdamW and scheduler step ->
+`sft_backward` / `grpo_backward` -> global gradient norm, clipping, AdamW step at the step's rate ->
 metrics.jsonl (TRL's metric names) -> periodic evaluation and atomic checkpoints.
 Runs on `accelerate` (single process, or `accelerate launch` for data parallelism).
 """
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from . import losses
 from .config import Config
@@ -32,6 +31,7 @@ from .data import Example, PromptSampler, load_examples, render_prompt
 from .evaluate import evaluate_accuracy, reward_columns
 from .methods import METHODS
 from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from .progress import Progress
 from .rewards import load_rewards, score_completions
 from .rollout import generate_completions
 
@@ -102,7 +102,8 @@ def target_logprobs(model, batch: TokenBatch, temperature: float = 1.0, with_ent
 
 
 def lr_lambda(config: Config):
-    """Linear warm-up to the peak, then constant or cosine decay to 0 at max_steps."""
+    """The schedule's factor for a 0-based step: linear warm-up to 1, then constant or cosine decay
+    to 0 at max_steps. The step's peak rate (learning_rate or sft_learning_rate) is multiplied by it."""
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / (config.warmup_steps + 1)
@@ -136,7 +137,8 @@ class Trainer:
             config.train_data, config.train_split, prompt_field=config.prompt_field,
             answer_field=config.answer_field, demo_field=config.demo_field, require_demo=needs_demo,
             system_prompt=config.system_prompt, limit=config.max_train_examples,
-            sandbox_demo_error_rate=config.sandbox_demo_error_rate)
+            sandbox_demo_error_rate=config.sandbox_demo_error_rate, sandbox_skill_share=config.sandbox_skill_share,
+            sandbox_train_size=config.sandbox_train_size)
         eval_source = ("sandbox:test" if is_sandbox else None) if config.eval_data == "auto" else config.eval_data
         self.eval_examples: list[Example] = []
         if eval_source:
@@ -148,7 +150,7 @@ class Trainer:
         self.reward_fns = load_rewards(specs)
         self.reward_weights = config.reward_weights
 
-        model_path = resolve_model_path(config.model, progress=config.progress)
+        model_path = resolve_model_path(config.model)
         self.tokenizer = load_tokenizer(config.tokenizer or model_path, config.trust_remote_code)
         model = load_model(model_path, config.dtype, config.trust_remote_code)
         needs_reference = getattr(self.method, "needs_reference", None)
@@ -158,13 +160,14 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                       betas=(config.adam_beta1, config.adam_beta2))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.lr_factor = lr_lambda(config)
         self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
         self.method_state: dict[str, Any] = self.method.init_state(config) if hasattr(self.method, "init_state") else {}
         self.step = 0
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
         self._prompt_cache: dict[int, list[int]] = {}
+        self._bar: Progress | None = None
 
     # ------------------------------------------------------------------ primitives for methods
     @property
@@ -414,8 +417,15 @@ class Trainer:
         self.reference_step = self.step
 
     # ------------------------------------------------------------------ the loop
-    def optimizer_step(self) -> float:
-        """Average gradients over ranks, clip the global norm, step; returns the norm before clipping."""
+    def step_learning_rate(self, step_type: str) -> float:
+        """This step's learning rate: sft_learning_rate for a step with only SFT terms, learning_rate
+        for any step with a policy-gradient term, times the schedule's factor."""
+        peak = self.config.sft_lr if step_type == "sft" else self.config.learning_rate
+        return peak * self.lr_factor(self.step)
+
+    def optimizer_step(self, learning_rate: float) -> float:
+        """Average gradients over ranks, clip the global norm, step at `learning_rate`; returns the
+        norm before clipping."""
         if self.world > 1:
             for p in self.model.parameters():
                 if p.grad is not None:
@@ -423,8 +433,9 @@ class Trainer:
                     p.grad /= self.world
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
@@ -432,10 +443,11 @@ class Trainer:
         if not self.eval_examples:
             return {}
         with self.accelerator.autocast():
-            result = evaluate_accuracy(self.policy, self.tokenizer, self.eval_examples, self.reward_fns,
+            result = evaluate_accuracy(self.policy, self.tokenizer, self.eval_examples, self.config.eval_reward,
                                        max_new_tokens=self.config.max_completion_length,
                                        batch_size=self.config.eval_batch_size)
-        return {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"]}
+        return {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"],
+                **{f"eval/accuracy/{source}": value for source, value in result["by_source"].items()}}
 
     def train(self) -> dict[str, Any]:
         cfg = self.config
@@ -453,10 +465,10 @@ class Trainer:
             summary["eval_before"] = self.evaluate()
             if summary["eval_before"]:
                 self._log({"step": 0, **summary["eval_before"]})
-                self._print(f"accuracy before training: {summary['eval_before']['eval/accuracy']:.1%} "
+                self._print(f"accuracy before training: {_accuracy_text(summary['eval_before'])} "
                             f"on {len(self.eval_examples)} eval prompts")
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.method}", disable=not (cfg.progress and main),
-                   dynamic_ncols=True)
+        bar = Progress(cfg.max_steps, cfg.method, enabled=cfg.progress and main, initial=self.step, unit="step")
+        self._bar = bar
         start = time.perf_counter()
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -464,12 +476,12 @@ class Trainer:
             examples = [self.train_examples[i] for i in indices]
             self.model.train()
             metrics = self.method.step(self, self.method_state, examples)
-            t_opt = time.perf_counter()
-            metrics["grad_norm"] = self.optimizer_step()
-            metrics["time/optimizer"] = time.perf_counter() - t_opt
-            metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
             metrics.setdefault("loss", metrics.get("sft/loss", 0.0) + metrics.get("grpo/loss", 0.0))
             metrics["step_type"] = "+".join(kind for kind in ("sft", "grpo") if f"{kind}/loss" in metrics)
+            t_opt = time.perf_counter()
+            metrics["learning_rate"] = self.step_learning_rate(metrics["step_type"])
+            metrics["grad_norm"] = self.optimizer_step(metrics["learning_rate"])
+            metrics["time/optimizer"] = time.perf_counter() - t_opt
             self.step += 1
             if hasattr(self.method, "after_step"):  # e.g. SASR reads this step's gradient norm
                 self.method.after_step(self, self.method_state, metrics)
@@ -480,11 +492,11 @@ class Trainer:
             if self.step % cfg.logging_steps == 0:
                 self._log({"step": self.step, **metrics})
             postfix = {short: f"{metrics[k]:.3g}" for k, short in BAR_METRICS.items() if k in metrics}
-            bar.set_postfix({"step": metrics["step_type"], **postfix})
-            bar.update(1)
+            bar.update(1, step=metrics["step_type"], **postfix)
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
+        self._bar = None
         summary["train_seconds"] = time.perf_counter() - start
         summary["eval_after"] = self.evaluate()
         if summary["eval_after"]:
@@ -493,18 +505,20 @@ class Trainer:
         if main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             if summary["eval_after"]:
-                before = summary.get("eval_before", {}).get("eval/accuracy")
-                after = summary["eval_after"]["eval/accuracy"]
-                self._print((f"accuracy before training: {before:.1%}\n" if before is not None else "")
-                            + f"accuracy after training:  {after:.1%} ({cfg.method}, {self.step} steps, "
-                            f"{summary['train_seconds']:.0f} s)")
+                before = summary.get("eval_before") or {}
+                self._print((f"accuracy before training: {_accuracy_text(before)}\n" if before else "")
+                            + f"accuracy after training:  {_accuracy_text(summary['eval_after'])} ({cfg.method}, "
+                            f"{self.step} steps, {summary['train_seconds']:.0f} s)")
             self._print(f"model saved to {self.run_dir / 'model'}")
         return summary
 
     # ------------------------------------------------------------------ logging and checkpoints
     def _print(self, text: str) -> None:
         if self.accelerator.is_main_process:
-            tqdm.write(text)
+            if self._bar is not None:
+                self._bar.write(text)
+            else:
+                print(text, flush=True)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -521,7 +535,6 @@ class Trainer:
         return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "method_state": self.method_state,
             "reference_step": self.reference_step,
@@ -571,7 +584,6 @@ class Trainer:
         weights = load_model(str(latest), self.config.dtype, self.config.trust_remote_code).state_dict()
         self.policy.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.method_state = state["method_state"]
         self.reference_step = state.get("reference_step")
@@ -591,6 +603,13 @@ class Trainer:
                     if line.strip() and json.loads(line)["step"] <= self.step]
             metrics.write_text("".join(line + "\n" for line in kept))
         self._print(f"resumed from {latest} at step {self.step}")
+
+
+def _accuracy_text(metrics: dict[str, float]) -> str:
+    """'41.0%', or '41.0% (math 55.0%, gsm8k 8.3%)' when the eval set has several data sources."""
+    prefix = "eval/accuracy/"
+    parts = [f"{key[len(prefix):]} {value:.1%}" for key, value in metrics.items() if key.startswith(prefix)]
+    return f"{metrics['eval/accuracy']:.1%}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _seed_everything(seed: int) -> None:

@@ -2,6 +2,8 @@
 
 A method module defines:
 - ``NEEDS_DEMONSTRATIONS`` / ``NEEDS_ROLLOUTS``: what data the method uses (checked before training);
+- ``LEARNING_RATES``: the config fields of the peak rates its steps use (``learning_rate`` for steps
+  with a policy-gradient term, ``sft_learning_rate`` for SFT-only steps); `sftrl compare --tune` tunes these;
 - ``step(trainer, state, examples) -> dict``: the backward passes of one optimizer step, built from the
   trainer's primitives ``sft_backward`` and ``grpo_backward``; returns metrics. The trainer then clips,
   steps the optimizer, logs and checkpoints;
@@ -27,3 +29,8 @@ METHODS: dict[str, ModuleType] = {
     "grpo-then-sft": grpo_then_sft,
     "static": static,
 }
+
+
+def learning_rate_fields(config) -> tuple[str, ...]:
+    """The learning-rate fields a run of `config.method` uses (what `sftrl compare --tune` tunes)."""
+    return METHODS[config.method].LEARNING_RATES

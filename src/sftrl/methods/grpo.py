@@ -2,6 +2,7 @@
 
 NEEDS_DEMONSTRATIONS = False
 NEEDS_ROLLOUTS = True
+LEARNING_RATES = ("learning_rate",)
 
 
 def step(trainer, state, examples):

@@ -5,6 +5,7 @@ full-vocabulary KL to the model as it was at the end of RL (RL→SFT_KL), on the
 
 NEEDS_DEMONSTRATIONS = True
 NEEDS_ROLLOUTS = True
+LEARNING_RATES = ("learning_rate", "sft_learning_rate")
 
 
 def step(trainer, state, examples):

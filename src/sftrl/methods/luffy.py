@@ -11,6 +11,7 @@ from .. import losses
 
 NEEDS_DEMONSTRATIONS = True
 NEEDS_ROLLOUTS = True
+LEARNING_RATES = ("learning_rate",)  # every step has a policy-gradient term
 PRESET = {"clip_ratio": False, "scale_rewards": "none", "loss_type": "dr_grpo", "beta": 0.0, "entropy_coef": 0.001}
 
 

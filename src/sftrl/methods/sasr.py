@@ -23,6 +23,7 @@ from ..rewards import RewardError, load_reward
 
 NEEDS_DEMONSTRATIONS = True
 NEEDS_ROLLOUTS = True
+LEARNING_RATES = ("learning_rate", "sft_learning_rate")
 # β is unknown from the paper; 0.04 is DeepSeekMath's GRPO value. A recipe or override wins.
 PRESET = {"beta": 0.04}
 

@@ -2,6 +2,7 @@
 
 NEEDS_DEMONSTRATIONS = True
 NEEDS_ROLLOUTS = False
+LEARNING_RATES = ("sft_learning_rate",)
 
 
 def step(trainer, state, examples):

@@ -6,6 +6,7 @@ training job with a stage boundary would; set `warmup_steps` for a fresh warm-up
 
 NEEDS_DEMONSTRATIONS = True
 NEEDS_ROLLOUTS = True
+LEARNING_RATES = ("learning_rate", "sft_learning_rate")
 
 
 def step(trainer, state, examples):

@@ -15,6 +15,7 @@ from .. import losses
 
 NEEDS_DEMONSTRATIONS = True
 NEEDS_ROLLOUTS = True
+LEARNING_RATES = ("learning_rate",)  # every step has a policy-gradient term
 PRESET = {"entropy_coef": 0.001}  # the paper's entropy bonus; no KL
 RELEASED_CODE_SHAPING = 0.1
 

@@ -9,6 +9,7 @@ import random
 
 NEEDS_DEMONSTRATIONS = True
 NEEDS_ROLLOUTS = True
+LEARNING_RATES = ("learning_rate", "sft_learning_rate")  # weighted mode uses learning_rate only
 
 
 def init_state(config) -> dict:

@@ -1,16 +1,23 @@
-"""Prepare the sandbox's base model: a tiny Llama pretrained from scratch to *partly* solve the task.
+"""The sandbox's base model: a tiny Llama pretrained from scratch so that SFT and RL each have a job.
 
-Post-training methods need a starting point that already knows the output format (step lines and a
-final ``\\boxed{}``) but still gets many target problems wrong, so that SFT on the demonstrations
-and GRPO on its own attempts both have room to show an effect. This module plays the role of the
-pretraining stage of a real LM: a compact teacher-forced loop on a warm-up mixture (mostly easier
-problems: 1-digit operands and 2-term chains, plus a small share of target-difficulty ones) that
-stops early, leaving the model at roughly 5-40% greedy accuracy on the in-distribution test split
-and lower on the harder ood split.
+The pretraining mixture plays the role of a real LM's pretraining data, and is built so that the
+base model starts in the regime the papers study (see README, "The sandbox"):
 
-The result is cached (``$SFTRL_CACHE/sandbox/base-v1`` or ``~/.cache/sftrl/sandbox/base-v1``),
-written atomically, and described by a ``sandbox.json`` holding the settings and measured accuracy.
-Training is deterministic given its seed (on a given machine and thread count).
+- **A latent strategy that RL can amplify.** Multi-step ``chain`` problems appear both solved step
+  by step and answered with a bare ``\\boxed{N}`` (a shortcut: the answer with no working), the
+  shortcut more often (``shortcut_share``). Greedy decoding therefore prefers the shortcut, which is
+  usually wrong, while step-by-step solving is known and often correct when sampled. A verifier
+  reward makes RL pick the step-by-step strategy; the demonstrations (always step by step) teach
+  the same thing to SFT.
+- **A skill only the demonstrations carry.** Pretraining never shows a bracket, so the base model
+  cannot solve ``paren`` problems and never samples a correct answer: RL has nothing to amplify
+  there, while SFT on the demonstrations can teach the procedure (brackets first).
+
+The shipped base model (``sftrl/sandbox/base-v2``, loaded for ``model: sandbox``) was made by
+:func:`prepare_base_model` with the default :class:`PretrainSettings`; ``sftrl sandbox prepare
+--rebuild`` makes it again from this recipe (floats differ slightly across CPUs and thread counts,
+so a rebuilt model is close to, not bit-identical with, the shipped one). Its ``sandbox.json``
+records the settings and the measured accuracies.
 """
 
 from __future__ import annotations
@@ -22,54 +29,66 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sftrl.progress import Progress
 from sftrl.sandbox.model import build_model
 from sftrl.sandbox.task import (
+    FAMILIES,
     IN_DISTRIBUTION,
     Difficulty,
+    chain_problem,
     is_held_out,
     make_split,
-    sample_problem,
     verify,
 )
 from sftrl.sandbox.tokenizer import build_tokenizer
 
-BASE_MODEL_NAME = "base-v1"
+BASE_MODEL_NAME = "base-v2"
 METADATA_FILE = "sandbox.json"
-# Files that must all be present for a cached base model to count as complete.
+# Files that must all be present for a base-model directory to count as complete.
 REQUIRED_FILES = (METADATA_FILE, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+SHIPPED_DIR = Path(__file__).resolve().parent / BASE_MODEL_NAME
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One source of pretraining examples: chains of a difficulty, a share of them as the bare shortcut.
+
+    ``max_first`` widens the first operand's range (single-step facts such as ``73+18=91`` that the
+    running totals of longer chains need). A chain with a single step is always written out: the
+    shortcut is only ever a way to skip several steps.
+    """
+
+    weight: float
+    difficulty: Difficulty
+    shortcut_share: float = 0.0
+    max_first: int | None = None
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """Everything that determines the base model; recorded in ``sandbox.json``.
+    """Everything that determines the base model; recorded in ``sandbox.json``."""
 
-    The mixture is a list of ``(weight, Difficulty)``: each pretraining example is drawn from one
-    pool with probability proportional to its weight. The step budget is what leaves the model
-    only partly trained; it was tuned so the base model lands in the 5-40% test-accuracy band.
-    """
-
-    steps: int = 250
+    steps: int = 1000
     batch_size: int = 64
     learning_rate: float = 3e-3
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
-    mixture: tuple[tuple[float, Difficulty], ...] = (
-        # Format and chaining with easy arithmetic: up to as many steps as the target, 1-digit operands.
-        (0.5, Difficulty(min_terms=2, max_terms=5, min_operand=0, max_operand=9)),
-        # The target's single-step arithmetic: one addition or subtraction of operands up to 19.
-        (0.35, Difficulty(min_terms=2, max_terms=2, min_operand=1, max_operand=19)),
-        # A little of the target itself (held-out test problems are never drawn).
-        (0.15, IN_DISTRIBUTION),
-    )
+    pools: tuple[Pool, ...] = field(default_factory=lambda: (
+        # Single-step facts: every sum and difference the target chains' running totals need.
+        Pool(0.3, Difficulty(2, 2, 1, 19), max_first=99),
+        # Short chains with small operands: the step format.
+        Pool(0.2, Difficulty(3, 5, 0, 9), shortcut_share=0.6),
+        # Chains of the target difficulty (never a held-out problem), mostly answered by the shortcut.
+        Pool(0.5, IN_DISTRIBUTION, shortcut_share=0.6),
+    ))
 
     def to_json(self) -> dict:
         """The settings as plain JSON types (tuples become lists), as stored in ``sandbox.json``."""
@@ -77,7 +96,7 @@ class PretrainSettings:
 
 
 def default_cache_dir() -> Path:
-    """``$SFTRL_CACHE/sandbox/base-v1`` if ``SFTRL_CACHE`` is set, else ``~/.cache/sftrl/sandbox/base-v1``."""
+    """Where ``--rebuild`` writes: ``$SFTRL_CACHE/sandbox/base-v2`` or ``~/.cache/sftrl/sandbox/base-v2``."""
     root = os.environ.get("SFTRL_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "sftrl"
     return base / "sandbox" / BASE_MODEL_NAME
@@ -101,14 +120,21 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     )
 
 
-def _sample_pretraining_example(rng: random.Random, settings: PretrainSettings) -> tuple[str, str]:
-    """One (prompt, demonstration) pair from the warm-up mixture, never a held-out test problem."""
-    weights = [weight for weight, _ in settings.mixture]
-    difficulty = rng.choices([pool for _, pool in settings.mixture], weights=weights)[0]
+def _fact(rng: random.Random, pool: Pool):
+    """A one-step problem whose first operand may be as large as ``pool.max_first``."""
+    low, high = pool.difficulty.min_operand, pool.difficulty.max_operand
+    return chain_problem(rng, Difficulty(2, 2, low, max(high, pool.max_first or high)))
+
+
+def sample_pretraining_example(rng: random.Random, settings: PretrainSettings) -> tuple[str, str]:
+    """One (prompt, completion) pair from the mixture, never a held-out (val or test) problem."""
+    pool = rng.choices(settings.pools, weights=[p.weight for p in settings.pools])[0]
     while True:
-        problem = sample_problem(rng, difficulty)
+        problem = _fact(rng, pool) if pool.max_first is not None else chain_problem(rng, pool.difficulty)
         if not is_held_out(problem.prompt):
-            return problem.prompt, problem.demonstration()
+            break
+    shortcut = len(problem.lines) > 1 and rng.random() < pool.shortcut_share
+    return problem.prompt, f"\\boxed{{{problem.answer}}}" if shortcut else problem.demonstration()
 
 
 def completion_batch(
@@ -141,10 +167,11 @@ def pretrain(
     settings: PretrainSettings,
     progress: bool = True,
 ) -> list[float]:
-    """Teacher-forced training on the warm-up mixture; returns the loss of every step.
+    """Teacher-forced training on the mixture; returns the loss of every step.
 
     AdamW with linear warmup then cosine decay to zero over ``settings.steps``. Examples come from a
-    ``random.Random(seed)`` stream and the torch RNG is seeded too, so the run is deterministic.
+    ``random.Random`` stream keyed by the seed and the torch RNG is seeded too, so the run is
+    deterministic on a given machine and thread count.
     """
     rng = random.Random(f"sandbox-pretrain-{settings.seed}")
     torch.manual_seed(settings.seed)
@@ -161,9 +188,9 @@ def pretrain(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
     model.train()
     losses = []
-    bar = tqdm(range(settings.steps), desc="sandbox pretraining", disable=not progress)
-    for _ in bar:
-        pairs = [_sample_pretraining_example(rng, settings) for _ in range(settings.batch_size)]
+    bar = Progress(settings.steps, "sandbox pretraining", enabled=progress)
+    for _ in range(settings.steps):
+        pairs = [sample_pretraining_example(rng, settings) for _ in range(settings.batch_size)]
         batch = completion_batch(tokenizer, [p for p, _ in pairs], [d for _, d in pairs])
         loss = model(**batch).loss
         loss.backward()
@@ -172,42 +199,55 @@ def pretrain(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.update(1, loss=f"{losses[-1]:.3f}")
+    bar.close()
     model.eval()
     return losses
 
 
 @torch.no_grad()
-def greedy_completions(
+def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     batch_size: int = 100,
     max_new_tokens: int = 96,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[str]:
-    """Greedy completions for raw task prompts (chat template applied), batched with left padding."""
+    """One completion per raw task prompt (chat template applied): greedy at temperature 0, else
+    sampled (top-k off, seeded), batched with left padding."""
     was_training = model.training
     model.eval()
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
     completions: list[str] = []
+    sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature,
+                                                               "top_k": 0, "top_p": 1.0}
     try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [prompt_text(tokenizer, p) for p in prompts[start : start + batch_size]]
-            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            outputs = model.generate(
-                **inputs,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = outputs[:, inputs["input_ids"].shape[1] :]
-            completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(prompts), batch_size):
+                texts = [prompt_text(tokenizer, p) for p in prompts[start : start + batch_size]]
+                inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                outputs = model.generate(
+                    **inputs,
+                    **sampling,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                new_tokens = outputs[:, inputs["input_ids"].shape[1] :]
+                completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return completions
+
+
+def greedy_completions(model, tokenizer, prompts: list[str], batch_size: int = 100, max_new_tokens: int = 96) -> list[str]:
+    """Greedy completions for raw task prompts (chat template applied)."""
+    return sample_completions(model, tokenizer, prompts, batch_size, max_new_tokens)
 
 
 def greedy_accuracy(
@@ -226,25 +266,50 @@ def greedy_accuracy(
     return sum(verify(c, row["answer"]) for c, row in zip(completions, rows)) / len(rows)
 
 
+def describe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, split: str, samples: int = 4) -> dict:
+    """What the model does on a split, overall and per family: greedy accuracy, sampled (temperature 1)
+    accuracy over ``samples`` draws per prompt, and how often each answers with the bare shortcut."""
+    rows = make_split(split)
+    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    greedy = greedy_completions(model, tokenizer, prompts)
+    sampled = [sample_completions(model, tokenizer, prompts, temperature=1.0, seed=k) for k in range(samples)]
+
+    def shortcut(text: str) -> bool:
+        return text.lstrip().startswith("\\boxed")
+
+    out: dict[str, dict[str, float]] = {}
+    for family in ("all", *FAMILIES):
+        chosen = [i for i, r in enumerate(rows) if family == "all" or r["data_source"].endswith(f"-{family}")]
+        if not chosen:
+            continue
+        draws = [(draw[i], answers[i]) for draw in sampled for i in chosen]
+        out[family] = {
+            "greedy_accuracy": sum(verify(greedy[i], answers[i]) for i in chosen) / len(chosen),
+            "greedy_shortcut": sum(shortcut(greedy[i]) for i in chosen) / len(chosen),
+            "sampled_accuracy": sum(verify(text, answer) for text, answer in draws) / len(draws),
+            "sampled_shortcut": sum(shortcut(text) for text, _ in draws) / len(draws),
+        }
+    return out
+
+
 def prepare_base_model(
     cache_dir: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
     settings: PretrainSettings | None = None,
 ) -> Path:
-    """Return the directory of the sandbox base model, training and caching it first if needed.
+    """Pretrain a base model from the recipe into ``cache_dir`` (default :func:`default_cache_dir`).
 
-    ``cache_dir`` is the model directory itself (default: :func:`default_cache_dir`). A complete
-    existing directory made with the same ``settings`` is returned as-is unless ``force``; one
-    made with other settings is stale and rebuilt. ``settings`` overrides the pretraining
-    recipe (tests use a handful of steps); the default takes about two minutes on two CPU cores.
-    The model is built in a temporary sibling directory and renamed into place, so an interrupted
-    run never leaves a half-written model where a complete one is expected.
+    A complete existing directory made with the same ``settings`` is returned as-is unless
+    ``force``; one made with other settings is stale and rebuilt. ``settings`` overrides the recipe
+    (tests use a handful of steps); the default takes about ten minutes on two CPU cores. The model
+    is built in a temporary sibling directory and renamed into place, so an interrupted run never
+    leaves a half-written model where a complete one is expected.
     """
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     settings = settings or PretrainSettings()
     metadata = read_metadata(target)
-    # A cache made with other settings (an older recipe, or a test's tiny budget) is stale.
+    # A directory made with other settings (an older recipe, or a test's tiny budget) is stale.
     if metadata is not None and metadata.get("settings") == settings.to_json() and not force:
         return target
 
@@ -253,18 +318,15 @@ def prepare_base_model(
     model = build_model(tokenizer, seed=settings.seed)
     losses = pretrain(model, tokenizer, settings, progress=progress)
     train_seconds = time.perf_counter() - started
-    test_accuracy = greedy_accuracy(model, tokenizer, make_split("test"))
-    ood_accuracy = greedy_accuracy(model, tokenizer, make_split("ood"))
-
     metadata = {
         "name": BASE_MODEL_NAME,
-        "description": "sftrl sandbox base model: pretrained from scratch on a warm-up mixture, "
-        "stopped early so post-training has room to improve it",
+        "description": "sftrl sandbox base model: pretrained from scratch; prefers the bare-answer shortcut "
+        "on chains though it can solve them step by step, and has never seen brackets",
         "settings": settings.to_json(),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": losses[-1] if losses else None,
-        "test_accuracy": test_accuracy,
-        "ood_accuracy": ood_accuracy,
+        "test": describe(model, tokenizer, "test"),
+        "ood": describe(model, tokenizer, "ood"),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
@@ -289,11 +351,17 @@ def prepare_base_model(
     return target
 
 
-def load_base_model(
-    cache_dir: str | Path | None = None, progress: bool = True
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Prepare the base model if needed and load it (float32) with its tokenizer."""
-    directory = prepare_base_model(cache_dir, progress=progress)
+def base_model_dir() -> Path:
+    """The shipped base model's directory (the same weights on every machine)."""
+    if read_metadata(SHIPPED_DIR) is None:
+        raise FileNotFoundError(f"the sandbox base model is missing from {SHIPPED_DIR}; reinstall sftrl, or "
+                                f"rebuild it with `sftrl sandbox prepare --rebuild` and pass its directory as model")
+    return SHIPPED_DIR
+
+
+def load_base_model(directory: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a base model (default: the shipped one) in float32 with its tokenizer."""
+    directory = Path(directory) if directory is not None else base_model_dir()
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     return model, tokenizer

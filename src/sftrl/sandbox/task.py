@@ -1,46 +1,62 @@
-"""The sandbox task: chains of additions and subtractions, solved one step per line.
+"""The sandbox task: additions and subtractions solved one step per line, in two families.
 
-A problem is a chain such as ``Compute 37+45-12.``; its demonstration works it out left to right,
-one partial result per line, and ends with the answer boxed::
+``chain`` problems (``Compute 17+5-12.``) are worked out left to right, one partial result per line::
 
-    37+45=82
-    82-12=70
-    \\boxed{70}
+    17+5=22
+    22-12=10
+    \\boxed{10}
 
-It is a genuine multi-step task (every step depends on the previous partial result, and a slip in
-any step propagates to the final answer), it has an exact verifier, and its sequences are short
-(under ~80 characters), so a tiny character-level model can learn it on a CPU in minutes.
+``paren`` problems (``Compute 17+5-(13-4).``) hold one bracketed pair after a minus sign; the
+demonstration works the brackets out first, then the chain with their value in place::
 
-Splits:
+    13-4=9
+    17+5=22
+    22-9=13
+    \\boxed{13}
 
-- ``train`` and ``test`` share one difficulty (in-distribution: 2-digit operands, 3-4 terms). They
-  are disjoint by construction: every problem is assigned to one side by a hash of its prompt, so
-  no seed or size can make a test problem appear in training.
-- ``ood`` is harder: longer operands (up to 3 digits) and more steps (5-6 terms).
+The two families give post-training methods different jobs (see ``sftrl.sandbox.prepare``): the
+base model has seen chains, and solves them step by step when it chooses to (reinforcement learning
+can amplify that), but it has never seen a bracket, so only demonstrations can teach the
+``paren`` procedure. Working left to right through a ``paren`` problem gives a wrong answer by
+construction, so a model that ignores the brackets is never rewarded by chance.
 
-Running totals never go negative (a ``-`` that would go below zero becomes a ``+``), so answers are
-non-negative integers written in plain decimal.
+Splits: ``train``, ``val`` and ``test`` share one difficulty (in-distribution: operands 1-19, 3-5
+terms) and are disjoint by construction: every problem is assigned to one side by a hash of its
+prompt, so no seed or size can make a test or validation problem appear in training. ``ood`` is
+harder: operands up to 29 and 4-6 terms. Every split mixes the families: a fixed share of
+``paren`` problems (``DEFAULT_SKILL_SHARE``) in the evaluation splits, and ``skill_share`` of the
+training rows. A row's ``data_source`` names its split and family (``sandbox-test-paren``), so
+evaluation reports each family on its own.
+
+Every partial result is a non-negative integer, so answers are written in plain decimal.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass
 
 from sftrl.rewards import last_boxed
 
-SPLITS = ("train", "test", "ood")
-DEFAULT_SIZES = {"train": 5000, "test": 200, "ood": 200}
-# Fixed per-split seeds: the default test and ood sets are the same on every machine and run.
-DEFAULT_SEEDS = {"train": 0, "test": 1, "ood": 2}
-# One in HELD_OUT_BUCKETS of all in-distribution prompts (by hash) is reserved for the test split.
+SPLITS = ("train", "val", "test", "ood")
+FAMILIES = ("chain", "paren")
+DEFAULT_SIZES = {"train": 5000, "val": 200, "test": 200, "ood": 200}
+# Fixed per-split seeds: the default evaluation sets are the same on every machine and run.
+DEFAULT_SEEDS = {"train": 0, "val": 3, "test": 1, "ood": 2}
+# Share of problems that need the bracket skill, in the evaluation splits (always) and in training
+# (unless the run sets another `skill_share`).
+DEFAULT_SKILL_SHARE = 0.3
+# In-distribution prompts are assigned by hash: bucket 0 -> test, bucket 1 -> val, the rest -> train.
 HELD_OUT_BUCKETS = 10
+PAREN_MIN_ANSWER = 10
+SPLIT_BUCKETS = {"test": {0}, "val": {1}, "train": set(range(2, HELD_OUT_BUCKETS))}
 
 
 @dataclass(frozen=True)
 class Difficulty:
-    """How hard a chain problem is: its number of terms and the range of its operands (inclusive)."""
+    """How hard a problem is: its number of terms and the range of its operands (inclusive)."""
 
     min_terms: int
     max_terms: int
@@ -58,85 +74,163 @@ class Difficulty:
 
 IN_DISTRIBUTION = Difficulty(min_terms=3, max_terms=5, min_operand=1, max_operand=19)
 OUT_OF_DISTRIBUTION = Difficulty(min_terms=4, max_terms=6, min_operand=1, max_operand=29)
-SPLIT_DIFFICULTY = {"train": IN_DISTRIBUTION, "test": IN_DISTRIBUTION, "ood": OUT_OF_DISTRIBUTION}
+SPLIT_DIFFICULTY = {"train": IN_DISTRIBUTION, "val": IN_DISTRIBUTION, "test": IN_DISTRIBUTION,
+                    "ood": OUT_OF_DISTRIBUTION}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An operand that is the result of an earlier line of the solution."""
+
+    line: int
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One chain: the first operand, then (operator, operand) pairs applied left to right."""
+    """A problem and its solution program: one ``(left, op, right)`` per demonstration line.
 
-    first: int
-    steps: tuple[tuple[str, int], ...]
+    An operand is an int or a :class:`Ref` to an earlier line's result; the last line's result is
+    the answer. ``expression`` is what the prompt shows.
+    """
+
+    expression: str
+    lines: tuple[tuple[int | Ref, str, int | Ref], ...]
+    family: str
 
     @property
     def prompt(self) -> str:
-        chain = str(self.first) + "".join(f"{op}{operand}" for op, operand in self.steps)
-        return f"Compute {chain}."
+        return f"Compute {self.expression}."
 
     @property
     def answer(self) -> str:
-        return str(self.partial_results()[-1])
+        return str(self.results()[-1])
 
-    def partial_results(self, slip_step: int | None = None, slip: int = 0) -> list[int]:
-        """Running total after each step; ``slip`` is added to step ``slip_step`` and carried on."""
-        total = self.first
-        results = []
-        for index, (op, operand) in enumerate(self.steps):
-            total = total + operand if op == "+" else total - operand
-            if index == slip_step:
-                total += slip
-            results.append(total)
-        return results
+    def results(self, slip_line: int | None = None, slip: int = 0) -> list[int]:
+        """Each line's result; ``slip`` is added to line ``slip_line`` and carried into later lines."""
+        values: list[int] = []
+        for index, (left, op, right) in enumerate(self.lines):
+            a, b = (values[x.line] if isinstance(x, Ref) else x for x in (left, right))
+            value = a + b if op == "+" else a - b
+            values.append(value + (slip if index == slip_line else 0))
+        return values
 
-    def demonstration(self, slip_step: int | None = None, slip: int = 0) -> str:
-        """The step-by-step solution; with a slip, that step is wrong and later steps build on it."""
-        lines = []
-        previous = self.first
-        for (op, operand), result in zip(self.steps, self.partial_results(slip_step, slip)):
-            lines.append(f"{previous}{op}{operand}={result}")
-            previous = result
-        lines.append(f"\\boxed{{{previous}}}")
-        return "\n".join(lines)
+    def demonstration(self, slip_line: int | None = None, slip: int = 0) -> str:
+        """The step-by-step solution; with a slip, that line is wrong and later lines build on it."""
+        values = self.results(slip_line, slip)
+        text = []
+        for (left, op, right), value in zip(self.lines, values):
+            a, b = (values[x.line] if isinstance(x, Ref) else x for x in (left, right))
+            text.append(f"{a}{op}{b}={value}")
+        text.append(f"\\boxed{{{values[-1]}}}")
+        return "\n".join(text)
 
 
-def sample_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
-    """Draw one problem of the given difficulty; the running total never goes negative."""
-    num_terms = rng.randint(difficulty.min_terms, difficulty.max_terms)
-    first = rng.randint(difficulty.min_operand, difficulty.max_operand)
-    total = first
-    steps = []
-    for _ in range(num_terms - 1):
+def _signed_steps(rng: random.Random, start: int, count: int, difficulty: Difficulty) -> list[tuple[str, int]]:
+    """``count`` (op, operand) pairs applied to ``start``; a ``-`` that would go below zero becomes ``+``."""
+    total, steps = start, []
+    for _ in range(count):
         operand = rng.randint(difficulty.min_operand, difficulty.max_operand)
         op = rng.choice("+-")
         if op == "-" and operand > total:
-            op = "+"  # keep every partial result a non-negative integer
+            op = "+"
         total = total + operand if op == "+" else total - operand
         steps.append((op, operand))
-    return Problem(first=first, steps=tuple(steps))
+    return steps
+
+
+def chain_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
+    """A chain worked left to right; every partial result stays non-negative."""
+    num_terms = rng.randint(difficulty.min_terms, difficulty.max_terms)
+    first = rng.randint(difficulty.min_operand, difficulty.max_operand)
+    steps = _signed_steps(rng, first, num_terms - 1, difficulty)
+    lines: list[tuple[int | Ref, str, int | Ref]] = []
+    for index, (op, operand) in enumerate(steps):
+        lines.append((first if index == 0 else Ref(index - 1), op, operand))
+    expression = str(first) + "".join(f"{op}{operand}" for op, operand in steps)
+    return Problem(expression, tuple(lines), "chain")
+
+
+def paren_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
+    """``a[±b...]-(c±d)[±e...]``: the bracketed pair follows a minus, so left to right is always wrong.
+
+    The pair takes two of the problem's terms; the others are split between before (at least one)
+    and after the brackets. Drawn again until every partial result, the pair's included, is >= 0
+    and the answer is at least ``PAREN_MIN_ANSWER``: bracket-first answers would otherwise skew
+    small, and a small answer is easy to guess without solving anything.
+    """
+    while True:
+        num_terms = rng.randint(max(3, difficulty.min_terms), max(3, difficulty.max_terms))
+        before = rng.randint(1, num_terms - 2)
+        after = num_terms - 2 - before
+        first = rng.randint(difficulty.min_operand, difficulty.max_operand)
+        pre = _signed_steps(rng, first, before - 1, difficulty)
+        c = rng.randint(difficulty.min_operand, difficulty.max_operand)
+        d = rng.randint(difficulty.min_operand, difficulty.max_operand)
+        inner_op = rng.choice("+-")
+        if inner_op == "-" and d > c:
+            inner_op = "+"
+        inner = c + d if inner_op == "+" else c - d
+        head = first
+        for op, operand in pre:
+            head = head + operand if op == "+" else head - operand
+        if head - inner < PAREN_MIN_ANSWER:
+            continue  # below zero, or an answer small enough to guess
+        post = _signed_steps(rng, head - inner, after, difficulty)
+        if sum(x if op == "+" else -x for op, x in post) + head - inner >= PAREN_MIN_ANSWER:
+            break
+    # Line 0: the brackets; then the chain left to right with the pair's value (Ref(0)) in place.
+    lines: list[tuple[int | Ref, str, int | Ref]] = [(c, inner_op, d)]
+    left: int | Ref = first
+    for op, operand in pre:
+        lines.append((left, op, operand))
+        left = Ref(len(lines) - 1)
+    lines.append((left, "-", Ref(0)))
+    for op, operand in post:
+        lines.append((Ref(len(lines) - 1), op, operand))
+    expression = (str(first) + "".join(f"{op}{x}" for op, x in pre) + f"-({c}{inner_op}{d})"
+                  + "".join(f"{op}{x}" for op, x in post))
+    return Problem(expression, tuple(lines), "paren")
+
+
+SAMPLERS = {"chain": chain_problem, "paren": paren_problem}
+
+
+def sample_problem(rng: random.Random, difficulty: Difficulty, family: str = "chain") -> Problem:
+    """Draw one problem of the given difficulty and family."""
+    return SAMPLERS[family](rng, difficulty)
+
+
+def split_of(prompt: str) -> str:
+    """Which in-distribution split a prompt belongs to: train, val or test (a stable hash, not Python's)."""
+    bucket = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") % HELD_OUT_BUCKETS
+    return next(split for split, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
 def is_held_out(prompt: str) -> bool:
-    """Whether an in-distribution prompt belongs to the test side (a stable hash, not Python's)."""
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % HELD_OUT_BUCKETS == 0
+    """Whether an in-distribution prompt is reserved for evaluation (the test or validation split)."""
+    return split_of(prompt) != "train"
 
 
-def _slip_for(rng: random.Random, problem: Problem, step: int) -> int:
-    """An arithmetic slip for ``step``: off by one or ten, keeping every later partial result >= 0.
+def _slips_for(problem: Problem, line: int) -> list[int]:
+    """The arithmetic slips possible at ``line``: off by one or ten, keeping every result >= 0.
 
-    The slip is carried through the remaining additions and subtractions unchanged, so the final
-    answer is off by exactly ``slip`` (never zero): the demonstration is always wrong.
+    Every later line adds or subtracts the slipped value exactly once with a plus sign (the pair's
+    value enters its chain with a minus, so a slip there flips sign but stays non-zero), so the final
+    answer is always wrong.
     """
-    lowest_from_step = min(problem.partial_results()[step:])
-    candidates = [slip for slip in (-10, -1, 1, 10) if lowest_from_step + slip >= 0]
-    return rng.choice(candidates)
+    return [s for s in (-10, -1, 1, 10) if min(problem.results(line, s)) >= 0]
 
 
 def _corrupt(rng: random.Random, problem: Problem) -> str:
-    """A wrong demonstration: one slipped step, propagated, whose final answer differs from gold."""
-    step = rng.randrange(len(problem.steps))
-    slip = _slip_for(rng, problem, step)
-    return problem.demonstration(slip_step=step, slip=slip)
+    """A wrong demonstration: one slipped line, propagated, whose final answer differs from gold."""
+    # +1 on the last line always keeps every result >= 0, so some line always has a slip.
+    lines = [line for line in range(len(problem.lines)) if _slips_for(problem, line)]
+    line = rng.choice(lines)
+    return problem.demonstration(slip_line=line, slip=rng.choice(_slips_for(problem, line)))
+
+
+def _floor(count: int, share: float) -> int:
+    return math.floor(round(count * share, 9))  # round first: 0.3 * 10 is 3.0000000000000004
 
 
 def make_split(
@@ -144,54 +238,62 @@ def make_split(
     n: int | None = None,
     seed: int | None = None,
     demo_error_rate: float = 0.0,
+    skill_share: float | None = None,
 ) -> list[dict]:
     """Generate ``n`` rows of a split: ``{"prompt", "answer", "demonstration", "data_source"}``.
 
-    ``split`` is ``"train"``, ``"test"`` (same difficulty as train, disjoint from it) or ``"ood"``
-    (harder). ``n`` and ``seed`` default to the split's fixed size and seed, so the default test and
-    ood sets never change. Prompts within a split are unique.
+    ``split`` is ``"train"``, ``"val"``, ``"test"`` (the same difficulty, disjoint) or ``"ood"``
+    (harder). ``n`` and ``seed`` default to the split's fixed size and seed, so the default
+    evaluation sets never change. Prompts within a split are unique.
 
-    ``demo_error_rate`` makes exactly ``round(rate * n)`` demonstrations wrong (one arithmetic slip
-    propagated to a wrong final answer) to study demonstration quality; the rows' ``answer`` stays
-    the correct gold, and the problems themselves do not depend on the rate.
+    ``skill_share``: the share of ``paren`` problems (default ``DEFAULT_SKILL_SHARE``): exactly
+    ``floor(share * n)`` rows, spread evenly, so ``make_split(s, m)`` is a prefix of ``make_split(s, n)``
+    for ``m < n``. ``demo_error_rate`` makes exactly
+    ``round(rate * n)`` demonstrations wrong (one arithmetic slip propagated to a wrong final
+    answer) to study demonstration quality; the rows' ``answer`` stays the correct gold, and the
+    problems themselves do not depend on the rate.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown sandbox split {split!r}; expected one of {', '.join(SPLITS)}")
     if not 0.0 <= demo_error_rate <= 1.0:
         raise ValueError(f"demo_error_rate must be in [0, 1], got {demo_error_rate}")
+    share = DEFAULT_SKILL_SHARE if skill_share is None else skill_share
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"skill_share must be in [0, 1], got {share}")
     n = DEFAULT_SIZES[split] if n is None else n
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     seed = DEFAULT_SEEDS[split] if seed is None else seed
     difficulty = SPLIT_DIFFICULTY[split]
 
-    # Separate generators for problems and for slips, so the problems are the same at every rate.
-    problem_rng = random.Random(f"sandbox-{split}-{seed}")
+    # Separate generators for each family's problems and for slips, so that the problems are the same
+    # at every error rate, and a family's problems do not depend on the share. Bracket rows are spread
+    # evenly (row i is one when floor((i+1)·share) steps up), so every prefix of a split, such as the
+    # first 100 rows that max_eval_examples=100 takes, holds the same share.
     slip_rng = random.Random(f"sandbox-{split}-{seed}-slips")
-
-    problems: list[Problem] = []
+    families = ["paren" if _floor(index + 1, share) > _floor(index, share) else "chain" for index in range(n)]
+    problem_rngs = {family: random.Random(f"sandbox-{split}-{seed}-{family}") for family in FAMILIES}
     seen: set[str] = set()
-    attempts = 0
-    while len(problems) < n:
-        attempts += 1
-        if attempts > 100 * n + 1000:
-            raise ValueError(f"could not draw {n} distinct {split} problems; ask for fewer")
-        problem = sample_problem(problem_rng, difficulty)
-        prompt = problem.prompt
-        if prompt in seen:
-            continue
-        if split != "ood" and is_held_out(prompt) != (split == "test"):
-            continue  # train and test partition the in-distribution problems
-        seen.add(prompt)
-        problems.append(problem)
 
+    def draw(family: str) -> Problem:
+        for _ in range(100 * n + 1000):
+            problem = sample_problem(problem_rngs[family], difficulty, family)
+            if problem.prompt in seen:
+                continue
+            if split != "ood" and split_of(problem.prompt) != split:
+                continue  # train, val and test partition the in-distribution problems
+            seen.add(problem.prompt)
+            return problem
+        raise ValueError(f"could not draw {n} distinct {split} problems; ask for fewer")
+
+    problems = [draw(family) for family in families]
     wrong = set(slip_rng.sample(range(n), round(demo_error_rate * n)))
     return [
         {
             "prompt": problem.prompt,
             "answer": problem.answer,
             "demonstration": _corrupt(slip_rng, problem) if index in wrong else problem.demonstration(),
-            "data_source": f"sandbox-{split}",
+            "data_source": f"sandbox-{split}-{problem.family}",
         }
         for index, problem in enumerate(problems)
     ]
