@@ -74,7 +74,7 @@ class Pool:
 class PretrainSettings:
     """Everything that determines the base model; recorded in ``sandbox.json``."""
 
-    steps: int = 1000
+    steps: int = 2000
     batch_size: int = 64
     learning_rate: float = 3e-3
     warmup_steps: int = 50

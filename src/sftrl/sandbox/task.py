@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from sftrl.rewards import last_boxed
 
 SPLITS = ("train", "val", "test", "ood")
-FAMILIES = ("chain", "paren")
+FAMILIES = ("chain", "double")
 DEFAULT_SIZES = {"train": 5000, "val": 200, "test": 200, "ood": 200}
 # Fixed per-split seeds: the default evaluation sets are the same on every machine and run.
 DEFAULT_SEEDS = {"train": 0, "val": 3, "test": 1, "ood": 2}
@@ -50,7 +50,7 @@ DEFAULT_SEEDS = {"train": 0, "val": 3, "test": 1, "ood": 2}
 DEFAULT_SKILL_SHARE = 0.3
 # In-distribution prompts are assigned by hash: bucket 0 -> test, bucket 1 -> val, the rest -> train.
 HELD_OUT_BUCKETS = 10
-PAREN_MIN_ANSWER = 10
+DOUBLE_MIN_INNER = 5
 SPLIT_BUCKETS = {"test": {0}, "val": {1}, "train": set(range(2, HELD_OUT_BUCKETS))}
 
 
@@ -110,7 +110,7 @@ class Problem:
         values: list[int] = []
         for index, (left, op, right) in enumerate(self.lines):
             a, b = (values[x.line] if isinstance(x, Ref) else x for x in (left, right))
-            value = a + b if op == "+" else a - b
+            value = a + b if op == "+" else a - b if op == "-" else a * b
             values.append(value + (slip if index == slip_line else 0))
         return values
 
@@ -150,49 +150,21 @@ def chain_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
     return Problem(expression, tuple(lines), "chain")
 
 
-def paren_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
-    """``a[±b...]-(c±d)[±e...]``: the bracketed pair follows a minus, so left to right is always wrong.
-
-    The pair takes two of the problem's terms; the others are split between before (at least one)
-    and after the brackets. Drawn again until every partial result, the pair's included, is >= 0
-    and the answer is at least ``PAREN_MIN_ANSWER``: bracket-first answers would otherwise skew
-    small, and a small answer is easy to guess without solving anything.
-    """
+def double_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
+    """``(a±b...)*2``: the chain inside the brackets worked left to right, then one more line that
+    doubles its value (``34*2=68``). Drawn again until the bracket's value is between
+    ``DOUBLE_MIN_INNER`` (a tiny answer such as 0 is guessed without solving anything) and 49 (so
+    the answer stays within the 0-99 pretraining covers)."""
     while True:
-        num_terms = rng.randint(max(3, difficulty.min_terms), max(3, difficulty.max_terms))
-        before = rng.randint(1, num_terms - 2)
-        after = num_terms - 2 - before
-        first = rng.randint(difficulty.min_operand, difficulty.max_operand)
-        pre = _signed_steps(rng, first, before - 1, difficulty)
-        c = rng.randint(difficulty.min_operand, difficulty.max_operand)
-        d = rng.randint(difficulty.min_operand, difficulty.max_operand)
-        inner_op = rng.choice("+-")
-        if inner_op == "-" and d > c:
-            inner_op = "+"
-        inner = c + d if inner_op == "+" else c - d
-        head = first
-        for op, operand in pre:
-            head = head + operand if op == "+" else head - operand
-        if head - inner < PAREN_MIN_ANSWER:
-            continue  # below zero, or an answer small enough to guess
-        post = _signed_steps(rng, head - inner, after, difficulty)
-        if sum(x if op == "+" else -x for op, x in post) + head - inner >= PAREN_MIN_ANSWER:
-            break
-    # Line 0: the brackets; then the chain left to right with the pair's value (Ref(0)) in place.
-    lines: list[tuple[int | Ref, str, int | Ref]] = [(c, inner_op, d)]
-    left: int | Ref = first
-    for op, operand in pre:
-        lines.append((left, op, operand))
-        left = Ref(len(lines) - 1)
-    lines.append((left, "-", Ref(0)))
-    for op, operand in post:
-        lines.append((Ref(len(lines) - 1), op, operand))
-    expression = (str(first) + "".join(f"{op}{x}" for op, x in pre) + f"-({c}{inner_op}{d})"
-                  + "".join(f"{op}{x}" for op, x in post))
-    return Problem(expression, tuple(lines), "paren")
+        inner = chain_problem(rng, Difficulty(max(2, difficulty.min_terms - 1), max(2, difficulty.max_terms - 1),
+                                              difficulty.min_operand, difficulty.max_operand))
+        last = Ref(len(inner.lines) - 1)
+        problem = Problem(f"({inner.expression})*2", (*inner.lines, (last, "*", 2)), "double")
+        if DOUBLE_MIN_INNER <= problem.results()[-2] <= 49:
+            return problem
 
 
-SAMPLERS = {"chain": chain_problem, "paren": paren_problem}
+SAMPLERS = {"chain": chain_problem, "double": double_problem}
 
 
 def sample_problem(rng: random.Random, difficulty: Difficulty, family: str = "chain") -> Problem:
@@ -271,7 +243,7 @@ def make_split(
     # evenly (row i is one when floor((i+1)·share) steps up), so every prefix of a split, such as the
     # first 100 rows that max_eval_examples=100 takes, holds the same share.
     slip_rng = random.Random(f"sandbox-{split}-{seed}-slips")
-    families = ["paren" if _floor(index + 1, share) > _floor(index, share) else "chain" for index in range(n)]
+    families = ["double" if _floor(index + 1, share) > _floor(index, share) else "chain" for index in range(n)]
     problem_rngs = {family: random.Random(f"sandbox-{split}-{seed}-{family}") for family in FAMILIES}
     seen: set[str] = set()
 
