@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sftrl.config import ConfigError, load_config
+from sftrl.config import ConfigError
+from sftrl.validate import load_config
 from sftrl.methods import METHODS, sasr, static
 from sftrl.trainer import Trainer
 

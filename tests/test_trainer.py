@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from sftrl.config import ConfigError, load_config
+from sftrl.config import ConfigError
+from sftrl.validate import load_config
 from sftrl.trainer import Trainer
 
 def make_config(tmp_path, model_dir, **overrides):

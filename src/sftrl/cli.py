@@ -22,7 +22,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError, SftrlError, one_line
 from .progress import Progress
 
 
@@ -37,7 +37,8 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import field_help, load_config
+    from .config import field_help
+    from .validate import load_config
 
     if args.help_config:
         from .config import Config
@@ -351,13 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    from .data import DataError
-    from .rewards import RewardError
+    from .registry import RegistryError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RewardError, FileNotFoundError, FileExistsError, ImportError) as exc:
-        print(f"sftrl: error: {exc}", file=sys.stderr)
+    except (SftrlError, RegistryError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        print(f"sftrl: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
+from .validate import load_config
 from .methods import METHODS, learning_rate_fields
 
 METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "sasr"]

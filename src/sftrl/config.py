@@ -1,7 +1,9 @@
-"""The training config: one flat, typed dataclass; YAML recipe + ``key=value`` overrides; validation.
+"""The training config: one flat, typed dataclass; YAML recipe + ``key=value`` overrides; field checks.
 
 Every field carries a one-line help text (``sftrl train --help-config`` prints them all). Defaults train
 the built-in sandbox on a CPU in minutes; `recipes/paper-*.yaml` carry the papers' GPU settings.
+This module checks each field on its own; :func:`sftrl.validate.load_config` adds what needs the
+methods (presets, method names), so config imports nothing else of sftrl and methods may import it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from .losses import LOSS_TYPES, SCALE_REWARDS, SRFT_VARIANTS
+from .errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A bad recipe, override or value; the message names the field."""
+LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+SCALE_REWARDS = ("group", "batch", "none")
+SRFT_VARIANTS = ("paper", "released-code")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -41,9 +43,9 @@ class Config:
     seed: int = _f(0, "Seed for model init (sandbox), data order, sampling and method randomness.")
 
     # --- data ----------------------------------------------------------------------------------
-    train_data: str = _f("sandbox", "Training data: 'sandbox', a .jsonl/.json/.parquet file, a save_to_disk directory or a hub dataset id.")
+    train_data: str = _f("sandbox", "Training data: 'sandbox' (or another registered data source), a .jsonl/.json/.parquet file, a save_to_disk directory or a hub dataset id.")
     train_split: str = _f("train", "Split of train_data (for directories and hub datasets).")
-    eval_data: str | None = _f("auto", "Evaluation data for accuracy before/during/after training; 'auto' = sandbox:test for the sandbox, none otherwise; null = none.")
+    eval_data: str | None = _f("auto", "Evaluation data for accuracy before/during/after training; 'auto' = the training data source's own evaluation split (sandbox:test for the sandbox), none otherwise; null = none.")
     eval_split: str = _f("test", "Split of eval_data.")
     prompt_field: str = _f("prompt", "Column holding the prompt (text or chat messages); dotted paths reach into nested columns.")
     answer_field: str = _f("answer", "Column holding the gold answer; verl's reward_model.ground_truth is found automatically.")
@@ -55,8 +57,9 @@ class Config:
     sandbox_demo_error_rate: float = _f(0.0, "Sandbox regime: fraction of training demonstrations made wrong (one slipped step), to study demonstration quality.")
     sandbox_skill_share: float = _f(0.3, "Sandbox regime: share of training problems that need the bracket skill only demonstrations teach (evaluation splits keep 0.3).")
     sandbox_train_size: int = _f(5000, "Sandbox regime: number of training problems, each with its demonstration.")
-    reward_funcs: list[str] = _f(["auto"], "Reward functions: math, choice, sandbox, module:function or file.py:function; auto = sandbox for the sandbox, math otherwise.")
+    reward_funcs: list[str] = _f(["auto"], "Reward functions (TRL's signature): math, choice, sandbox, a name a plugin registered, module:function or file.py:function; auto = the training data source's verifier (sandbox for the sandbox), math otherwise.")
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
+    plugins: list[str] = _f([], "Python modules imported before anything is looked up; they register rewards, datasets or models with sftrl.registry (as the sandbox does).")
 
     # --- optimisation --------------------------------------------------------------------------
     max_steps: int = _f(100, "Optimizer steps to train.")
@@ -187,35 +190,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
-    """Fill in the chosen method's PRESET (e.g. LUFFY's released-code settings) beneath what the
-    recipe and overrides set: a field given explicitly always wins."""
-    from .methods import METHODS
+def read_recipe(recipe: str | Path) -> dict[str, Any]:
+    """A recipe's YAML mapping; a missing file or bad YAML is one line naming the file (and line)."""
+    path = Path(recipe)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        with path.open(encoding="utf-8") as stream:
+            loaded = yaml.safe_load(stream) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {exc.problem or exc.context}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of config fields")
+    return loaded
 
-    method = values.get("method", Config.method)
-    preset = getattr(METHODS.get(method), "PRESET", {}) if isinstance(method, str) else {}
-    return {**preset, **values}
 
-
-def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Config from defaults, then the recipe's YAML mapping, then overrides; validated."""
-    values: dict[str, Any] = {}
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of config fields")
-        values.update(loaded)
-    if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    values.update(overrides or {})
-    values = apply_preset(values)
-    known = {f.name: f for f in dataclasses.fields(Config)}
+def build_config(values: dict[str, Any]) -> Config:
+    """A Config from field values (unknown names and wrong types are errors), each field checked."""
+    known = {f.name for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     kwargs = {}
     for name, value in values.items():
@@ -223,19 +219,17 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[st
             raise _unknown(name)
         kwargs[name] = _coerce(name, value, hints[name])
     config = Config(**kwargs)
-    validate(config)
+    check_fields(config)
     return config
 
 
-def validate(c: Config) -> None:
-    """Range and choice checks; each error names the field and the allowed values."""
-    from .methods import METHODS  # late: methods import config types
+def check_fields(c: Config) -> None:
+    """Range and choice checks of each field on its own; each error names the field and the allowed values."""
 
     def check(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
 
-    check(c.method in METHODS, f"method: unknown {c.method!r}; choose one of {', '.join(METHODS)}")
     check(c.loss_type in LOSS_TYPES, f"loss_type: {c.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
     check(c.scale_rewards in SCALE_REWARDS, f"scale_rewards: {c.scale_rewards!r} is not one of {', '.join(SCALE_REWARDS)}")
     check(c.lr_scheduler in ("constant", "cosine"), f"lr_scheduler: {c.lr_scheduler!r} is not constant or cosine")
@@ -280,8 +274,9 @@ def validate(c: Config) -> None:
           "static_sft_steps + static_grpo_steps: a cycle needs at least one step")
     check(0 <= c.static_sft_prob <= 1, f"static_sft_prob: must be in [0, 1], got {c.static_sft_prob}")
     check(0 <= c.static_sft_weight <= 1, f"static_sft_weight: must be in [0, 1], got {c.static_sft_weight}")
-    if METHODS[c.method].NEEDS_ROLLOUTS:
-        check(c.num_generations >= 2, f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")
+    check(all(isinstance(p, str) and p.strip() for p in c.plugins), f"plugins: module names must be non-empty, got {c.plugins}")
+
+
 
 
 def markdown_reference() -> str:

@@ -20,8 +20,9 @@ import torch
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import registry
 from .data import Example, render_prompt
-from .rewards import load_rewards, score_completions
+from .rewards import as_completions, load_rewards, score_completions
 from .rollout import generate_completions
 
 
@@ -100,13 +101,21 @@ SETTINGS_KEYS = ("model", "k", "k_by_source", "temperature", "top_p", "max_new_t
 _OPTION_LINE = re.compile(r"^([A-J])[).:]\s+(.*\S)\s*$")
 
 
+def task_verifier(source: str) -> str | None:
+    """The verifier a registered data source names for itself ("sandbox" for the sandbox), or None."""
+    registered = registry.data_source_of(source)
+    return registered[0].verifier if registered is not None else None
+
+
 def grader_for(example: Example, reward: str | None = None) -> str:
-    """The reward that grades `example`: `reward` if given; else "sandbox" for the sandbox, "choice"
-    when the gold answer is a lone option letter (ARC-C, GPQA), and "math" otherwise."""
+    """The reward that grades `example`: `reward` if given; else the verifier its registered data
+    source names ("sandbox" for the sandbox), "choice" when the gold answer is a lone option letter
+    (ARC-C, GPQA), and "math" otherwise."""
     if reward:
         return reward
-    if example.source.split(":")[0] == "sandbox":
-        return "sandbox"
+    verifier = task_verifier(example.source)
+    if verifier:
+        return verifier
     return "choice" if re.fullmatch(r"\(?[A-J]\)?", example.answer.strip()) else "math"
 
 
@@ -190,8 +199,8 @@ def grade_samples(questions: list[Question], completions: list[list[str]]) -> li
         rows = [i for i, q in enumerate(questions) if q.grader == name]
         examples = [questions[i].example for i in rows]
         columns = reward_columns(examples, [len(completions[i]) for i in rows])
-        flat = [text for i in rows for text in completions[i]]
         prompts = [questions[i].example.prompt for i in rows for _ in completions[i]]
+        flat = as_completions(prompts, [text for i in rows for text in completions[i]])
         scores, _ = score_completions(load_rewards([name]), prompts, flat, columns)
         scores = scores.nan_to_num(0.0).tolist()
         position = 0

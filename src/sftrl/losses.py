@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
-SCALE_REWARDS = ("group", "batch", "none")
-SRFT_VARIANTS = ("paper", "released-code")
+from .config import LOSS_TYPES, SCALE_REWARDS, SRFT_VARIANTS
 
 
 def token_logprobs_and_entropy(

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +22,8 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from . import losses
+from . import checkpoint, losses, registry, runlog
+from .batching import TokenBatch, micro_batches, pack, target_logits, target_logprobs  # noqa: F401 (re-exported)
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .evaluate import evaluate_accuracy, reward_columns
@@ -37,34 +35,6 @@ from .rollout import generate_completions
 
 BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
                "sasr/p_sft": "p_sft", "kl_ref": "kl"}
-
-
-@dataclass
-class TokenBatch:
-    """Left-padded prompts followed by right-padded targets (completions or demonstrations)."""
-
-    input_ids: torch.Tensor  # (B, P + T)
-    attention_mask: torch.Tensor  # (B, P + T)
-    targets: torch.Tensor  # (B, T) target tokens
-    target_mask: torch.Tensor  # (B, T) 1.0 on real target tokens
-
-
-def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int, device: torch.device) -> TokenBatch:
-    """Lay sequences out so every target starts at the same column (TRL's layout): then the last
-    T+1 logits predict the targets and `logits_to_keep` spares the prompt's vocabulary projections."""
-    width_p = max(len(p) for p in prompts)
-    width_t = max(1, max(len(t) for t in targets))
-    n = len(prompts)
-    ids = torch.full((n, width_p + width_t), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, width_p + width_t), dtype=torch.long)
-    tmask = torch.zeros((n, width_t), dtype=torch.float32)
-    for i, (p, t) in enumerate(zip(prompts, targets)):
-        ids[i, width_p - len(p):width_p] = torch.tensor(p, dtype=torch.long)
-        attn[i, width_p - len(p):width_p + len(t)] = 1
-        if t:
-            ids[i, width_p:width_p + len(t)] = torch.tensor(t, dtype=torch.long)
-            tmask[i, :len(t)] = 1.0
-    return TokenBatch(ids.to(device), attn.to(device), ids[:, width_p:].to(device), tmask.to(device))
 
 
 @dataclass
@@ -84,21 +54,6 @@ class Rollouts:
 
 # (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
 TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-def target_logits(model, batch: TokenBatch) -> torch.Tensor:
-    """Logits (B, T, V) that predict each target token (unscaled)."""
-    # Positions count real tokens only, so left padding does not shift them (as generate() does).
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    width_t = batch.targets.shape[1]
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=position_ids, logits_to_keep=width_t + 1, use_cache=False).logits
-    return logits[:, :-1]  # (B, T, V): logit at column j predicts the token at column j+1
-
-
-def target_logprobs(model, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = True):
-    """log π(target_t | prefix) and entropy H_t for every target position: two (B, T) tensors."""
-    return losses.token_logprobs_and_entropy(target_logits(model, batch), batch.targets, temperature, with_entropy)
 
 
 def lr_lambda(config: Config):
@@ -131,7 +86,8 @@ class Trainer:
         _seed_everything(config.seed)
 
         # Data first: a bad row fails here, before any model is loaded.
-        is_sandbox = config.train_data.split(":")[0] == "sandbox"
+        registered = registry.data_source_of(config.train_data)
+        data_source = registered[0] if registered is not None else None
         needs_demo = self.method.NEEDS_DEMONSTRATIONS
         self.train_examples = load_examples(
             config.train_data, config.train_split, prompt_field=config.prompt_field,
@@ -139,14 +95,16 @@ class Trainer:
             system_prompt=config.system_prompt, limit=config.max_train_examples,
             sandbox_demo_error_rate=config.sandbox_demo_error_rate, sandbox_skill_share=config.sandbox_skill_share,
             sandbox_train_size=config.sandbox_train_size)
-        eval_source = ("sandbox:test" if is_sandbox else None) if config.eval_data == "auto" else config.eval_data
+        eval_source = (data_source.default_eval if data_source else None) if config.eval_data == "auto" \
+            else config.eval_data
         self.eval_examples: list[Example] = []
         if eval_source:
             self.eval_examples = load_examples(
                 eval_source, config.eval_split, prompt_field=config.prompt_field,
                 answer_field=config.answer_field, demo_field=config.demo_field, require_demo=False,
                 system_prompt=config.system_prompt, limit=config.max_eval_examples)
-        specs = [("sandbox" if is_sandbox else "math") if s == "auto" else s for s in config.reward_funcs]
+        verifier = (data_source.verifier if data_source else None) or "math"  # "auto": the task's own verifier
+        specs = [verifier if s == "auto" else s for s in config.reward_funcs]
         self.reward_fns = load_rewards(specs)
         self.reward_weights = config.reward_weights
 
@@ -191,8 +149,7 @@ class Trainer:
         return float(self.accelerator.reduce(tensor, reduction="sum").item())
 
     def _micro_batches(self, n: int):
-        size = self.config.micro_batch_size
-        return [range(i, min(n, i + size)) for i in range(0, n, size)]
+        return micro_batches(n, self.config.micro_batch_size)
 
     def _backward(self, loss: torch.Tensor) -> None:
         # DDP averages gradients over ranks; our losses are already global sums / global counts.
@@ -522,14 +479,11 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            runlog.append(self.run_dir / "metrics.jsonl", record)
 
     def _logged_eval(self, step: int) -> dict[str, float]:
         """Evaluation metrics already in metrics.jsonl for `step` (a resumed run does not repeat them)."""
-        path = self.run_dir / "metrics.jsonl"
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        return {k: v for r in records if r["step"] == step for k, v in r.items() if k.startswith("eval/")}
+        return runlog.logged_eval(self.run_dir / "metrics.jsonl", step)
 
     def _trainer_state(self) -> dict[str, Any]:
         return {
@@ -542,53 +496,36 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
 
-    def save_checkpoint(self) -> Path:
-        """checkpoints/step-NNNNNN with model, tokenizer and trainer state, written to a temporary
-        directory and renamed into place, so a crash never leaves a half-written checkpoint."""
-        root = self.run_dir / "checkpoints"
-        final = root / f"step-{self.step:06d}"
+    def save_checkpoint(self):
+        """checkpoints/step-NNNNNN (see :mod:`sftrl.checkpoint`), written by the main process."""
         self.accelerator.wait_for_everyone()
+        path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
         if self.accelerator.is_main_process:
-            tmp = root / f".tmp-step-{self.step:06d}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.policy.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            torch.save(self._trainer_state(), tmp / "trainer_state.pt")
-            if self.reference_step is not None:  # a snapshot taken during training: keep it for resuming
-                self.reference.save_pretrained(tmp / "reference")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-self.config.save_total_limit]:
-                shutil.rmtree(old)
+            reference = self.reference if self.reference_step is not None else None
+            path = checkpoint.save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer,
+                                              self._trainer_state(), reference, self.config.save_total_limit)
         self.accelerator.wait_for_everyone()
-        return final
+        return path
 
     def save_final(self) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            tmp, final = self.run_dir / ".tmp-model", self.run_dir / "model"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.policy.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            checkpoint.save_model(self.run_dir, self.policy, self.tokenizer)
 
     def _resume(self) -> None:
-        checkpoints = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if p.is_dir())
+        checkpoints = checkpoint.checkpoint_dirs(self.run_dir)
         if not checkpoints:
             raise FileNotFoundError(f"resume=true but {self.run_dir / 'checkpoints'} holds no checkpoint")
         latest = checkpoints[-1]
-        state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
-        weights = load_model(str(latest), self.config.dtype, self.config.trust_remote_code).state_dict()
+        cfg = self.config
+        state, weights, reference = checkpoint.load_checkpoint(
+            latest, lambda path: load_model(path, cfg.dtype, cfg.trust_remote_code))
         self.policy.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.method_state = state["method_state"]
         self.reference_step = state.get("reference_step")
-        if self.reference_step is not None:
-            reference = load_model(str(latest / "reference"), self.config.dtype, self.config.trust_remote_code)
+        if reference is not None:
             self.reference = frozen_copy(reference).to(self.accelerator.device)
         self.step = state["step"]
         random.setstate(state["rng"]["python"])
@@ -596,12 +533,8 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists() and self.accelerator.is_main_process:
-            # Drop records past the checkpoint: those steps run again and are logged again.
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if self.accelerator.is_main_process:
+            runlog.keep_until(self.run_dir / "metrics.jsonl", self.step)
         self._print(f"resumed from {latest} at step {self.step}")
 
 
