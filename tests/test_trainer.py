@@ -30,6 +30,9 @@ def test_grpo_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_di
                                   mask_truncated_completions=mask_truncated, reward_funcs=[reward_spec],
                                   micro_batch_size=64))
     examples = trainer.train_examples[:4]
+    if beta:  # one update first, so that π_θ ≠ π_ref and the KL term has a gradient to compare
+        trainer.sft_backward(trainer.train_examples[8:16])
+        trainer.optimizer_step(1e-2)
     torch.manual_seed(0)
     metrics = trainer.grpo_backward(examples)
     big = grads(trainer.model)
@@ -44,7 +47,13 @@ def test_grpo_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_di
     for a, b in zip(big, small):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     if beta:
-        assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
+        assert metrics["kl"] > 1e-4
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.config.beta = 0.0
+        torch.manual_seed(0)
+        trainer.grpo_backward(examples)
+        without_kl = grads(trainer.model)
+        assert max(float((a - b).abs().max()) for a, b in zip(big, without_kl)) > 1e-5  # the KL gradient was compared
 
 
 def test_sft_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_dir):

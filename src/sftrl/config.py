@@ -100,11 +100,11 @@ class Config:
     beta: float = _f(0.0, "KL(π_θ‖π_ref) coefficient, k3 estimator (DeepSeekMath Eq. 4); 0 loads no reference model.")
     epsilon: float = _f(0.2, "Lower clipping range ε of the ratio (PPO/GRPO).")
     epsilon_high: float | None = _f(None, "Upper clipping range (DAPO's clip-higher, arXiv 2503.14476); default = epsilon.")
-    loss_type: str = _f("dapo", "Loss normaliser: grpo (sequence mean), dapo/bnpo (token mean over the step), dr_grpo (sum / (sequences·max_completion_length)).")
+    loss_type: str = _f("dapo", "Loss normaliser: grpo (sequence mean), dapo/bnpo (token mean over the step; TRL's bnpo means per micro-batch instead), dr_grpo (sum / (sequences·max_completion_length)).")
     scale_rewards: str = _f("group", "Advantage scaling: group std, batch std or none (Dr. GRPO).")
     mask_truncated_completions: bool = _f(False, "Exclude truncated completions from the loss (DAPO).")
     clip_ratio: bool = _f(True, "Clip the ratio π_θ/π_old to [1-ε, 1+ε_high]; LUFFY's released code trains without clipping.")
-    entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · token entropy (rollout and in-group demonstration tokens) from the policy loss (LUFFY and SRFT use 0.001).")
+    entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · (mean token entropy over the step's rollout and in-group demonstration tokens) from the loss, whatever the loss_type, as TRL does (LUFFY and SRFT use 0.001).")
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------
     output_dir: str = _f("runs/{method}-seed{seed}", "Run directory; {method} and {seed} are filled in.")

@@ -121,8 +121,10 @@ def reduce_token_loss(
     """This micro-batch's share of the step's loss, normalised by whole-step counts (ALGORITHMS.md).
 
     grpo: mean over each sequence's tokens, then mean over sequences.
-    dapo / bnpo: token mean over the step (bnpo is TRL's local-batch variant; normalising by the
-        step's count makes the two identical, which is the point).
+    dapo / bnpo: token mean over the step. TRL's bnpo is different under gradient accumulation: it
+        takes each micro-batch's token mean and averages those (a mean of means, which weights a
+        token by 1/its micro-batch's token count); sftrl's bnpo is dapo, so that accumulation never
+        changes the gradient (ALGORITHMS.md). Without accumulation and on one process they agree.
     dr_grpo: token sum / (sequences · max_completion_length) (Dr. GRPO, arXiv 2503.20783).
     Summing the returned values over all micro-batches gives the big-batch loss exactly.
     """
@@ -137,6 +139,20 @@ def reduce_token_loss(
             raise ValueError("loss_type 'dr_grpo' needs max_completion_length")
         return masked.sum() / (max(step_sequences, 1) * max_completion_length)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def entropy_bonus(
+    entropy: torch.Tensor,  # (B, T) per-token entropy H_t of π_θ (with grad)
+    mask: torch.Tensor,  # (B, T) 1.0 where the token counts
+    step_tokens: int,  # mask.sum() over the whole optimizer step
+) -> torch.Tensor:
+    """This micro-batch's share of the step's mean token entropy, Σ H_t / (step's tokens).
+
+    One normalisation whatever the `loss_type` (TRL 1.16's: the entropy term is a token mean over the
+    tokens the policy loss acts on, never the loss type's normaliser); over the whole step, so
+    accumulation gives the big-batch value. The loss subtracts entropy_coef times it.
+    """
+    return (entropy * mask).sum() / max(step_tokens, 1)
 
 
 def sft_loss(

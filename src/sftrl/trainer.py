@@ -282,9 +282,11 @@ class Trainer:
         """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
 
         token_loss(logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token
-        stats) is the method's loss (a function of `losses`); this adds β·k3 KL and the entropy bonus,
-        normalises by the whole step's counts (`loss_type`) and logs the stats' means over rollout
-        tokens (a stat that is NaN on a token is undefined there and left out of its mean).
+        stats) is the method's loss (a function of `losses`); this adds β·k3 KL on rollout tokens (never
+        on demonstrations: π_θ did not sample them, and LUFFY and SRFT apply no KL to off-policy rows),
+        normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus (a token mean
+        over every counted token, whatever the loss_type, as TRL does) and logs the stats' means over
+        rollout tokens (a stat that is NaN on a token is undefined there and left out of its mean).
         """
         cfg = self.config
         t0 = time.perf_counter()
@@ -317,12 +319,12 @@ class Trainer:
                 if cfg.beta > 0:
                     ref_logps, _ = losses.token_logprobs_and_entropy(ref_logits, batch.targets, cfg.temperature, False)
                     kl = losses.k3_kl(logps, ref_logps)  # (B, T)
-                    per_token = per_token + cfg.beta * kl
+                    per_token = per_token + cfg.beta * kl * (~is_demo).float().unsqueeze(1)  # rollout rows only
                     stats["kl"] = kl.detach()
-            if cfg.entropy_coef:
-                per_token = per_token - cfg.entropy_coef * entropy  # entropy bonus (LUFFY, SRFT)
             loss = losses.reduce_token_loss(per_token, mask, cfg.loss_type, step_sequences, step_tokens,
                                             cfg.max_completion_length)
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * losses.entropy_bonus(entropy, mask, step_tokens)
             self._backward(weight * loss)
             loss_total += float(loss.detach())
             stats["entropy"] = entropy.detach()
