@@ -213,6 +213,7 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, rewar
 
     part_dir = tmp_path / "part"
     shutil.copytree(full_dir / "checkpoints", part_dir / "checkpoints")
+    shutil.copy(full_dir / "config.yaml", part_dir / "config.yaml")
     (part_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full[:3]))
     Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part_dir), resume=True, **common)).train()
     resumed = read_metrics(part_dir)

@@ -23,6 +23,11 @@ from .errors import ConfigError
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 SRFT_VARIANTS = ("paper", "released-code")
+DEMO_TRUNCATIONS = ("cut", "drop", "keep")
+# Fields that cannot change what a run computes (memory knobs, logging, checkpoint cadence, the
+# resume switch itself): a resumed run may set them differently. Every other field must match.
+RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
+                         "micro_batch_size", "generation_batch_size", "eval_batch_size")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -59,6 +64,7 @@ class Config:
     sandbox_train_size: int = _f(5000, "Sandbox regime: number of training problems, each with its demonstration.")
     reward_funcs: list[str] = _f(["auto"], "Reward functions (TRL's signature): math, choice, sandbox, a name a plugin registered, module:function or file.py:function; auto = the training data source's verifier (sandbox for the sandbox), math otherwise.")
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
+    demo_truncation: str = _f("cut", "Demonstrations longer than max_completion_length: cut (train on the first max_completion_length tokens), drop (leave those rows out) or keep (train on them whole); counts are printed at start.")
     plugins: list[str] = _f([], "Python modules imported before anything is looked up; they register rewards, datasets or models with sftrl.registry (as the sandbox does).")
 
     # --- optimisation --------------------------------------------------------------------------
@@ -73,6 +79,7 @@ class Config:
     adam_beta1: float = _f(0.9, "AdamW beta1.")
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     max_grad_norm: float = _f(1.0, "Clip the global gradient L2 norm to this value (0 = no clipping).")
+    max_nonfinite_steps: int = _f(3, "A step whose loss or gradient is NaN/inf is skipped (no update, counted in skipped_steps); this many in a row stop the run, keeping the last good checkpoint.")
     sft_steps: int = _f(50, "sft-then-grpo: number of SFT steps before switching to GRPO.")
     grpo_steps: int = _f(50, "grpo-then-sft: number of GRPO steps before switching to SFT.")
     sft_kl_coef: float = _f(0.0, "grpo-then-sft: weight λ of the exact KL(π_θ‖π_RL-end) added to the SFT steps (RL→SFT_KL, SRFT Table 1).")
@@ -274,6 +281,9 @@ def check_fields(c: Config) -> None:
           "static_sft_steps + static_grpo_steps: a cycle needs at least one step")
     check(0 <= c.static_sft_prob <= 1, f"static_sft_prob: must be in [0, 1], got {c.static_sft_prob}")
     check(0 <= c.static_sft_weight <= 1, f"static_sft_weight: must be in [0, 1], got {c.static_sft_weight}")
+    check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")
+    check(c.demo_truncation in DEMO_TRUNCATIONS,
+          f"demo_truncation: {c.demo_truncation!r} is not one of {', '.join(DEMO_TRUNCATIONS)}")
     check(all(isinstance(p, str) and p.strip() for p in c.plugins), f"plugins: module names must be non-empty, got {c.plugins}")
 
 

@@ -37,8 +37,18 @@ def token_logprobs_and_entropy(
     return logps, entropy
 
 
+def nanstd(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Standard deviation ignoring NaNs, Bessel-corrected, NaN below two values (TRL's ``nanstd``)."""
+    mean = torch.nanmean(values, dim=dim, keepdim=True)
+    variance = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=True)
+    count = (~values.isnan()).sum(dim=dim, keepdim=True)
+    correction = torch.where(count > 1, count / (count - 1).clamp(min=1), torch.full_like(variance, float("nan")))
+    std = torch.sqrt(variance * correction)
+    return std.squeeze(dim) if dim is not None else std.reshape(())
+
+
 def group_advantages(
-    rewards: torch.Tensor,  # (N,) with N = num_groups * group_size, groups contiguous
+    rewards: torch.Tensor,  # (N,) with N = num_groups * group_size, groups contiguous; NaN = unscorable
     group_size: int,
     scale_rewards: str = "group",
     eps: float = 1e-4,
@@ -47,21 +57,23 @@ def group_advantages(
 
     scale_rewards: "group" divides by the group's std, "batch" by the whole batch's std (PPO-Lite),
     "none" does not divide (Dr. GRPO). Std is the unbiased one, as torch/TRL compute it.
-    Returns (advantages (N,), per-group std (num_groups,)).
+    A NaN reward (every reward function returned None) is left out of the means and stds, and its
+    advantage is 0, as in TRL 1.16; so is the advantage in a group with fewer than two scorable rows.
+    Returns (advantages (N,), per-group std (num_groups,), NaN where undefined).
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     grouped = rewards.view(-1, group_size)  # (G_count, group_size)
-    group_mean = grouped.mean(dim=1, keepdim=True)  # (G_count, 1)
-    group_std = grouped.std(dim=1) if group_size > 1 else torch.zeros(grouped.shape[0])  # (G_count,)
+    group_mean = torch.nanmean(grouped, dim=1, keepdim=True)  # (G_count, 1)
+    group_std = nanstd(grouped, dim=1) if group_size > 1 else torch.zeros(grouped.shape[0])  # (G_count,)
     advantages = (grouped - group_mean).view(-1)  # (N,)
     if scale_rewards == "group":
         advantages = advantages / (group_std.repeat_interleave(group_size) + eps)
     elif scale_rewards == "batch":
-        advantages = advantages / (rewards.std() + eps)
-    return advantages, group_std
+        advantages = advantages / (nanstd(rewards) + eps)
+    return torch.nan_to_num(advantages, nan=0.0), group_std
 
 
 def k3_kl(
