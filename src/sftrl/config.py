@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -281,10 +282,18 @@ def check_fields(c: Config) -> None:
           "static_sft_steps + static_grpo_steps: a cycle needs at least one step")
     check(0 <= c.static_sft_prob <= 1, f"static_sft_prob: must be in [0, 1], got {c.static_sft_prob}")
     check(0 <= c.static_sft_weight <= 1, f"static_sft_weight: must be in [0, 1], got {c.static_sft_weight}")
+    check(0 <= c.adam_beta1 < 1, f"adam_beta1: must be in [0, 1), got {c.adam_beta1}")
+    check(0 <= c.adam_beta2 < 1, f"adam_beta2: must be in [0, 1), got {c.adam_beta2}")
     check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")
     check(c.demo_truncation in DEMO_TRUNCATIONS,
           f"demo_truncation: {c.demo_truncation!r} is not one of {', '.join(DEMO_TRUNCATIONS)}")
     check(all(isinstance(p, str) and p.strip() for p in c.plugins), f"plugins: module names must be non-empty, got {c.plugins}")
+    check(all(math.isfinite(w) for w in c.reward_weights or []), f"reward_weights: must be finite, got {c.reward_weights}")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):  # NaN and inf pass range checks such as `beta >= 0` unnoticed
+        value = getattr(c, f.name)
+        if float in typing.get_args(hints[f.name]) + (hints[f.name],) and isinstance(value, float):
+            check(math.isfinite(value), f"{f.name}: must be a finite number, got {value}")
 
 
 
