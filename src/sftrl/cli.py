@@ -67,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .validate import check_output_dir, check_range
     from .data import load_examples
     from .evaluate import VLLMSampler, build_questions, format_summary, run_benchmark, sample_with_generate, summarize
-    from .models import load_model, load_tokenizer, resolve_model_path
+    from .models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
 
     check_range("--k", args.k, 1)
     check_range("--limit", args.limit, 1, allow_none=True)
@@ -94,7 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      args.shuffle_choices, args.seed)
     out_dir = Path(args.output_dir or Path("runs/eval") / _slug(args.model))
     samples_path = out_dir / "samples.jsonl"
-    settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "shuffle_choices": args.shuffle_choices}
+    settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "shuffle_choices": args.shuffle_choices,
+                "model_sha256": model_fingerprint(path)}  # samples are keyed by the model's content
     tokenizer = load_tokenizer(path)
     if args.backend == "vllm":
         sampler, model = VLLMSampler(path, dtype=args.dtype), None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 import re
@@ -24,6 +25,8 @@ from . import registry
 from .data import Example, render_prompt
 from .rewards import as_completions, load_rewards, score_completions
 from .rollout import generate_completions
+
+logger = logging.getLogger(__name__)
 
 
 def reward_columns(examples: list[Example], repeat: int | list[int] = 1) -> dict[str, list]:
@@ -210,6 +213,19 @@ def grade_samples(questions: list[Question], completions: list[list[str]]) -> li
     return grades
 
 
+def samples_are_stale(path: Path, settings: dict[str, Any]) -> bool:
+    """Whether a samples file was made from other model files than ``settings["model_sha256"]`` (a
+    model retrained or replaced at the same path); a file from before fingerprints counts as stale."""
+    if settings.get("model_sha256") is None or not path.exists():
+        return False
+    first = path.read_text().split("\n", 1)[0]
+    try:
+        old = json.loads(first).get("settings", {})
+    except (json.JSONDecodeError, AttributeError):
+        return False  # not ours to judge: read_samples reports it
+    return old.get("model_sha256") != settings["model_sha256"]
+
+
 def read_samples(path: Path, settings: dict[str, Any]) -> dict[str, dict]:
     """Records already in a samples file, by question id; an error if it was written with other settings."""
     if not path.exists():
@@ -291,15 +307,21 @@ def run_benchmark(
     """Sample and grade every question not yet in `samples_path`, appending one JSON line per question
     as soon as it is graded; returns the records of all questions (in question order).
 
-    `settings` says what made the questions (model, k, k_by_source, shuffle_choices); the sampling
-    arguments are added to it, and a samples file written under other settings is refused.
+    `settings` says what made the questions (model, k, k_by_source, shuffle_choices, and
+    ``model_sha256``, the :func:`~sftrl.models.model_fingerprint` of the model's files); the sampling
+    arguments are added to it. A samples file written under other settings is refused; one made from
+    other model files at the same path is stale and evaluated again.
     Each chunk of questions is sampled under a seed fixed by its first question, so a resumed
     evaluation draws the same samples as an uninterrupted one.
     """
     settings = {**settings, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                 "seed": seed}
     path = Path(samples_path) if samples_path else None
-    done = read_samples(path, settings) if path else {}
+    done = read_samples(path, settings) if path else {}  # other settings than the file's: refused here
+    if path and samples_are_stale(path, settings):
+        logger.warning("%s: the model's files changed since these samples were made; evaluating it again", path)
+        path.unlink()
+        done = {}
     if path and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"settings": settings}) + "\n")

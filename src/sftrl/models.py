@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 
@@ -41,6 +42,33 @@ def check_model_dir(name: str, what: str = "model") -> None:
     if not (path / "config.json").is_file():
         raise ConfigError(f"{what}: {name} is not a model directory: it has no config.json "
                           "(expected a directory written by save_pretrained, or a hub id)")
+
+
+# Files whose content decides what a model generates: weights, configs, tokenizer, remote code.
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".jinja", ".tiktoken", ".py")
+NOT_MODEL_FILES = ("trainer_state.pt", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+
+
+def model_fingerprint(path: str) -> str | None:
+    """SHA-256 over the names and contents of a model directory's weight, config and tokenizer files
+    (what evaluation caches are keyed by, so a model retrained in place is never served old samples).
+    A hub id is fingerprinted from its local snapshot when there is one; otherwise None."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(path, local_files_only=True))
+        except Exception:  # noqa: BLE001: not cached (or not a hub id): nothing to fingerprint
+            return None
+    digest = hashlib.sha256()
+    for file in sorted(directory.iterdir()):
+        if file.is_file() and file.suffix in MODEL_FILE_SUFFIXES and file.name not in NOT_MODEL_FILES:
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def _looks_local(name: str) -> bool:
