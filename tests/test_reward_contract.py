@@ -203,3 +203,12 @@ def test_unusable_rewards_name_the_function_and_the_row(returned, message):
     with pytest.raises(RewardError, match=message):
         reward_matrix([("bad", lambda prompts, completions, **kw: returned)], ["p", "p"], ["x", "y"], {},
                       row_names=["row a", "row b"])
+
+
+def test_a_reward_function_without_kwargs_is_told_how_to_take_trls_arguments():
+    def strict(prompts, completions, answer):
+        return [0.0] * len(completions)
+
+    with pytest.raises(RewardError, match=r"'strict' raised TypeError: .*unexpected keyword argument 'completion_ids'.*"
+                                          r"\(on row 0\); .*end the signature with \*\*kwargs"):
+        reward_matrix([("strict", strict)], ["p"], ["c"], {"answer": ["1"]}, completion_ids=[[1]], row_names=["row 0"])

@@ -201,8 +201,11 @@ def _failure(name: str, function: Callable, kwargs: dict[str, Any], count: int, 
             outcome = exc
         if isinstance(outcome, Exception):
             where = row_names[row] if row_names else f"completion {row}"
+            hint = ("; reward functions get TRL's keyword arguments (completion_ids, trainer_state, log_metric, "
+                    "every dataset column): end the signature with **kwargs"
+                    if isinstance(outcome, TypeError) and "keyword argument" in str(outcome) else "")
             return RewardError(f"reward function {name!r} raised {type(outcome).__name__}: {outcome} "
-                               f"(on {where})")
+                               f"(on {where}){hint}")
     return RewardError(f"reward function {name!r} raised {type(error).__name__}: {error} "
                        f"(on a batch of {count} completions; no single one of them reproduces it)")
 
