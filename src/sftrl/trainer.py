@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from transformers import TrainerState
 
 from . import checkpoint, losses, registry, runlog
-from .batching import TokenBatch, counted_tokens, micro_batches, pack, target_logits
+from .batching import counted_tokens, micro_batches, pack, target_logits
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
@@ -267,7 +267,7 @@ class Trainer:
                 columns[name] = [value(e) for e in examples for _ in range(repeat)]
         return columns
 
-    def trainer_state(self) -> TrainerState:
+    def reward_trainer_state(self) -> TrainerState:
         """What TRL passes reward functions as `trainer_state`: global_step counts finished optimizer steps."""
         cfg = self.config
         return TrainerState(global_step=self.step, max_steps=cfg.max_steps, train_batch_size=cfg.batch_size,
@@ -287,7 +287,7 @@ class Trainer:
                          f"({'its demonstration' if demo else f'rollout {row % group_size}'})")
         per_function = reward_matrix(
             self.reward_fns, prompts, as_completions(prompts, texts), self.reward_kwargs_columns(examples, group_size),
-            completion_ids=target_ids, trainer_state=self.trainer_state(),
+            completion_ids=target_ids, trainer_state=self.reward_trainer_state(),
             log_metric=lambda name, value: logged[name].append(float(value)), row_names=names)
         return per_function, {name: sum(values) / len(values) for name, values in logged.items()}
 
