@@ -19,7 +19,7 @@ counted up to and including EOS by both engines) and peak memory (CPU: peak RSS 
   writes to ``metrics.jsonl`` every step (``time/step``, ``time/generate``, ``time/score``,
   ``time/backward``, ``time/optimizer``).
 - TRL: ``GRPOTrainer(...).train()`` on the same model directory, the sandbox train prompts in TRL's
-  conversational format (so TRL applies the same chat template), ``sftrl.rewards.sandbox_reward``, the same
+  conversational format (so TRL applies the same chat template), ``sftrl.sandbox.plugin.sandbox_reward``, the same
   prompts per step, rollouts per prompt, micro-batch (``per_device_train_batch_size``, with
   ``gradient_accumulation_steps = batch_size * num_generations / micro_batch_size``), completion length,
   sampling (temperature 1, top-p 1, no top-k), loss (``dapo``, ``beta=0``, group reward scaling), learning
@@ -140,7 +140,7 @@ def _run_profiled(fn, engine: str, profile_dir: str | None):
 
 # ---------------------------------------------------------------------------------------------- engines
 def run_sftrl(args, workdir: Path) -> dict:
-    from sftrl.config import load_config
+    from sftrl.validate import load_config
     from sftrl.trainer import Trainer
 
     total_steps = args.warmup + args.steps
@@ -203,7 +203,7 @@ def run_trl(args, workdir: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from sftrl.models import load_model, load_tokenizer
-    from sftrl.rewards import sandbox_reward
+    from sftrl.sandbox.plugin import sandbox_reward
     from sftrl.sandbox.task import make_split
 
     total_steps = args.warmup + args.steps

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from sftrl.compare import mean_ci, run_jobs
-from sftrl.config import load_config
+from sftrl.validate import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM_REWARD = Path(__file__).resolve().parent / "random_reward.py"

@@ -19,7 +19,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_every_recipe_loads():
-    from sftrl.config import load_config
+    from sftrl.validate import load_config
 
     recipes = sorted((ROOT / "recipes").glob("*.yaml"))
     assert recipes
@@ -28,7 +28,7 @@ def test_every_recipe_loads():
 
 
 def test_every_method_has_a_sandbox_and_a_paper_recipe_and_a_readme_row():
-    from sftrl.config import load_config
+    from sftrl.validate import load_config
     from sftrl.methods import METHODS
 
     readme = (ROOT / "README.md").read_text()

@@ -222,3 +222,49 @@ def test_eval_with_vllm_missing_says_how_to_install_it(tiny_model_dir, tmp_path,
         pytest.skip("vLLM is installed here")
     assert main(["eval", "--model", str(tiny_model_dir), "--limit", "2", "--backend", "vllm", "-o", str(tmp_path)]) == 2
     assert "pip install 'sftrl[vllm]'" in capsys.readouterr().err
+
+
+def retrain_in_place(model_dir, seed):
+    """Replace the weights in `model_dir` with another model's, as retraining into the same directory does."""
+    from sftrl.sandbox.model import build_model
+    from sftrl.sandbox.tokenizer import build_tokenizer
+
+    build_model(build_tokenizer(), seed=seed).save_pretrained(model_dir)
+
+
+def test_eval_samples_are_keyed_by_the_model_files_so_a_retrained_model_is_evaluated_again(tiny_model_dir, tmp_path):
+    import shutil
+
+    from sftrl.cli import main
+    from sftrl.models import model_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    args = ["eval", "--model", str(model), "--data", "sandbox:test", "--limit", "3", "--k", "2",
+            "--max-new-tokens", "8"]
+    assert main(args + ["-o", str(tmp_path / "cached")]) == 0
+    first = (tmp_path / "cached" / "samples.jsonl").read_text()
+    retrain_in_place(model, seed=1)
+    assert main(args + ["-o", str(tmp_path / "cached")]) == 0
+    again = (tmp_path / "cached" / "samples.jsonl").read_text()
+    assert main(args + ["-o", str(tmp_path / "fresh")]) == 0  # what an evaluation of the new model gives
+    assert again != first and again == (tmp_path / "fresh" / "samples.jsonl").read_text()
+    assert json.loads(again.splitlines()[0])["settings"]["model_sha256"] == model_fingerprint(str(model))
+
+
+def test_compare_evaluations_follow_the_model_files(tiny_model_dir, tmp_path):
+    import shutil
+
+    from sftrl.compare import evaluate_run
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    kwargs = dict(k=1, temperature=0.6, limit=3, seed=0, max_new_tokens=8)
+    evaluate_run(model, tmp_path / "eval", **kwargs)
+    old = (tmp_path / "eval" / "in-dist.jsonl").read_text()
+    retrain_in_place(model, seed=2)
+    reused = evaluate_run(model, tmp_path / "eval", **kwargs)
+    fresh = evaluate_run(model, tmp_path / "fresh", **kwargs)
+    assert reused == fresh
+    assert (tmp_path / "eval" / "in-dist.jsonl").read_text() != old
+    assert (tmp_path / "eval" / "in-dist.jsonl").read_text() == (tmp_path / "fresh" / "in-dist.jsonl").read_text()

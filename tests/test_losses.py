@@ -156,3 +156,29 @@ def test_sft_loss_is_token_mean_nll():
     # a micro-batch's share uses the step's token count, so shares add up
     share = losses.sft_loss(logps[:1], mask[:1], 3) + losses.sft_loss(logps[1:], mask[1:], 3)
     assert float(share) == pytest.approx(3.5 / 3)
+
+
+def test_entropy_bonus_is_the_step_token_mean_and_micro_batches_sum_to_it():
+    g = torch.Generator().manual_seed(4)
+    entropy = (torch.rand(5, 6, generator=g) * 2).requires_grad_()
+    mask = (torch.rand(5, 6, generator=g) > 0.3).float()
+    step_tokens = int(mask.sum())
+    naive = sum(float(entropy[b, t].detach()) for b in range(5) for t in range(6) if mask[b, t]) / step_tokens
+    whole = losses.entropy_bonus(entropy, mask, step_tokens)
+    assert float(whole) == pytest.approx(naive, rel=1e-6)
+    parts = losses.entropy_bonus(entropy[:2], mask[:2], step_tokens) + losses.entropy_bonus(entropy[2:], mask[2:], step_tokens)
+    assert float(parts) == pytest.approx(naive, rel=1e-6)
+    whole.backward()
+    torch.testing.assert_close(entropy.grad, mask / step_tokens)  # every counted token weighs the same
+
+
+def test_bnpo_is_the_step_token_mean_where_trl_takes_a_mean_of_micro_batch_means():
+    """Documented difference (ALGORITHMS.md): TRL's bnpo divides each micro-batch by its own token count
+    and averages over accumulation steps; sftrl's divides by the whole step's count (= dapo)."""
+    token_loss = torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])  # 4 tokens, then 1 token
+    ours = sum(losses.reduce_token_loss(token_loss[i:i + 1], mask[i:i + 1], "bnpo", 2, 5) for i in range(2))
+    assert float(ours) == pytest.approx((4 * 1.0 + 3.0) / 5)  # token mean over the step: 1.4
+    assert float(ours) == pytest.approx(float(losses.reduce_token_loss(token_loss, mask, "dapo", 2, 5)), rel=1e-6)
+    trl = sum(float((token_loss[i] * mask[i]).sum() / mask[i].sum()) / 2 for i in range(2))  # TRL, 2 accumulation steps
+    assert trl == pytest.approx((1.0 + 3.0) / 2) and trl != pytest.approx(float(ours))

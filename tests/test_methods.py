@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sftrl.config import ConfigError, load_config
+from sftrl.config import ConfigError
+from sftrl.validate import load_config
 from sftrl.methods import METHODS, sasr, static
 from sftrl.trainer import Trainer
 
@@ -198,7 +199,7 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, rewar
     full = read_metrics(full_dir)
     types = [r["step_type"] for r in full]
     if method == "sasr":
-        assert types[:2] == ["sft", "sft"] and {"sft", "grpo"} <= set(types[2:]) | {"sft", "grpo"}
+        assert types[:2] == ["sft", "sft"] and set(types[2:]) == {"sft", "grpo"}  # both kinds after the warm-up
         assert all(r["sasr/mode"] == r["step_type"] for r in full)
         assert all("kl_ref" in r for r in full[2:])  # measured every step after the warm-up snapshot
     else:
@@ -212,6 +213,7 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, rewar
 
     part_dir = tmp_path / "part"
     shutil.copytree(full_dir / "checkpoints", part_dir / "checkpoints")
+    shutil.copy(full_dir / "config.yaml", part_dir / "config.yaml")
     (part_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full[:3]))
     Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part_dir), resume=True, **common)).train()
     resumed = read_metrics(part_dir)
@@ -227,3 +229,61 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, rewar
     w_part = load_file(part_dir / "model" / "model.safetensors")
     for name in w_full:
         torch.testing.assert_close(w_full[name], w_part[name])
+
+
+def naive_policy_gradient(trainer, rollouts, per_token, normaliser):
+    """Gradient of Σ_rows Σ_t per_token(row, logp_t, ref_logp_t, H_t) / normaliser, one row at a time
+    (each sequence packed on its own, no batching)."""
+    from sftrl import losses
+    from sftrl.batching import pack, target_logits
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    cfg = trainer.config
+    for i, target in enumerate(rollouts.target_ids):
+        batch = pack([rollouts.prompt_ids[i]], [target], trainer.pad_id, torch.device("cpu"))
+        logps, entropy = losses.token_logprobs_and_entropy(target_logits(trainer.model, batch), batch.targets,
+                                                           cfg.temperature)
+        with torch.no_grad():
+            ref_logps, _ = losses.token_logprobs_and_entropy(target_logits(trainer.reference, batch), batch.targets,
+                                                             cfg.temperature) if trainer.reference else (None, None)
+        total = sum(per_token(bool(rollouts.is_demo[i]), logps[0, t], None if ref_logps is None else ref_logps[0, t],
+                              entropy[0, t]) for t in range(len(target)))
+        (total / normaliser).backward()
+    return [p.grad.clone() for p in trainer.model.parameters()]
+
+
+def test_luffy_applies_the_kl_to_rollouts_and_never_to_demonstrations(tmp_path, tiny_model_dir, reward_spec):
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="luffy", beta=0.5, entropy_coef=0.0,
+                                  reward_funcs=[reward_spec]))
+    trainer.sft_backward(trainer.train_examples[8:16])  # one update first: π_θ ≠ π_ref, so the KL has a gradient
+    trainer.optimizer_step(1e-2)
+    torch.manual_seed(0)
+    rollouts = trainer.rollouts(trainer.train_examples[:3], demonstrations="replace")
+    rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the KL term
+    metrics = trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
+    got = [p.grad.clone() for p in trainer.model.parameters()]
+    cfg = trainer.config  # luffy preset: dr_grpo, sum / (sequences · max_completion_length)
+
+    def kl_on_rollouts(is_demo, logp, ref_logp, entropy):
+        delta = ref_logp - logp
+        return 0.0 * logp if is_demo else cfg.beta * (torch.exp(delta) - delta - 1.0)
+
+    expected = naive_policy_gradient(trainer, rollouts, kl_on_rollouts, len(rollouts.target_ids) * cfg.max_completion_length)
+    assert metrics["kl"] > 1e-4 and torch.sqrt(sum((g ** 2).sum() for g in expected)) > 1e-5
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_entropy_bonus_is_one_token_mean_whatever_the_loss_type(tmp_path, tiny_model_dir, reward_spec, loss_type):
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="srft", loss_type=loss_type, entropy_coef=0.3,
+                                  reward_funcs=[reward_spec], micro_batch_size=5))
+    torch.manual_seed(0)
+    rollouts = trainer.rollouts(trainer.train_examples[:3], demonstrations="append")
+    rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the entropy bonus
+    trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
+    got = [p.grad.clone() for p in trainer.model.parameters()]
+    tokens = sum(len(t) for t in rollouts.target_ids)  # rollout and demonstration tokens alike
+    expected = naive_policy_gradient(trainer, rollouts, lambda is_demo, logp, ref, entropy: -0.3 * entropy, tokens)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -24,9 +24,10 @@ from sftrl.rewards import (
     load_reward,
     load_rewards,
     math_reward,
-    sandbox_reward,
     score_completions,
 )
+from sftrl.rewards import graders, pool as grading_pool
+from sftrl.sandbox.plugin import sandbox_reward
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
@@ -94,12 +95,12 @@ def test_exact_match_needs_no_worker_pool():
     rewards.shutdown_grading_pool()
     assert grade_math(r"\boxed{ \frac{3}{4} }", r"\frac{3}{4}") == 1.0
     assert grade_math("no answer", "5") == 0.0
-    assert rewards._pool is None
+    assert grading_pool._pool is None
 
 
 def test_hanging_answer_times_out_kills_its_worker_and_grading_goes_on():
     assert grade_math(r"\boxed{\frac{2}{4}}", "0.5") == 1.0  # the pool is started and warm
-    workers_before = list(rewards._pool.executor._processes.values())
+    workers_before = list(grading_pool._pool.executor._processes.values())
     timeout = 1.5
     started = time.monotonic()
     assert grade_math(HANGING_ANSWER, "1", timeout=timeout) == 0.0
@@ -329,7 +330,7 @@ def test_benchmark_math_golds_grade_against_themselves_not_each_other():
 
     assert sum(grade_math_batch([f"\\boxed{{{gold}}}" for gold in golds], golds)) / len(golds) >= 0.97
     # The public path above matches exact strings without math-verify; grade through it as well.
-    through_math_verify = rewards._grade_in_pool([(gold, gold) for gold in golds], timeout=5.0)
+    through_math_verify = graders.verify_in_pool([(gold, gold) for gold in golds], timeout=5.0)
     assert sum(through_math_verify) / len(golds) >= 0.97
     shuffled = [f"\\boxed{{{golds[j]}}}" for j in derangement(len(golds), rng)]
     assert sum(grade_math_batch(shuffled, golds)) / len(golds) <= 0.1

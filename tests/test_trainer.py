@@ -6,7 +6,9 @@ import shutil
 import pytest
 import torch
 
-from sftrl.config import ConfigError, load_config
+from sftrl.config import ConfigError
+from sftrl.errors import RunError
+from sftrl.validate import load_config
 from sftrl.trainer import Trainer
 
 def make_config(tmp_path, model_dir, **overrides):
@@ -29,6 +31,9 @@ def test_grpo_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_di
                                   mask_truncated_completions=mask_truncated, reward_funcs=[reward_spec],
                                   micro_batch_size=64))
     examples = trainer.train_examples[:4]
+    if beta:  # one update first, so that π_θ ≠ π_ref and the KL term has a gradient to compare
+        trainer.sft_backward(trainer.train_examples[8:16])
+        trainer.optimizer_step(1e-2)
     torch.manual_seed(0)
     metrics = trainer.grpo_backward(examples)
     big = grads(trainer.model)
@@ -43,7 +48,13 @@ def test_grpo_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_di
     for a, b in zip(big, small):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     if beta:
-        assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
+        assert metrics["kl"] > 1e-4
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.config.beta = 0.0
+        torch.manual_seed(0)
+        trainer.grpo_backward(examples)
+        without_kl = grads(trainer.model)
+        assert max(float((a - b).abs().max()) for a, b in zip(big, without_kl)) > 1e-5  # the KL gradient was compared
 
 
 def test_sft_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_dir):
@@ -85,6 +96,7 @@ def test_resume_continues_with_the_same_metrics(tmp_path, tiny_model_dir, reward
     # A run that stopped right after its step-3 checkpoint: same checkpoint, metrics of steps 1-3 only.
     part_dir = tmp_path / "part"
     shutil.copytree(full_dir / "checkpoints", part_dir / "checkpoints")
+    shutil.copy(full_dir / "config.yaml", part_dir / "config.yaml")
     (part_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full[:3] + [{"step": 4}]))
     Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part_dir), resume=True, **common)).train()
     resumed = read_metrics(part_dir)
@@ -104,13 +116,47 @@ def test_resume_continues_with_the_same_metrics(tmp_path, tiny_model_dir, reward
         torch.testing.assert_close(w_full[name], w_part[name])
 
 
-def test_a_second_run_into_the_same_directory_is_refused(tmp_path, tiny_model_dir):
-    config = make_config(tmp_path, tiny_model_dir, method="sft", max_steps=1)
+def files_of(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_never_overwritten_or_continued(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    config = make_config(tmp_path, tiny_model_dir, method="sft", max_steps=2, save_every=1)
     Trainer(config).train()
-    with pytest.raises(FileExistsError, match="resume=true"):
-        Trainer(config).train()
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=1, resume=True)).train()
+    before = files_of(run)
+    assert (run / "checkpoints" / "step-000001").is_dir() and (run / "summary.json").exists()
+    for overrides in (dict(), dict(resume=True), dict(resume=True, max_steps=3)):
+        with pytest.raises(RunError, match="holds a finished run"):
+            Trainer(make_config(tmp_path, tiny_model_dir, **{"method": "sft", "max_steps": 2, "save_every": 1,
+                                                             **overrides})).train()
+    assert files_of(run) == before  # not a byte changed
+
+
+def test_resume_refuses_other_settings_and_names_the_fields(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    common = dict(method="sft", max_steps=4, save_every=2)
+    config = make_config(tmp_path, tiny_model_dir, **common)
+    trainer = Trainer(config)
+    trainer.train()
+    (run / "summary.json").unlink()  # as if it had stopped after its last checkpoint
+    before = files_of(run)
+    with pytest.raises(RunError, match=r"other settings \(seed 0 -> 1; learning_rate 0.001 -> 0.002\)"):
+        Trainer(make_config(tmp_path, tiny_model_dir, resume=True, learning_rate=2e-3, seed=1, **common))
+    with pytest.raises(RunError, match="pass resume=true"):
+        Trainer(make_config(tmp_path, tiny_model_dir, **common))
+    assert files_of(run) == before
+    # Memory knobs, logging and checkpoint cadence may differ on resume: they do not change the result.
+    Trainer(make_config(tmp_path, tiny_model_dir, resume=True, micro_batch_size=3, logging_steps=2, progress=False,
+                        **{**common, "save_every": 3})).train()
+    assert json.loads((run / "summary.json").read_text())["method"] == "sft"
+
+
+def test_resume_on_a_missing_directory_creates_nothing(tmp_path, tiny_model_dir):
+    missing = tmp_path / "nope" / "run"
+    with pytest.raises(RunError, match="does not exist, so there is nothing to resume"):
+        Trainer(make_config(tmp_path, tiny_model_dir, method="sft", resume=True, output_dir=str(missing)))
+    assert not (tmp_path / "nope").exists()
 
 
 def test_checkpoints_rotate_and_leave_no_temporary_directories(tmp_path, tiny_model_dir):

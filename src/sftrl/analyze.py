@@ -23,7 +23,7 @@ import torch
 
 from .config import ConfigError
 from .data import DataError, load_examples, render_prompt
-from .trainer import pack, target_logprobs
+from .batching import pack, target_logprobs
 
 
 def probe_pairs(source: str, limit: int, split: str = "test") -> list[tuple[Any, str]]:

@@ -22,7 +22,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError, SftrlError, one_line
 from .progress import Progress
 
 
@@ -37,7 +37,8 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import field_help, load_config
+    from .config import field_help
+    from .validate import load_config
 
     if args.help_config:
         from .config import Config
@@ -63,10 +64,19 @@ def _slug(text: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .validate import check_output_dir, check_range
     from .data import load_examples
     from .evaluate import VLLMSampler, build_questions, format_summary, run_benchmark, sample_with_generate, summarize
-    from .models import load_model, load_tokenizer, resolve_model_path
+    from .models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
 
+    check_range("--k", args.k, 1)
+    check_range("--limit", args.limit, 1, allow_none=True)
+    check_range("--max-new-tokens", args.max_new_tokens, 1)
+    check_range("--batch-size", args.batch_size, 1)
+    check_range("--temperature", args.temperature, 0)
+    check_range("--top-p", args.top_p, 0, 1, low_open=True)
+    if args.output_dir:
+        check_output_dir("--output-dir", args.output_dir)
     if args.temperature == 0.0 and args.k > 1:
         raise ConfigError("--temperature 0 (greedy) gives k identical samples; use --k 1 or a temperature > 0")
     k_by_source = dict(PAPER_K) if args.paper_protocol else {}
@@ -75,18 +85,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not value.isdigit() or int(value) < 1:
             raise ConfigError(f"--k-for takes SOURCE=K with K >= 1, got {item!r}")
         k_by_source[name] = int(value)
+    path = resolve_model_path(args.model, "--model")  # checked before any data is read or file touched
     questions = []
     for spec in args.data:
         examples = load_examples(spec, args.split, prompt_field=args.prompt_field, answer_field=args.answer_field,
                                  require_demo=False, limit=args.limit)
         questions += build_questions(examples, _dataset_name(spec), args.k, k_by_source, args.reward,
                                      args.shuffle_choices, args.seed)
-    path = resolve_model_path(args.model)
     out_dir = Path(args.output_dir or Path("runs/eval") / _slug(args.model))
     samples_path = out_dir / "samples.jsonl"
-    if args.overwrite and samples_path.exists():
-        samples_path.unlink()
-    settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "shuffle_choices": args.shuffle_choices}
+    settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "shuffle_choices": args.shuffle_choices,
+                "model_sha256": model_fingerprint(path)}  # samples are keyed by the model's content
     tokenizer = load_tokenizer(path)
     if args.backend == "vllm":
         sampler, model = VLLMSampler(path, dtype=args.dtype), None
@@ -94,6 +103,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sampler, model = sample_with_generate, load_model(path, args.dtype)
         if args.device:
             model.to(args.device)
+    if args.overwrite and samples_path.exists():  # only once everything else is known to be usable
+        samples_path.unlink()
     bar = Progress(len(questions), "eval", unit="question")
     records = run_benchmark(model, tokenizer, questions, samples_path, settings,
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -116,8 +127,11 @@ PAPER_K = {"aime24": 32, "aime25": 32, "amc": 32}
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .validate import check_output_dir, check_range
     from .report import load_run, write_report
 
+    check_range("--smooth", args.smooth, 1)
+    check_output_dir("--output-dir", args.output_dir)
     labels = _labels(args.label, args.runs, "--label", default=lambda path: None)  # None: the run's method
     runs = [load_run(path, label) for path, label in zip(args.runs, labels)]
     images = write_report(runs, args.output_dir, window=args.smooth)
@@ -126,13 +140,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .validate import check_output_dir, check_range
     from .compare import DEFAULT_BUDGET, DEFAULT_LR_GRID, METHOD_ORDER, compare
     from .config import parse_overrides
 
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs: must be at least 1, got {args.jobs}")
-    if args.k < 1:
-        raise ConfigError(f"--k: must be at least 1, got {args.k}")
+    check_range("--jobs", args.jobs, 1)
+    check_range("--k", args.k, 1)
+    check_range("--eval-limit", args.eval_limit, 1)
+    check_range("--temperature", args.temperature, 0)
+    check_range("--checkpoint-every", args.checkpoint_every, 0)
+    for option in ("max_steps", "batch_size", "num_generations"):
+        check_range(f"--{option.replace('_', '-')}", getattr(args, option), 1, allow_none=True)
+    check_output_dir("--output-dir", args.output_dir)
     overrides = parse_overrides(args.overrides)
     # Budget values given as flags or as key=value land in the budget (the table's caption shows them).
     budget = {key: overrides.pop(key) for key in list(overrides) if key in DEFAULT_BUDGET}
@@ -162,8 +181,15 @@ def _labels(given: list[str] | None, paths: list[str], option: str, default=_pat
 
 
 def cmd_analyze_tokens(args: argparse.Namespace) -> int:
+    from .validate import check_output_dir, check_range
     from .analyze import analyze_tokens, probe_pairs
+    from .models import resolve_model_path
 
+    check_range("--limit", args.limit, 1)
+    check_output_dir("--output-dir", args.output_dir)
+    resolve_model_path(args.before, "--before")  # every model checked before anything is scored or written
+    for model in args.after:
+        resolve_model_path(model, "--after")
     results = analyze_tokens(args.before, args.after, _labels(args.label, args.after, "--label"),
                              probe_pairs(args.probe, args.limit, args.split), args.output_dir)
     for label, stats in results.items():
@@ -176,8 +202,14 @@ def cmd_analyze_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze_map(args: argparse.Namespace) -> int:
+    from .validate import check_output_dir, check_range
     from .analyze import analyze_map, probe_pairs
+    from .models import resolve_model_path
 
+    check_range("--limit", args.limit, 1)
+    check_output_dir("--output-dir", args.output_dir)
+    for model in args.references:
+        resolve_model_path(model, "--references")
     result = analyze_map(args.references, _labels(args.reference_label, args.references, "--reference-label"),
                          args.runs, _labels(args.label, args.runs, "--label"),
                          probe_pairs(args.probe, args.limit, args.split), args.output_dir)
@@ -202,8 +234,17 @@ def _describe_base(metadata: dict) -> str:
 
 
 def cmd_sandbox_prepare(args: argparse.Namespace) -> int:
-    from .sandbox.prepare import base_model_dir, prepare_base_model, read_metadata
+    from .validate import check_output_dir
+    from .sandbox.prepare import base_model_dir, default_cache_dir, prepare_base_model, read_metadata
 
+    if not args.rebuild and (args.force or args.output_dir):
+        raise ConfigError(f"{'--force' if args.force else '--output-dir'} only applies with --rebuild")
+    if args.rebuild:  # the directory is replaced by the new model: never a file, nor files of something else
+        target = Path(args.output_dir) if args.output_dir else default_cache_dir()
+        check_output_dir("--output-dir", target)
+        if target.is_dir() and any(target.iterdir()) and read_metadata(target) is None:
+            raise ConfigError(f"--output-dir: {target} holds files that are not a sandbox base model, and the rebuilt "
+                              "model would replace them: choose an empty or new directory")
     shipped = base_model_dir()
     if not args.rebuild:
         print(_describe_base(read_metadata(shipped)))
@@ -351,13 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    from .data import DataError
-    from .rewards import RewardError
+    from .registry import RegistryError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RewardError, FileNotFoundError, FileExistsError, ImportError) as exc:
-        print(f"sftrl: error: {exc}", file=sys.stderr)
+    except (SftrlError, RegistryError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        print(f"sftrl: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

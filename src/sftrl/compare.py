@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
+from .validate import load_config
 from .methods import METHODS, learning_rate_fields
 
 METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "sasr"]
@@ -99,13 +100,14 @@ def evaluate_run(model_dir: Path, eval_dir: Path, k: int, temperature: float, li
     samples go to eval_dir/<split>.jsonl (resumable)."""
     from .data import load_examples
     from .evaluate import build_questions, run_benchmark, summarize
-    from .models import load_model, load_tokenizer
+    from .models import load_model, load_tokenizer, model_fingerprint
 
     tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir))
+    fingerprint = model_fingerprint(str(model_dir))  # a retrained model is evaluated again, never served old samples
     results = {}
     for name, source in SPLITS.items():
         questions = build_questions(load_examples(source, limit=limit), source, k=k)
-        settings = {"model": str(model_dir), "k": k, "shuffle_choices": False}
+        settings = {"model": str(model_dir), "k": k, "shuffle_choices": False, "model_sha256": fingerprint}
         records = run_benchmark(model, tokenizer, questions, eval_dir / f"{name}.jsonl", settings,
                                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         summary = summarize(records)

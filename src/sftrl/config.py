@@ -1,13 +1,16 @@
-"""The training config: one flat, typed dataclass; YAML recipe + ``key=value`` overrides; validation.
+"""The training config: one flat, typed dataclass; YAML recipe + ``key=value`` overrides; field checks.
 
 Every field carries a one-line help text (``sftrl train --help-config`` prints them all). Defaults train
 the built-in sandbox on a CPU in minutes; `recipes/paper-*.yaml` carry the papers' GPU settings.
+This module checks each field on its own; :func:`sftrl.validate.load_config` adds what needs the
+methods (presets, method names), so config imports nothing else of sftrl and methods may import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,11 +19,16 @@ from typing import Any
 
 import yaml
 
-from .losses import LOSS_TYPES, SCALE_REWARDS, SRFT_VARIANTS
+from .errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A bad recipe, override or value; the message names the field."""
+LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+SCALE_REWARDS = ("group", "batch", "none")
+SRFT_VARIANTS = ("paper", "released-code")
+DEMO_TRUNCATIONS = ("cut", "drop", "keep")
+# Fields that cannot change what a run computes (memory knobs, logging, checkpoint cadence, the
+# resume switch itself): a resumed run may set them differently. Every other field must match.
+RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
+                         "micro_batch_size", "generation_batch_size", "eval_batch_size")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -41,9 +49,9 @@ class Config:
     seed: int = _f(0, "Seed for model init (sandbox), data order, sampling and method randomness.")
 
     # --- data ----------------------------------------------------------------------------------
-    train_data: str = _f("sandbox", "Training data: 'sandbox', a .jsonl/.json/.parquet file, a save_to_disk directory or a hub dataset id.")
+    train_data: str = _f("sandbox", "Training data: 'sandbox' (or another registered data source), a .jsonl/.json/.parquet file, a save_to_disk directory or a hub dataset id.")
     train_split: str = _f("train", "Split of train_data (for directories and hub datasets).")
-    eval_data: str | None = _f("auto", "Evaluation data for accuracy before/during/after training; 'auto' = sandbox:test for the sandbox, none otherwise; null = none.")
+    eval_data: str | None = _f("auto", "Evaluation data for accuracy before/during/after training; 'auto' = the training data source's own evaluation split (sandbox:test for the sandbox), none otherwise; null = none.")
     eval_split: str = _f("test", "Split of eval_data.")
     prompt_field: str = _f("prompt", "Column holding the prompt (text or chat messages); dotted paths reach into nested columns.")
     answer_field: str = _f("answer", "Column holding the gold answer; verl's reward_model.ground_truth is found automatically.")
@@ -55,8 +63,10 @@ class Config:
     sandbox_demo_error_rate: float = _f(0.0, "Sandbox regime: fraction of training demonstrations made wrong (one slipped step), to study demonstration quality.")
     sandbox_skill_share: float = _f(0.3, "Sandbox regime: share of training problems that need the bracket skill only demonstrations teach (evaluation splits keep 0.3).")
     sandbox_train_size: int = _f(5000, "Sandbox regime: number of training problems, each with its demonstration.")
-    reward_funcs: list[str] = _f(["auto"], "Reward functions: math, choice, sandbox, module:function or file.py:function; auto = sandbox for the sandbox, math otherwise.")
+    reward_funcs: list[str] = _f(["auto"], "Reward functions (TRL's signature): math, choice, sandbox, a name a plugin registered, module:function or file.py:function; auto = the training data source's verifier (sandbox for the sandbox), math otherwise.")
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
+    demo_truncation: str = _f("cut", "Demonstrations longer than max_completion_length: cut (train on the first max_completion_length tokens), drop (leave those rows out) or keep (train on them whole); counts are printed at start.")
+    plugins: list[str] = _f([], "Python modules imported before anything is looked up; they register rewards, datasets or models with sftrl.registry (as the sandbox does).")
 
     # --- optimisation --------------------------------------------------------------------------
     max_steps: int = _f(100, "Optimizer steps to train.")
@@ -70,6 +80,7 @@ class Config:
     adam_beta1: float = _f(0.9, "AdamW beta1.")
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     max_grad_norm: float = _f(1.0, "Clip the global gradient L2 norm to this value (0 = no clipping).")
+    max_nonfinite_steps: int = _f(3, "A step whose loss or gradient is NaN/inf is skipped (no update, counted in skipped_steps); this many in a row stop the run, keeping the last good checkpoint.")
     sft_steps: int = _f(50, "sft-then-grpo: number of SFT steps before switching to GRPO.")
     grpo_steps: int = _f(50, "grpo-then-sft: number of GRPO steps before switching to SFT.")
     sft_kl_coef: float = _f(0.0, "grpo-then-sft: weight λ of the exact KL(π_θ‖π_RL-end) added to the SFT steps (RL→SFT_KL, SRFT Table 1).")
@@ -97,11 +108,11 @@ class Config:
     beta: float = _f(0.0, "KL(π_θ‖π_ref) coefficient, k3 estimator (DeepSeekMath Eq. 4); 0 loads no reference model.")
     epsilon: float = _f(0.2, "Lower clipping range ε of the ratio (PPO/GRPO).")
     epsilon_high: float | None = _f(None, "Upper clipping range (DAPO's clip-higher, arXiv 2503.14476); default = epsilon.")
-    loss_type: str = _f("dapo", "Loss normaliser: grpo (sequence mean), dapo/bnpo (token mean over the step), dr_grpo (sum / (sequences·max_completion_length)).")
+    loss_type: str = _f("dapo", "Loss normaliser: grpo (sequence mean), dapo/bnpo (token mean over the step; TRL's bnpo means per micro-batch instead), dr_grpo (sum / (sequences·max_completion_length)).")
     scale_rewards: str = _f("group", "Advantage scaling: group std, batch std or none (Dr. GRPO).")
     mask_truncated_completions: bool = _f(False, "Exclude truncated completions from the loss (DAPO).")
     clip_ratio: bool = _f(True, "Clip the ratio π_θ/π_old to [1-ε, 1+ε_high]; LUFFY's released code trains without clipping.")
-    entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · token entropy (rollout and in-group demonstration tokens) from the policy loss (LUFFY and SRFT use 0.001).")
+    entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · (mean token entropy over the step's rollout and in-group demonstration tokens) from the loss, whatever the loss_type, as TRL does (LUFFY and SRFT use 0.001).")
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------
     output_dir: str = _f("runs/{method}-seed{seed}", "Run directory; {method} and {seed} are filled in.")
@@ -187,35 +198,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
-    """Fill in the chosen method's PRESET (e.g. LUFFY's released-code settings) beneath what the
-    recipe and overrides set: a field given explicitly always wins."""
-    from .methods import METHODS
+def read_recipe(recipe: str | Path) -> dict[str, Any]:
+    """A recipe's YAML mapping; a missing file or bad YAML is one line naming the file (and line)."""
+    path = Path(recipe)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        with path.open(encoding="utf-8") as stream:
+            loaded = yaml.safe_load(stream) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {exc.problem or exc.context}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of config fields")
+    return loaded
 
-    method = values.get("method", Config.method)
-    preset = getattr(METHODS.get(method), "PRESET", {}) if isinstance(method, str) else {}
-    return {**preset, **values}
 
-
-def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Config from defaults, then the recipe's YAML mapping, then overrides; validated."""
-    values: dict[str, Any] = {}
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of config fields")
-        values.update(loaded)
-    if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    values.update(overrides or {})
-    values = apply_preset(values)
-    known = {f.name: f for f in dataclasses.fields(Config)}
+def build_config(values: dict[str, Any]) -> Config:
+    """A Config from field values (unknown names and wrong types are errors), each field checked."""
+    known = {f.name for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     kwargs = {}
     for name, value in values.items():
@@ -223,19 +227,17 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[st
             raise _unknown(name)
         kwargs[name] = _coerce(name, value, hints[name])
     config = Config(**kwargs)
-    validate(config)
+    check_fields(config)
     return config
 
 
-def validate(c: Config) -> None:
-    """Range and choice checks; each error names the field and the allowed values."""
-    from .methods import METHODS  # late: methods import config types
+def check_fields(c: Config) -> None:
+    """Range and choice checks of each field on its own; each error names the field and the allowed values."""
 
     def check(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
 
-    check(c.method in METHODS, f"method: unknown {c.method!r}; choose one of {', '.join(METHODS)}")
     check(c.loss_type in LOSS_TYPES, f"loss_type: {c.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
     check(c.scale_rewards in SCALE_REWARDS, f"scale_rewards: {c.scale_rewards!r} is not one of {', '.join(SCALE_REWARDS)}")
     check(c.lr_scheduler in ("constant", "cosine"), f"lr_scheduler: {c.lr_scheduler!r} is not constant or cosine")
@@ -280,8 +282,20 @@ def validate(c: Config) -> None:
           "static_sft_steps + static_grpo_steps: a cycle needs at least one step")
     check(0 <= c.static_sft_prob <= 1, f"static_sft_prob: must be in [0, 1], got {c.static_sft_prob}")
     check(0 <= c.static_sft_weight <= 1, f"static_sft_weight: must be in [0, 1], got {c.static_sft_weight}")
-    if METHODS[c.method].NEEDS_ROLLOUTS:
-        check(c.num_generations >= 2, f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")
+    check(0 <= c.adam_beta1 < 1, f"adam_beta1: must be in [0, 1), got {c.adam_beta1}")
+    check(0 <= c.adam_beta2 < 1, f"adam_beta2: must be in [0, 1), got {c.adam_beta2}")
+    check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")
+    check(c.demo_truncation in DEMO_TRUNCATIONS,
+          f"demo_truncation: {c.demo_truncation!r} is not one of {', '.join(DEMO_TRUNCATIONS)}")
+    check(all(isinstance(p, str) and p.strip() for p in c.plugins), f"plugins: module names must be non-empty, got {c.plugins}")
+    check(all(math.isfinite(w) for w in c.reward_weights or []), f"reward_weights: must be finite, got {c.reward_weights}")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):  # NaN and inf pass range checks such as `beta >= 0` unnoticed
+        value = getattr(c, f.name)
+        if float in typing.get_args(hints[f.name]) + (hints[f.name],) and isinstance(value, float):
+            check(math.isfinite(value), f"{f.name}: must be a finite number, got {value}")
+
+
 
 
 def markdown_reference() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 import re
@@ -20,9 +21,12 @@ import torch
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import registry
 from .data import Example, render_prompt
-from .rewards import load_rewards, score_completions
+from .rewards import as_completions, load_rewards, score_completions
 from .rollout import generate_completions
+
+logger = logging.getLogger(__name__)
 
 
 def reward_columns(examples: list[Example], repeat: int | list[int] = 1) -> dict[str, list]:
@@ -100,13 +104,21 @@ SETTINGS_KEYS = ("model", "k", "k_by_source", "temperature", "top_p", "max_new_t
 _OPTION_LINE = re.compile(r"^([A-J])[).:]\s+(.*\S)\s*$")
 
 
+def task_verifier(source: str) -> str | None:
+    """The verifier a registered data source names for itself ("sandbox" for the sandbox), or None."""
+    registered = registry.data_source_of(source)
+    return registered[0].verifier if registered is not None else None
+
+
 def grader_for(example: Example, reward: str | None = None) -> str:
-    """The reward that grades `example`: `reward` if given; else "sandbox" for the sandbox, "choice"
-    when the gold answer is a lone option letter (ARC-C, GPQA), and "math" otherwise."""
+    """The reward that grades `example`: `reward` if given; else the verifier its registered data
+    source names ("sandbox" for the sandbox), "choice" when the gold answer is a lone option letter
+    (ARC-C, GPQA), and "math" otherwise."""
     if reward:
         return reward
-    if example.source.split(":")[0] == "sandbox":
-        return "sandbox"
+    verifier = task_verifier(example.source)
+    if verifier:
+        return verifier
     return "choice" if re.fullmatch(r"\(?[A-J]\)?", example.answer.strip()) else "math"
 
 
@@ -190,8 +202,8 @@ def grade_samples(questions: list[Question], completions: list[list[str]]) -> li
         rows = [i for i, q in enumerate(questions) if q.grader == name]
         examples = [questions[i].example for i in rows]
         columns = reward_columns(examples, [len(completions[i]) for i in rows])
-        flat = [text for i in rows for text in completions[i]]
         prompts = [questions[i].example.prompt for i in rows for _ in completions[i]]
+        flat = as_completions(prompts, [text for i in rows for text in completions[i]])
         scores, _ = score_completions(load_rewards([name]), prompts, flat, columns)
         scores = scores.nan_to_num(0.0).tolist()
         position = 0
@@ -199,6 +211,19 @@ def grade_samples(questions: list[Question], completions: list[list[str]]) -> li
             grades[i] = [float(s) for s in scores[position:position + len(completions[i])]]
             position += len(completions[i])
     return grades
+
+
+def samples_are_stale(path: Path, settings: dict[str, Any]) -> bool:
+    """Whether a samples file was made from other model files than ``settings["model_sha256"]`` (a
+    model retrained or replaced at the same path); a file from before fingerprints counts as stale."""
+    if settings.get("model_sha256") is None or not path.exists():
+        return False
+    first = path.read_text().split("\n", 1)[0]
+    try:
+        old = json.loads(first).get("settings", {})
+    except (json.JSONDecodeError, AttributeError):
+        return False  # not ours to judge: read_samples reports it
+    return old.get("model_sha256") != settings["model_sha256"]
 
 
 def read_samples(path: Path, settings: dict[str, Any]) -> dict[str, dict]:
@@ -282,15 +307,21 @@ def run_benchmark(
     """Sample and grade every question not yet in `samples_path`, appending one JSON line per question
     as soon as it is graded; returns the records of all questions (in question order).
 
-    `settings` says what made the questions (model, k, k_by_source, shuffle_choices); the sampling
-    arguments are added to it, and a samples file written under other settings is refused.
+    `settings` says what made the questions (model, k, k_by_source, shuffle_choices, and
+    ``model_sha256``, the :func:`~sftrl.models.model_fingerprint` of the model's files); the sampling
+    arguments are added to it. A samples file written under other settings is refused; one made from
+    other model files at the same path is stale and evaluated again.
     Each chunk of questions is sampled under a seed fixed by its first question, so a resumed
     evaluation draws the same samples as an uninterrupted one.
     """
     settings = {**settings, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                 "seed": seed}
     path = Path(samples_path) if samples_path else None
-    done = read_samples(path, settings) if path else {}
+    done = read_samples(path, settings) if path else {}  # other settings than the file's: refused here
+    if path and samples_are_stale(path, settings):
+        logger.warning("%s: the model's files changed since these samples were made; evaluating it again", path)
+        path.unlink()
+        done = {}
     if path and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"settings": settings}) + "\n")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
-SCALE_REWARDS = ("group", "batch", "none")
-SRFT_VARIANTS = ("paper", "released-code")
+from .config import LOSS_TYPES, SCALE_REWARDS, SRFT_VARIANTS
 
 
 def token_logprobs_and_entropy(
@@ -39,8 +37,18 @@ def token_logprobs_and_entropy(
     return logps, entropy
 
 
+def nanstd(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Standard deviation ignoring NaNs, Bessel-corrected, NaN below two values (TRL's ``nanstd``)."""
+    mean = torch.nanmean(values, dim=dim, keepdim=True)
+    variance = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=True)
+    count = (~values.isnan()).sum(dim=dim, keepdim=True)
+    correction = torch.where(count > 1, count / (count - 1).clamp(min=1), torch.full_like(variance, float("nan")))
+    std = torch.sqrt(variance * correction)
+    return std.squeeze(dim) if dim is not None else std.reshape(())
+
+
 def group_advantages(
-    rewards: torch.Tensor,  # (N,) with N = num_groups * group_size, groups contiguous
+    rewards: torch.Tensor,  # (N,) with N = num_groups * group_size, groups contiguous; NaN = unscorable
     group_size: int,
     scale_rewards: str = "group",
     eps: float = 1e-4,
@@ -49,21 +57,23 @@ def group_advantages(
 
     scale_rewards: "group" divides by the group's std, "batch" by the whole batch's std (PPO-Lite),
     "none" does not divide (Dr. GRPO). Std is the unbiased one, as torch/TRL compute it.
-    Returns (advantages (N,), per-group std (num_groups,)).
+    A NaN reward (every reward function returned None) is left out of the means and stds, and its
+    advantage is 0, as in TRL 1.16; so is the advantage in a group with fewer than two scorable rows.
+    Returns (advantages (N,), per-group std (num_groups,), NaN where undefined).
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     grouped = rewards.view(-1, group_size)  # (G_count, group_size)
-    group_mean = grouped.mean(dim=1, keepdim=True)  # (G_count, 1)
-    group_std = grouped.std(dim=1) if group_size > 1 else torch.zeros(grouped.shape[0])  # (G_count,)
+    group_mean = torch.nanmean(grouped, dim=1, keepdim=True)  # (G_count, 1)
+    group_std = nanstd(grouped, dim=1) if group_size > 1 else torch.zeros(grouped.shape[0])  # (G_count,)
     advantages = (grouped - group_mean).view(-1)  # (N,)
     if scale_rewards == "group":
         advantages = advantages / (group_std.repeat_interleave(group_size) + eps)
     elif scale_rewards == "batch":
-        advantages = advantages / (rewards.std() + eps)
-    return advantages, group_std
+        advantages = advantages / (nanstd(rewards) + eps)
+    return torch.nan_to_num(advantages, nan=0.0), group_std
 
 
 def k3_kl(
@@ -123,8 +133,10 @@ def reduce_token_loss(
     """This micro-batch's share of the step's loss, normalised by whole-step counts (ALGORITHMS.md).
 
     grpo: mean over each sequence's tokens, then mean over sequences.
-    dapo / bnpo: token mean over the step (bnpo is TRL's local-batch variant; normalising by the
-        step's count makes the two identical, which is the point).
+    dapo / bnpo: token mean over the step. TRL's bnpo is different under gradient accumulation: it
+        takes each micro-batch's token mean and averages those (a mean of means, which weights a
+        token by 1/its micro-batch's token count); sftrl's bnpo is dapo, so that accumulation never
+        changes the gradient (ALGORITHMS.md). Without accumulation and on one process they agree.
     dr_grpo: token sum / (sequences · max_completion_length) (Dr. GRPO, arXiv 2503.20783).
     Summing the returned values over all micro-batches gives the big-batch loss exactly.
     """
@@ -139,6 +151,20 @@ def reduce_token_loss(
             raise ValueError("loss_type 'dr_grpo' needs max_completion_length")
         return masked.sum() / (max(step_sequences, 1) * max_completion_length)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def entropy_bonus(
+    entropy: torch.Tensor,  # (B, T) per-token entropy H_t of π_θ (with grad)
+    mask: torch.Tensor,  # (B, T) 1.0 where the token counts
+    step_tokens: int,  # mask.sum() over the whole optimizer step
+) -> torch.Tensor:
+    """This micro-batch's share of the step's mean token entropy, Σ H_t / (step's tokens).
+
+    One normalisation whatever the `loss_type` (TRL 1.16's: the entropy term is a token mean over the
+    tokens the policy loss acts on, never the loss type's normaliser); over the whole step, so
+    accumulation gives the big-batch value. The loss subtracts entropy_coef times it.
+    """
+    return (entropy * mask).sum() / max(step_tokens, 1)
 
 
 def sft_loss(

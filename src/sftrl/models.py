@@ -3,26 +3,72 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import registry
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
+# A local tokenizer directory holds at least one of these (saved by save_pretrained).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_model_path(name: str) -> str:
-    """'sandbox' -> the directory of the sandbox base model shipped with sftrl."""
-    if name == "sandbox":
-        from .sandbox.prepare import base_model_dir
-
-        return str(base_model_dir())
-    if _looks_local(name) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model path not found: {name}")
+def resolve_model_path(name: str, what: str = "model") -> str:
+    """A model name as `transformers` loads it: a registered name ('sandbox' -> the shipped sandbox
+    base model's directory), a hub id, or a local directory, checked to hold a model (`what` names the
+    field or option in errors)."""
+    resolve = registry.model(name)
+    if resolve is not None:
+        return resolve()
+    if _looks_local(name):
+        check_model_dir(name, what)
     return name
+
+
+def check_model_dir(name: str, what: str = "model") -> None:
+    """A local model directory exists and holds a model (config.json); one line otherwise."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: model path not found: {name}")
+    if not path.is_dir():
+        raise ConfigError(f"{what}: {name} is a file, not a model directory (one written by save_pretrained)")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{what}: {name} is not a model directory: it has no config.json "
+                          "(expected a directory written by save_pretrained, or a hub id)")
+
+
+# Files whose content decides what a model generates: weights, configs, tokenizer, remote code.
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".jinja", ".tiktoken", ".py")
+NOT_MODEL_FILES = ("trainer_state.pt", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+
+
+def model_fingerprint(path: str) -> str | None:
+    """SHA-256 over the names and contents of a model directory's weight, config and tokenizer files
+    (what evaluation caches are keyed by, so a model retrained in place is never served old samples).
+    A hub id is fingerprinted from its local snapshot when there is one; otherwise None."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(path, local_files_only=True))
+        except Exception:  # noqa: BLE001: not cached (or not a hub id): nothing to fingerprint
+            return None
+    digest = hashlib.sha256()
+    for file in sorted(directory.iterdir()):
+        if file.is_file() and file.suffix in MODEL_FILE_SUFFIXES and file.name not in NOT_MODEL_FILES:
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def _looks_local(name: str) -> bool:
@@ -31,8 +77,14 @@ def _looks_local(name: str) -> bool:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (the EOS token when the checkpoint defines none, as TRL does)."""
-    if _looks_local(name) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"tokenizer path not found: {name}")
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"tokenizer path not found: {name}")
+        if not path.is_dir() or not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise ConfigError(f"tokenizer: {name} is not a tokenizer directory (it has none of "
+                              f"{', '.join(TOKENIZER_FILES)}); the tokenizer comes from the model directory "
+                              "unless the tokenizer is set")
     tokenizer = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if _looks_local(name) else name,
                                               trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from . import runlog
+
 # (file name, title, y label, metric keys); a panel is drawn when some run logged one of its keys.
 PANELS = [
     ("accuracy", "Eval accuracy (greedy)", "accuracy", ["eval/accuracy"]),
@@ -58,7 +60,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     metrics = path / "metrics.jsonl"
     if not metrics.exists():
         raise FileNotFoundError(f"{path} is not a run directory: it has no metrics.jsonl")
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = runlog.read(metrics)  # a last line cut off by a crash is left out
     config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
     return Run(path, config or {}, records, summary, label or config.get("method") or path.name)

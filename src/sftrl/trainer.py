@@ -3,6 +3,8 @@
 Each optimizer step: draw `batch_size` prompts -> the method runs its backward passes through
 `sft_backward` / `grpo_backward` -> global gradient norm, clipping, AdamW step at the step's rate ->
 metrics.jsonl (TRL's metric names) -> periodic evaluation and atomic checkpoints.
+A step whose loss or gradient is not finite is skipped (no update, counted in `skipped_steps`);
+`max_nonfinite_steps` of them in a row stop the run with the last good checkpoint kept.
 Runs on `accelerate` (single process, or `accelerate launch` for data parallelism).
 """
 
@@ -10,14 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,46 +24,24 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from . import losses
+from transformers import TrainerState
+
+from . import checkpoint, losses, registry, runlog
+from .batching import counted_tokens, micro_batches, pack, target_logits
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
+from .errors import ConfigError, RunError
 from .evaluate import evaluate_accuracy, reward_columns
 from .methods import METHODS
 from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .progress import Progress
-from .rewards import load_rewards, score_completions
+from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
+from .rewards.contract import RESERVED_KWARGS
 from .rollout import generate_completions
+from .validate import check_processes
 
 BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
                "sasr/p_sft": "p_sft", "kl_ref": "kl"}
-
-
-@dataclass
-class TokenBatch:
-    """Left-padded prompts followed by right-padded targets (completions or demonstrations)."""
-
-    input_ids: torch.Tensor  # (B, P + T)
-    attention_mask: torch.Tensor  # (B, P + T)
-    targets: torch.Tensor  # (B, T) target tokens
-    target_mask: torch.Tensor  # (B, T) 1.0 on real target tokens
-
-
-def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int, device: torch.device) -> TokenBatch:
-    """Lay sequences out so every target starts at the same column (TRL's layout): then the last
-    T+1 logits predict the targets and `logits_to_keep` spares the prompt's vocabulary projections."""
-    width_p = max(len(p) for p in prompts)
-    width_t = max(1, max(len(t) for t in targets))
-    n = len(prompts)
-    ids = torch.full((n, width_p + width_t), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, width_p + width_t), dtype=torch.long)
-    tmask = torch.zeros((n, width_t), dtype=torch.float32)
-    for i, (p, t) in enumerate(zip(prompts, targets)):
-        ids[i, width_p - len(p):width_p] = torch.tensor(p, dtype=torch.long)
-        attn[i, width_p - len(p):width_p + len(t)] = 1
-        if t:
-            ids[i, width_p:width_p + len(t)] = torch.tensor(t, dtype=torch.long)
-            tmask[i, :len(t)] = 1.0
-    return TokenBatch(ids.to(device), attn.to(device), ids[:, width_p:].to(device), tmask.to(device))
 
 
 @dataclass
@@ -76,7 +53,7 @@ class Rollouts:
     target_ids: list[list[int]]  # completions (or demonstrations), EOS included when there is one
     is_demo: torch.Tensor  # (N,) bool
     truncated: torch.Tensor  # (N,) bool: no EOS within max_completion_length
-    rewards: torch.Tensor  # (N,)
+    rewards: torch.Tensor  # (N,) weighted total; NaN where every reward function returned None
     advantages: torch.Tensor  # (N,) over each group, demonstration included
     group_size: int
     metrics: dict[str, float]
@@ -84,21 +61,6 @@ class Rollouts:
 
 # (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
 TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-def target_logits(model, batch: TokenBatch) -> torch.Tensor:
-    """Logits (B, T, V) that predict each target token (unscaled)."""
-    # Positions count real tokens only, so left padding does not shift them (as generate() does).
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    width_t = batch.targets.shape[1]
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=position_ids, logits_to_keep=width_t + 1, use_cache=False).logits
-    return logits[:, :-1]  # (B, T, V): logit at column j predicts the token at column j+1
-
-
-def target_logprobs(model, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = True):
-    """log π(target_t | prefix) and entropy H_t for every target position: two (B, T) tensors."""
-    return losses.token_logprobs_and_entropy(target_logits(model, batch), batch.targets, temperature, with_entropy)
 
 
 def lr_lambda(config: Config):
@@ -126,12 +88,15 @@ class Trainer:
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
         self.world = self.accelerator.num_processes
-        if config.batch_size % self.world:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {self.world} processes")
+        check_processes(config, self.world)
+        # What the run directory allows (finished, other settings, resume): decided before anything loads.
+        self.plan = checkpoint.plan_run(config)
+        self._bar: Progress | None = None
         _seed_everything(config.seed)
 
         # Data first: a bad row fails here, before any model is loaded.
-        is_sandbox = config.train_data.split(":")[0] == "sandbox"
+        registered = registry.data_source_of(config.train_data)
+        data_source = registered[0] if registered is not None else None
         needs_demo = self.method.NEEDS_DEMONSTRATIONS
         self.train_examples = load_examples(
             config.train_data, config.train_split, prompt_field=config.prompt_field,
@@ -139,19 +104,24 @@ class Trainer:
             system_prompt=config.system_prompt, limit=config.max_train_examples,
             sandbox_demo_error_rate=config.sandbox_demo_error_rate, sandbox_skill_share=config.sandbox_skill_share,
             sandbox_train_size=config.sandbox_train_size)
-        eval_source = ("sandbox:test" if is_sandbox else None) if config.eval_data == "auto" else config.eval_data
+        eval_source = (data_source.default_eval if data_source else None) if config.eval_data == "auto" \
+            else config.eval_data
         self.eval_examples: list[Example] = []
         if eval_source:
             self.eval_examples = load_examples(
                 eval_source, config.eval_split, prompt_field=config.prompt_field,
                 answer_field=config.answer_field, demo_field=config.demo_field, require_demo=False,
                 system_prompt=config.system_prompt, limit=config.max_eval_examples)
-        specs = [("sandbox" if is_sandbox else "math") if s == "auto" else s for s in config.reward_funcs]
+        verifier = (data_source.verifier if data_source else None) or "math"  # "auto": the task's own verifier
+        specs = [verifier if s == "auto" else s for s in config.reward_funcs]
         self.reward_fns = load_rewards(specs)
         self.reward_weights = config.reward_weights
 
         model_path = resolve_model_path(config.model)
         self.tokenizer = load_tokenizer(config.tokenizer or model_path, config.trust_remote_code)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
+        self.demo_report = self._check_demonstration_lengths() if needs_demo else {}
         model = load_model(model_path, config.dtype, config.trust_remote_code)
         needs_reference = getattr(self.method, "needs_reference", None)
         wants_ref = needs_reference(config) if needs_reference else (self.method.NEEDS_ROLLOUTS and config.beta > 0)
@@ -164,10 +134,38 @@ class Trainer:
         self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
         self.method_state: dict[str, Any] = self.method.init_state(config) if hasattr(self.method, "init_state") else {}
         self.step = 0
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
+        self.nonfinite_in_a_row = 0
+        self._warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
-        self._bar: Progress | None = None
+
+    def _check_demonstration_lengths(self) -> dict[str, Any]:
+        """Count demonstrations longer than max_completion_length (EOS included), say so, and apply
+        `demo_truncation` (drop removes those rows from the training set)."""
+        cfg = self.config
+        limit, examples = cfg.max_completion_length, self.train_examples
+        lengths: list[int] = []
+        for start in range(0, len(examples), 1000):  # batched: fast tokenizers are much faster per batch
+            texts = [e.demonstration for e in examples[start:start + 1000]]
+            lengths += [len(ids) + 1 for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        long = [i for i, n in enumerate(lengths) if n > limit]
+        report = {"total": len(examples), "longer_than_max_completion_length": len(long),
+                  "demo_truncation": cfg.demo_truncation}
+        if not long:
+            return report
+        effect = {"cut": f"each is trained on (and, inside LUFFY/SRFT groups, scored by) its first {limit} tokens",
+                  "drop": f"those rows are left out of training ({len(examples) - len(long)} remain)",
+                  "keep": "they are trained on whole"}[cfg.demo_truncation]
+        self._print(f"warning: {len(long)} of {len(examples)} demonstrations are longer than max_completion_length="
+                    f"{limit} tokens (the longest has {max(lengths)}); demo_truncation={cfg.demo_truncation}: {effect}. "
+                    "Set demo_truncation to cut, drop or keep to choose.")
+        if cfg.demo_truncation == "drop":
+            if len(long) == len(examples):
+                raise ConfigError(f"demo_truncation: drop leaves no training rows: every demonstration is longer than "
+                                  f"max_completion_length={limit}")
+            dropped = set(long)
+            self.train_examples = [e for i, e in enumerate(examples) if i not in dropped]
+        return report
 
     # ------------------------------------------------------------------ primitives for methods
     @property
@@ -191,8 +189,7 @@ class Trainer:
         return float(self.accelerator.reduce(tensor, reduction="sum").item())
 
     def _micro_batches(self, n: int):
-        size = self.config.micro_batch_size
-        return [range(i, min(n, i + size)) for i in range(0, n, size)]
+        return micro_batches(n, self.config.micro_batch_size)
 
     def _backward(self, loss: torch.Tensor) -> None:
         # DDP averages gradients over ranks; our losses are already global sums / global counts.
@@ -200,9 +197,12 @@ class Trainer:
             self.accelerator.backward(loss * self.world)
 
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
-        """Token ids of a demonstration + EOS, cut to max_completion_length; and whether it was cut."""
+        """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
+        keep; and whether it was cut."""
         ids = self.tokenizer(example.demonstration, add_special_tokens=False)["input_ids"] + [self.eos_id]
         limit = self.config.max_completion_length
+        if self.config.demo_truncation == "keep":
+            return ids, False
         return ids[:limit], len(ids) > limit
 
     def sft_backward(self, examples: list[Example], weight: float = 1.0,
@@ -257,12 +257,39 @@ class Trainer:
                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                 batch_size=cfg.generation_batch_size, max_prompt_length=cfg.max_prompt_length, greedy=greedy)
 
-    def score(self, examples: list[Example], texts: list[str], repeat: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Rewards of completions (prompt i's `repeat` samples contiguous), TRL reward signature."""
-        prompts = [e.prompt for e in examples for _ in range(repeat)]
-        rewards, metrics = score_completions(self.reward_fns, prompts, texts, reward_columns(examples, repeat),
-                                             self.reward_weights)
-        return torch.nan_to_num(rewards, nan=0.0), metrics
+    def reward_kwargs_columns(self, examples: list[Example], repeat: int) -> dict[str, list]:
+        """The dataset columns reward functions get, one value per completion: `answer`, every other
+        column, and (as TRL passes every column) the answer and demonstration under their own names."""
+        cfg = self.config
+        columns = reward_columns(examples, repeat)
+        for name, value in ((cfg.answer_field, lambda e: e.answer), (cfg.demo_field, lambda e: e.demonstration)):
+            if "." not in name and name not in columns and name not in RESERVED_KWARGS:
+                columns[name] = [value(e) for e in examples for _ in range(repeat)]
+        return columns
+
+    def reward_trainer_state(self) -> TrainerState:
+        """What TRL passes reward functions as `trainer_state`: global_step counts finished optimizer steps."""
+        cfg = self.config
+        return TrainerState(global_step=self.step, max_steps=cfg.max_steps, train_batch_size=cfg.batch_size,
+                            epoch=self.step * cfg.batch_size / len(self.train_examples),
+                            logging_steps=cfg.logging_steps, save_steps=cfg.save_every)
+
+    def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
+              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Each reward function's rewards, (N, F), NaN for None, called as TRL calls them (see
+        :mod:`sftrl.rewards.contract`); and the means of what the functions logged with log_metric."""
+        prompts = [examples[row // group_size].prompt for row in range(len(texts))]
+        logged: dict[str, list[float]] = defaultdict(list)
+        names = []
+        for row, demo in enumerate(is_demo):
+            example = examples[row // group_size]
+            names.append(f"{example.source} row {example.index} "
+                         f"({'its demonstration' if demo else f'rollout {row % group_size}'})")
+        per_function = reward_matrix(
+            self.reward_fns, prompts, as_completions(prompts, texts), self.reward_kwargs_columns(examples, group_size),
+            completion_ids=target_ids, trainer_state=self.reward_trainer_state(),
+            log_metric=lambda name, value: logged[name].append(float(value)), row_names=names)
+        return per_function, {name: sum(values) / len(values) for name, values in logged.items()}
 
     def rollouts(self, examples: list[Example], demonstrations: str = "none") -> Rollouts:
         """Sample, place demonstrations in the groups, score, and compute group advantages.
@@ -295,17 +322,34 @@ class Trainer:
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
                 is_demo.append(True)
         group_size = sampled + (demonstrations != "none")
-        rewards, reward_metrics = self.score(examples, texts, group_size)
+        per_function, logged = self.score(examples, texts, target_ids, group_size, is_demo)
+        rewards = combine(per_function, self.reward_weights)  # (N,) TRL's weighted nansum; NaN: unscorable
         advantages, group_std = self._advantages(rewards, group_size)
         demo = torch.tensor(is_demo)
         cut = torch.tensor(truncated)
+        unscorable = rewards.isnan()
+        if unscorable.any() and not self._warned_unscorable:
+            self._warned_unscorable = True
+            self._print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
+                        f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
+                        "from every reward function; they are left out of the group means and stds and get "
+                        "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
+        if self.config.scale_rewards == "batch":  # TRL: zero std means the batch's
+            zero_std = float(torch.isclose(losses.nanstd(rewards), torch.tensor(0.0)))
+        else:
+            zero_std = float(torch.isclose(group_std, torch.zeros_like(group_std)).float().mean())
+        names = [name for name, _ in self.reward_fns]
         lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
         own = lengths[~demo]
         terminated = lengths[~demo & ~cut]
+        # TRL's reward metrics, over the rollouts only; the demonstrations' are under demo/.
         metrics = {
-            "reward": float(rewards[~demo].mean()),
-            "reward_std": float(group_std.mean()),
-            "frac_reward_zero_std": float((group_std < 1e-6).float().mean()),
+            "reward": nanmean(rewards[~demo]),
+            "reward_std": nanstd(rewards[~demo]),
+            "frac_reward_zero_std": zero_std,
+            "frac_reward_unscorable": float(unscorable[~demo].float().mean()),
+            **function_metrics(per_function[~demo], names),
+            **logged,
             "completions/mean_length": float(own.mean()),
             "completions/min_length": float(own.min()),
             "completions/max_length": float(own.max()),
@@ -313,10 +357,9 @@ class Trainer:
             "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0,
             "time/generate": t_gen,
             "time/score": time.perf_counter() - t0 - t_gen,
-            **reward_metrics,
         }
         if demo.any():
-            metrics.update({"demo/reward": float(rewards[demo].mean()),
+            metrics.update({"demo/reward": nanmean(rewards[demo]), **function_metrics(per_function[demo], names, "demo/"),
                             "demo/advantage": float(advantages[demo].mean()),
                             "demo/mean_length": float(lengths[demo].mean())})
         return Rollouts(prompt_ids, target_ids, demo, cut, rewards, advantages, group_size, metrics)
@@ -325,16 +368,17 @@ class Trainer:
         """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
 
         token_loss(logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token
-        stats) is the method's loss (a function of `losses`); this adds β·k3 KL and the entropy bonus,
-        normalises by the whole step's counts (`loss_type`) and logs the stats' means over rollout
-        tokens (a stat that is NaN on a token is undefined there and left out of its mean).
+        stats) is the method's loss (a function of `losses`); this adds β·k3 KL on rollout tokens (never
+        on demonstrations: π_θ did not sample them, and LUFFY and SRFT apply no KL to off-policy rows),
+        normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus (a token mean
+        over every counted token, whatever the loss_type, as TRL does) and logs the stats' means over
+        rollout tokens (a stat that is NaN on a token is undefined there and left out of its mean).
         """
         cfg = self.config
         t0 = time.perf_counter()
         n = len(rollouts.target_ids)
-        counted = [0 if (cfg.mask_truncated_completions and cut) else len(t)
-                   for t, cut in zip(rollouts.target_ids, rollouts.truncated.tolist())]
-        step_tokens = self._global_sum(sum(counted))
+        excluded = rollouts.truncated.tolist() if cfg.mask_truncated_completions else [False] * n
+        step_tokens = self._global_sum(counted_tokens(rollouts.target_ids, excluded))
         step_sequences = self._global_sum(n)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
@@ -360,12 +404,12 @@ class Trainer:
                 if cfg.beta > 0:
                     ref_logps, _ = losses.token_logprobs_and_entropy(ref_logits, batch.targets, cfg.temperature, False)
                     kl = losses.k3_kl(logps, ref_logps)  # (B, T)
-                    per_token = per_token + cfg.beta * kl
+                    per_token = per_token + cfg.beta * kl * (~is_demo).float().unsqueeze(1)  # rollout rows only
                     stats["kl"] = kl.detach()
-            if cfg.entropy_coef:
-                per_token = per_token - cfg.entropy_coef * entropy  # entropy bonus (LUFFY, SRFT)
             loss = losses.reduce_token_loss(per_token, mask, cfg.loss_type, step_sequences, step_tokens,
                                             cfg.max_completion_length)
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * losses.entropy_bonus(entropy, mask, step_tokens)
             self._backward(weight * loss)
             loss_total += float(loss.detach())
             stats["entropy"] = entropy.detach()
@@ -423,9 +467,10 @@ class Trainer:
         peak = self.config.sft_lr if step_type == "sft" else self.config.learning_rate
         return peak * self.lr_factor(self.step)
 
-    def optimizer_step(self, learning_rate: float) -> float:
+    def optimizer_step(self, learning_rate: float, loss: float = 0.0) -> tuple[float, bool]:
         """Average gradients over ranks, clip the global norm, step at `learning_rate`; returns the
-        norm before clipping."""
+        norm before clipping and whether the step was taken. A non-finite loss (on any rank) or
+        gradient norm skips it: gradients are zeroed and neither the weights nor AdamW's moments change."""
         if self.world > 1:
             for p in self.model.parameters():
                 if p.grad is not None:
@@ -433,11 +478,17 @@ class Trainer:
                     p.grad /= self.world
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
-        self.optimizer.step()
+        finite = math.isfinite(grad_norm) and math.isfinite(self._global_sum(loss))
+        if finite:
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, finite
+
+    def _parameters_finite(self) -> bool:
+        norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in self.policy.parameters()])
+        return bool(torch.isfinite(norms).all())
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval_examples:
@@ -449,18 +500,28 @@ class Trainer:
         return {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"],
                 **{f"eval/accuracy/{source}": value for source, value in result["by_source"].items()}}
 
+    def _start(self) -> None:
+        """Set up the run directory as planned: resume from a checkpoint, or start (again)."""
+        main = self.accelerator.is_main_process
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.plan.restart:
+                self._print(f"{self.run_dir} holds a run with these settings that stopped before its first "
+                            "checkpoint: starting it again from step 0")
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        if self.plan.checkpoints:
+            self._resume(self.plan.checkpoints)
+        if main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
     def train(self) -> dict[str, Any]:
         cfg = self.config
         main = self.accelerator.is_main_process
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            self._resume()
-        elif (self.run_dir / "metrics.jsonl").exists() or (self.run_dir / "checkpoints").exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass resume=true to continue it, "
-                                  f"or choose another output_dir")
-        if main:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self._start()
         summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "eval_before": self._logged_eval(0)}
+        if self.demo_report:
+            summary["demonstrations"] = self.demo_report
         if self.step == 0:
             summary["eval_before"] = self.evaluate()
             if summary["eval_before"]:
@@ -470,40 +531,20 @@ class Trainer:
         bar = Progress(cfg.max_steps, cfg.method, enabled=cfg.progress and main, initial=self.step, unit="step")
         self._bar = bar
         start = time.perf_counter()
-        while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            indices = self.sampler.next_batch()[self.accelerator.process_index::self.world]
-            examples = [self.train_examples[i] for i in indices]
-            self.model.train()
-            metrics = self.method.step(self, self.method_state, examples)
-            metrics.setdefault("loss", metrics.get("sft/loss", 0.0) + metrics.get("grpo/loss", 0.0))
-            metrics["step_type"] = "+".join(kind for kind in ("sft", "grpo") if f"{kind}/loss" in metrics)
-            t_opt = time.perf_counter()
-            metrics["learning_rate"] = self.step_learning_rate(metrics["step_type"])
-            metrics["grad_norm"] = self.optimizer_step(metrics["learning_rate"])
-            metrics["time/optimizer"] = time.perf_counter() - t_opt
-            self.step += 1
-            if hasattr(self.method, "after_step"):  # e.g. SASR reads this step's gradient norm
-                self.method.after_step(self, self.method_state, metrics)
-            metrics["epoch"] = self.step * cfg.batch_size / len(self.train_examples)
-            metrics["time/step"] = time.perf_counter() - t0
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                metrics.update(self.evaluate())
-            if self.step % cfg.logging_steps == 0:
-                self._log({"step": self.step, **metrics})
-            postfix = {short: f"{metrics[k]:.3g}" for k, short in BAR_METRICS.items() if k in metrics}
-            bar.update(1, step=metrics["step_type"], **postfix)
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
-                self.save_checkpoint()
-        bar.close()
-        self._bar = None
+        try:
+            while self.step < cfg.max_steps:
+                self._train_step()
+        finally:
+            bar.close()
+            self._bar = None
         summary["train_seconds"] = time.perf_counter() - start
+        summary["skipped_steps"] = self.skipped_steps
         summary["eval_after"] = self.evaluate()
         if summary["eval_after"]:
             self._log({"step": self.step, **summary["eval_after"]})
         self.save_final()
         if main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (self.run_dir / "summary.json").write_text(json.dumps(runlog.finite_or_none(summary), indent=2))
             if summary["eval_after"]:
                 before = summary.get("eval_before") or {}
                 self._print((f"accuracy before training: {_accuracy_text(before)}\n" if before else "")
@@ -511,6 +552,47 @@ class Trainer:
                             f"{self.step} steps, {summary['train_seconds']:.0f} s)")
             self._print(f"model saved to {self.run_dir / 'model'}")
         return summary
+
+    def _train_step(self) -> None:
+        """One optimizer step: the method's backward passes, the update (or a skip), logging, checkpoints."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        indices = self.sampler.next_batch()[self.accelerator.process_index::self.world]
+        examples = [self.train_examples[i] for i in indices]
+        self.model.train()
+        metrics = self.method.step(self, self.method_state, examples)
+        metrics.setdefault("loss", metrics.get("sft/loss", 0.0) + metrics.get("grpo/loss", 0.0))
+        metrics["step_type"] = "+".join(kind for kind in ("sft", "grpo") if f"{kind}/loss" in metrics)
+        t_opt = time.perf_counter()
+        metrics["learning_rate"] = self.step_learning_rate(metrics["step_type"])
+        metrics["grad_norm"], stepped = self.optimizer_step(metrics["learning_rate"], metrics["loss"])
+        self.skipped_steps += not stepped
+        self.nonfinite_in_a_row = 0 if stepped else self.nonfinite_in_a_row + 1
+        metrics["skipped_steps"] = self.skipped_steps
+        metrics["time/optimizer"] = time.perf_counter() - t_opt
+        self.step += 1
+        if not stepped:
+            self._print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite "
+                        f"(loss {metrics['loss']}, grad_norm {metrics['grad_norm']}); no update was made")
+        if hasattr(self.method, "after_step"):  # e.g. SASR reads this step's gradient norm
+            self.method.after_step(self, self.method_state, metrics)
+        metrics["epoch"] = self.step * cfg.batch_size / len(self.train_examples)
+        metrics["time/step"] = time.perf_counter() - t0
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+            metrics.update(self.evaluate())
+        if self.step % cfg.logging_steps == 0 or not stepped:
+            self._log({"step": self.step, **metrics})
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+            kept = checkpoint.checkpoint_dirs(self.run_dir)
+            raise RunError(f"stopped at step {self.step}: {self.nonfinite_in_a_row} steps in a row had a non-finite "
+                           f"loss or gradient (max_nonfinite_steps={cfg.max_nonfinite_steps}); no model was written, "
+                           f"the last good checkpoint is {kept[-1] if kept else 'none'}. Lower learning_rate, or check "
+                           "the data and reward functions")
+        postfix = {short: f"{metrics[k]:.3g}" for k, short in BAR_METRICS.items()
+                   if isinstance(metrics.get(k), (int, float))}
+        self._bar.update(1, step=metrics["step_type"], **postfix)
+        if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+            self.save_checkpoint()
 
     # ------------------------------------------------------------------ logging and checkpoints
     def _print(self, text: str) -> None:
@@ -522,18 +604,18 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            runlog.append(self.run_dir / "metrics.jsonl", record)
 
     def _logged_eval(self, step: int) -> dict[str, float]:
         """Evaluation metrics already in metrics.jsonl for `step` (a resumed run does not repeat them)."""
-        path = self.run_dir / "metrics.jsonl"
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        return {k: v for r in records if r["step"] == step for k, v in r.items() if k.startswith("eval/")}
+        return runlog.logged_eval(self.run_dir / "metrics.jsonl", step)
 
     def _trainer_state(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "warned_unscorable": self._warned_unscorable,
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "method_state": self.method_state,
@@ -542,66 +624,55 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
 
-    def save_checkpoint(self) -> Path:
-        """checkpoints/step-NNNNNN with model, tokenizer and trainer state, written to a temporary
-        directory and renamed into place, so a crash never leaves a half-written checkpoint."""
-        root = self.run_dir / "checkpoints"
-        final = root / f"step-{self.step:06d}"
+    def _refuse_nonfinite_weights(self, what: str) -> None:
+        if not self._parameters_finite():
+            kept = checkpoint.checkpoint_dirs(self.run_dir)
+            raise RunError(f"not writing {what} at step {self.step}: the model's weights are not finite (NaN or "
+                           f"inf); the last good checkpoint is {kept[-1] if kept else 'none'}. Lower learning_rate")
+
+    def save_checkpoint(self):
+        """checkpoints/step-NNNNNN (see :mod:`sftrl.checkpoint`), written by the main process; never
+        with non-finite weights, so the older checkpoints it would rotate out stay."""
+        self._refuse_nonfinite_weights("a checkpoint")
         self.accelerator.wait_for_everyone()
+        path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
         if self.accelerator.is_main_process:
-            tmp = root / f".tmp-step-{self.step:06d}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.policy.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            torch.save(self._trainer_state(), tmp / "trainer_state.pt")
-            if self.reference_step is not None:  # a snapshot taken during training: keep it for resuming
-                self.reference.save_pretrained(tmp / "reference")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-self.config.save_total_limit]:
-                shutil.rmtree(old)
+            reference = self.reference if self.reference_step is not None else None
+            path = checkpoint.save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer,
+                                              self._trainer_state(), reference, self.config.save_total_limit)
         self.accelerator.wait_for_everyone()
-        return final
+        return path
 
     def save_final(self) -> None:
+        self._refuse_nonfinite_weights("the final model")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            tmp, final = self.run_dir / ".tmp-model", self.run_dir / "model"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.policy.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            checkpoint.save_model(self.run_dir, self.policy, self.tokenizer)
 
-    def _resume(self) -> None:
-        checkpoints = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if p.is_dir())
-        if not checkpoints:
-            raise FileNotFoundError(f"resume=true but {self.run_dir / 'checkpoints'} holds no checkpoint")
-        latest = checkpoints[-1]
-        state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
-        weights = load_model(str(latest), self.config.dtype, self.config.trust_remote_code).state_dict()
+    def _resume(self, checkpoints: list) -> None:
+        """Continue from the newest checkpoint that loads (newest first in `checkpoints`); a damaged
+        one is reported and the one before it is used."""
+        cfg = self.config
+        latest, (state, weights, reference) = checkpoint.load_newest_readable(
+            checkpoints, lambda path: load_model(path, cfg.dtype, cfg.trust_remote_code), self._print)
         self.policy.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.method_state = state["method_state"]
         self.reference_step = state.get("reference_step")
-        if self.reference_step is not None:
-            reference = load_model(str(latest / "reference"), self.config.dtype, self.config.trust_remote_code)
+        if reference is not None:
             self.reference = frozen_copy(reference).to(self.accelerator.device)
         self.step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+        self._warned_unscorable = state.get("warned_unscorable", False)
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists() and self.accelerator.is_main_process:
-            # Drop records past the checkpoint: those steps run again and are logged again.
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if self.accelerator.is_main_process:
+            runlog.keep_until(self.run_dir / "metrics.jsonl", self.step)
         self._print(f"resumed from {latest} at step {self.step}")
 
 

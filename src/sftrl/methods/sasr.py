@@ -16,6 +16,7 @@ The controller's state, generator included, is checkpointed, so a resumed run ma
 """
 
 import functools
+import math
 import random
 
 from ..config import ConfigError
@@ -63,7 +64,7 @@ def choose(state: dict, rule, gamma: float) -> tuple[str, float]:
 
 def step(trainer, state, examples):
     cfg = trainer.config
-    if trainer.step < cfg.sasr_warmup_steps:
+    if trainer.step < cfg.sasr_warmup_steps or state["g_warmup"] is None:  # warm-up (until a finite norm is read)
         mode, p = "sft", 1.0
     else:
         mode, p = choose(state, load_rule(cfg.sasr_rule), cfg.sasr_gamma)
@@ -75,9 +76,10 @@ def step(trainer, state, examples):
 def after_step(trainer, state, metrics):
     """Read the SFT step's gradient norm (G_sft; at the last warm-up step also G_warmup)."""
     cfg = trainer.config
-    if state["mode"] == "sft":
+    # A skipped (non-finite) step's norm is not a measurement: the controller keeps its last finite one.
+    if state["mode"] == "sft" and math.isfinite(metrics["grad_norm"]):
         state["g_sft"] = metrics["grad_norm"]
-        if trainer.step == cfg.sasr_warmup_steps:
+        if state["g_warmup"] is None and trainer.step >= cfg.sasr_warmup_steps:
             state["g_warmup"] = metrics["grad_norm"]
             if cfg.sasr_reference == "warmup":
                 trainer.snapshot_reference()

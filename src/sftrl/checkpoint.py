@@ -1,0 +1,160 @@
+"""Checkpoints and run directories: atomic saves, what a run directory allows, resuming.
+
+A checkpoint is ``checkpoints/step-NNNNNN`` with the model and tokenizer (``from_pretrained`` loads it),
+``trainer_state.pt`` (optimizer, sampler, method state, random generators) and, when the reference
+model is a snapshot taken during training, ``reference/``. It is written to a temporary directory and
+renamed into place, so a crash never leaves a half-written checkpoint.
+
+Before a run starts, :func:`plan_run` decides from the run directory what may happen, writing nothing:
+a finished run (``summary.json``) is never touched; a run started with settings that change the
+result is never continued or overwritten (the differing fields are named; the fields in
+``RESULT_NEUTRAL_FIELDS`` may differ); a run that stopped before its first checkpoint starts again;
+one with checkpoints resumes only with ``resume=true``, from the newest checkpoint that loads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from .config import RESULT_NEUTRAL_FIELDS, Config
+from .errors import RunError, one_line
+
+TRAINER_STATE = "trainer_state.pt"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model")  # what makes a directory hold a run
+
+
+@dataclass
+class RunPlan:
+    """What to do with the run directory: resume from one of `checkpoints` (newest first), or start
+    (`restart`: clear what a run of the same settings left before its first checkpoint)."""
+
+    checkpoints: list[Path] = field(default_factory=list)
+    restart: bool = False
+
+
+def config_differences(old: dict[str, Any], new: Config) -> list[str]:
+    """'field old -> new' for each field that differs and can change the result; a field the old
+    config lacks (written by an older sftrl) counts as its default."""
+    defaults = Config().to_dict()
+    differences = []
+    for name, value in new.to_dict().items():
+        if name in RESULT_NEUTRAL_FIELDS or name == "output_dir":
+            continue
+        before = old.get(name, defaults[name])
+        if before != value:
+            differences.append(f"{name} {before!r} -> {value!r}")
+    return differences
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunError(f"{path}: cannot be read ({one_line(exc)[:200]}); choose another output_dir") from exc
+    if not isinstance(loaded, dict):
+        raise RunError(f"{path}: is not a config mapping; choose another output_dir")
+    return loaded
+
+
+def plan_run(config: Config) -> RunPlan:
+    """What `config`'s run directory allows (module docstring); a RunError says why not, before
+    anything is written."""
+    run_dir = config.run_dir
+    if not run_dir.exists():
+        if config.resume:
+            raise RunError(f"resume=true but {run_dir} does not exist, so there is nothing to resume; "
+                           "leave resume out to start a run there")
+        return RunPlan()
+    if not run_dir.is_dir():
+        raise RunError(f"output_dir: {run_dir} is a file, not a directory")
+    if (run_dir / "summary.json").exists():
+        raise RunError(f"output_dir: {run_dir} holds a finished run (summary.json); a finished run is never "
+                       "overwritten or continued: choose another output_dir")
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not present:
+        return RunPlan()  # an empty (or unrelated) directory: the run's files go beside what is there
+    if "config.yaml" not in present:
+        raise RunError(f"output_dir: {run_dir} holds {', '.join(present)} but no config.yaml, so it cannot be "
+                       "checked or continued: choose another output_dir")
+    differences = config_differences(read_run_config(run_dir), config)
+    if differences:
+        why = ("resume=true continues a run only with the settings it started with"
+               if config.resume else "it is not overwritten")
+        raise RunError(f"output_dir: {run_dir} holds a run with other settings ({'; '.join(differences)}); {why}: "
+                       "use the same settings or choose another output_dir")
+    checkpoints = checkpoint_dirs(run_dir)
+    if not checkpoints:
+        return RunPlan(restart=True)  # stopped before its first checkpoint: nothing to resume, nothing to lose
+    if not config.resume:
+        raise RunError(f"output_dir: {run_dir} already holds a run (checkpoints up to {checkpoints[-1].name}); "
+                       "pass resume=true to continue it, or choose another output_dir")
+    return RunPlan(checkpoints=checkpoints[::-1])
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir())
+
+
+def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, trainer_state: dict[str, Any], reference=None,
+                    keep: int = 2) -> Path:
+    """Write checkpoints/step-NNNNNN atomically and keep only the newest `keep` checkpoints."""
+    root = run_dir / "checkpoints"
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(trainer_state, tmp / TRAINER_STATE)
+    if reference is not None:  # a snapshot taken during training: keep it for resuming
+        reference.save_pretrained(tmp / "reference")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def save_model(run_dir: Path, policy, tokenizer) -> Path:
+    """Write the final model to run_dir/model atomically."""
+    tmp, final = run_dir / ".tmp-model", run_dir / "model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def load_checkpoint(path: Path, load_model: Callable[[str], Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+    """(trainer state, model weights, reference model or None) of one checkpoint; `load_model(path)`
+    loads a model directory."""
+    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
+    weights = load_model(str(path)).state_dict()
+    reference = load_model(str(path / "reference")) if state.get("reference_step") is not None else None
+    return state, weights, reference
+
+
+def load_newest_readable(checkpoints: list[Path], load_model: Callable[[str], Any], warn: Callable[[str], None]
+                         ) -> tuple[Path, tuple[dict[str, Any], dict[str, torch.Tensor], Any]]:
+    """The first of `checkpoints` (newest first) that loads, and what it holds; each damaged one on the
+    way is reported through `warn`. A RunError when none loads."""
+    damaged = []
+    for path in checkpoints:
+        try:
+            return path, load_checkpoint(path, load_model)
+        except Exception as exc:  # noqa: BLE001: a truncated or missing file shows up as many error types
+            reason = f"{type(exc).__name__}: {one_line(exc)[:200]}"
+            damaged.append(f"{path.name} ({reason})")
+            warn(f"warning: checkpoint {path} cannot be loaded ({reason}); trying the one before it")
+    raise RunError(f"resume=true but no checkpoint in {checkpoints[0].parent} can be loaded: {'; '.join(damaged)}")

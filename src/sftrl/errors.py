@@ -1,0 +1,29 @@
+"""Errors that mean "your input (or your run directory) is not usable", said in one line.
+
+The CLI prints any :class:`SftrlError` as ``sftrl: error: <message>`` and exits with status 2, no
+traceback; everything else is a bug and keeps its traceback. Imports nothing else of sftrl.
+"""
+
+from __future__ import annotations
+
+
+class SftrlError(Exception):
+    """A problem with the user's input or run state; the message names the field, file or row."""
+
+
+class ConfigError(SftrlError, ValueError):
+    """A bad recipe, override, command-line option or value; the message names the field or option."""
+
+
+class RewardError(SftrlError, ValueError):
+    """A reward function could not be loaded or called, or returned something unusable."""
+
+
+class RunError(SftrlError):
+    """A run directory that cannot be used as asked (finished, other settings, damaged), or a run that
+    had to stop (too many non-finite steps)."""
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks folded, so that a message stays on one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())

@@ -1,0 +1,73 @@
+"""The one validation every entry point uses (train, eval, compare, report, analyze, sandbox prepare).
+
+Each check raises a one-line :class:`~sftrl.errors.SftrlError` naming the field, option, file or row,
+before anything is written, so bad input never changes or loses a file that was there before. Here,
+not in config, live the checks that need the methods (names, presets), so config never imports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .config import Config, ConfigError, build_config, parse_overrides, read_recipe
+from .methods import METHODS
+
+
+def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the chosen method's PRESET (e.g. LUFFY's released-code settings) beneath what the
+    recipe and overrides set: a field given explicitly always wins."""
+    method = values.get("method", Config.method)
+    preset = getattr(METHODS.get(method), "PRESET", {}) if isinstance(method, str) else {}
+    return {**preset, **values}
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Config from defaults, then the method's preset, then the recipe's YAML mapping, then overrides;
+    every field checked, then the checks that need the methods."""
+    values: dict[str, Any] = dict(read_recipe(recipe)) if recipe is not None else {}
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    values.update(overrides or {})
+    config = build_config(apply_preset(values))
+    check_config(config)
+    return config
+
+
+def check_config(c: Config) -> None:
+    """What a field cannot say on its own: the method exists, GRPO groups have two members, plugins import."""
+    if c.method not in METHODS:
+        raise ConfigError(f"method: unknown {c.method!r}; choose one of {', '.join(METHODS)}")
+    if METHODS[c.method].NEEDS_ROLLOUTS and c.num_generations < 2:
+        raise ConfigError(f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")
+    try:
+        registry.load_plugins(c.plugins)
+    except registry.RegistryError as exc:
+        raise ConfigError(f"plugins: {exc}") from exc
+
+
+def check_processes(c: Config, processes: int) -> None:
+    """The step's prompts split evenly over data-parallel processes."""
+    if c.batch_size % processes:
+        raise ConfigError(f"batch_size: {c.batch_size} prompts do not split evenly over {processes} processes; "
+                          f"use a multiple of {processes}")
+
+
+def check_range(option: str, value: float | int | None, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, allow_none: bool = False) -> None:
+    """A command-line number in [low, high] (or (low, high] with low_open); the error names the option."""
+    if value is None and allow_none:
+        return
+    below = value is None or (low is not None and (value <= low if low_open else value < low))
+    above = value is not None and high is not None and value > high
+    if below or above or value != value:  # value != value: NaN
+        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ConfigError(f"{option}: must be in {bounds}, got {value}")
+
+
+def check_output_dir(option: str, path: str | Path) -> None:
+    """An output directory is a directory (or not there yet), never a file that would be overwritten."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option}: {path} is a file, not a directory")

@@ -1,0 +1,211 @@
+"""Runs that stop, break or start from a messy directory: restarts before the first checkpoint, damaged
+checkpoints, cut-off metrics lines, non-finite steps, long demonstrations, and evaluation that is graded
+by the task's verifier whatever the training reward says."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sftrl.errors import RunError
+from sftrl.evaluate import evaluate_accuracy
+from sftrl.sandbox.task import verify
+from sftrl.trainer import Trainer
+
+from test_trainer import comparable, files_of, make_config
+
+
+def strict_records(run_dir):
+    """metrics.jsonl read as strict JSON: NaN or Infinity anywhere fails the test."""
+    def reject(constant):
+        raise AssertionError(f"{constant} in metrics.jsonl")
+
+    return [json.loads(line, parse_constant=reject) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_metrics(a, b):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(comparable(a), comparable(b)):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert x[key] == (pytest.approx(y[key], rel=1e-5, abs=1e-7) if isinstance(x[key], float) else y[key]), key
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_killed_before_its_first_checkpoint_starts_again_cleanly(tmp_path, tiny_model_dir, resume):
+    common = dict(method="sft", max_steps=3, save_every=0)
+    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "full"), **common)).train()
+    full = strict_records(tmp_path / "full")
+    killed = tmp_path / "killed"  # what kill -9 at step 2 leaves: the config and two steps of metrics, one cut off
+    killed.mkdir()
+    shutil.copy(tmp_path / "full" / "config.yaml", killed / "config.yaml")
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    (killed / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:25])
+    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(killed), resume=resume, **common)).train()
+    assert_same_metrics(full, strict_records(killed))
+    torch.testing.assert_close(load_file(killed / "model" / "model.safetensors"),
+                               load_file(tmp_path / "full" / "model" / "model.safetensors"))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, tiny_model_dir, capsys):
+    common = dict(method="sft", max_steps=4, save_every=1, save_total_limit=3)
+    full_dir, part = tmp_path / "full", tmp_path / "part"
+    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(full_dir), **common)).train()
+    full = strict_records(full_dir)
+    part.mkdir()
+    shutil.copytree(full_dir / "checkpoints", part / "checkpoints")
+    shutil.copy(full_dir / "config.yaml", part / "config.yaml")
+    state = part / "checkpoints" / "step-000003" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # cut off mid-write by a full disk, say
+    lines = (full_dir / "metrics.jsonl").read_text().splitlines()
+    (part / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])  # and a cut-off last line
+    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part), resume=True, **common)).train()
+    out = capsys.readouterr().out
+    assert "checkpoint" in out and "step-000003 cannot be loaded" in out and "resumed from" in out
+    assert "step-000002 at step 2" in out
+    assert_same_metrics(full, strict_records(part))
+    # Every checkpoint damaged: one line naming each, nothing changed.
+    assert [p.name for p in sorted((part / "checkpoints").iterdir())] == ["step-000001", "step-000002", "step-000003"]
+    for checkpoint in (part / "checkpoints").iterdir():
+        (checkpoint / "model.safetensors").write_bytes(b"not weights")
+    (part / "summary.json").unlink()
+    before = files_of(part)
+    with pytest.raises(RunError, match="no checkpoint in .* can be loaded: step-000003 .*; step-000002 .*; step-000001"):
+        Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part), resume=True, **common)).train()
+    assert files_of(part) == before
+
+
+def poison(monkeypatch, bad_steps, mode="grad"):
+    """Make the SFT backward of the given 1-based steps non-finite: a NaN gradient, or a NaN loss."""
+    original = Trainer.sft_backward
+
+    def sft_backward(self, examples, **kwargs):
+        metrics = original(self, examples, **kwargs)
+        if self.step + 1 in bad_steps:
+            if mode == "grad":
+                next(self.model.parameters()).grad.view(-1)[0] = float("nan")
+            else:
+                metrics["sft/loss"] = float("inf")
+        return metrics
+
+    monkeypatch.setattr(Trainer, "sft_backward", sft_backward)
+
+
+def test_a_non_finite_step_is_skipped_and_reported(tmp_path, tiny_model_dir, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=4, output_dir=str(run)))
+    poison(monkeypatch, {2}, "grad")
+    poison(monkeypatch, {3}, "loss")
+    seen = []
+    original_step = Trainer.optimizer_step
+
+    def optimizer_step(self, *args, **kwargs):
+        before = [p.detach().clone() for p in self.policy.parameters()]
+        moments = {k: v.clone() for k, v in self.optimizer.state[next(self.model.parameters())].items()} \
+            if self.optimizer.state else {}
+        result = original_step(self, *args, **kwargs)
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, self.policy.parameters()))
+        same_moments = all(torch.equal(v, self.optimizer.state[next(self.model.parameters())][k])
+                           for k, v in moments.items())
+        seen.append((result[1], unchanged, same_moments))
+        return result
+
+    monkeypatch.setattr(Trainer, "optimizer_step", optimizer_step)
+    summary = trainer.train()
+    assert [taken for taken, _, _ in seen] == [True, False, False, True]
+    assert [unchanged for taken, unchanged, _ in seen if not taken] == [True, True]  # no update on a skipped step
+    assert all(same for taken, _, same in seen if not taken)  # AdamW's moments untouched too
+    records = [r for r in strict_records(run) if "step_type" in r]
+    assert [r["skipped_steps"] for r in records] == [0, 1, 2, 2] and summary["skipped_steps"] == 2
+    assert records[1]["grad_norm"] is None and records[2]["loss"] is None  # null, never NaN/Infinity
+    assert all(torch.isfinite(v).all() for v in load_file(run / "model" / "model.safetensors").values())
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=10, save_every=2,
+                                  max_nonfinite_steps=3, output_dir=str(run)))
+    poison(monkeypatch, {5, 6, 7, 8, 9, 10}, "grad")
+    good = {}
+    original_save = Trainer.save_checkpoint
+
+    def save_checkpoint(self):
+        good[self.step] = {k: v.clone() for k, v in self.policy.state_dict().items()}
+        return original_save(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_checkpoint)
+    with pytest.raises(RunError, match=r"stopped at step 7: 3 steps in a row had a non-finite loss or gradient "
+                                       r"\(max_nonfinite_steps=3\); no model was written, the last good checkpoint is "
+                                       r".*step-000006"):
+        trainer.train()
+    assert not (run / "model").exists() and not (run / "summary.json").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    saved = load_file(run / "checkpoints" / "step-000006" / "model.safetensors")
+    for name, value in saved.items():
+        assert torch.isfinite(value).all()
+        torch.testing.assert_close(value, good[4][name])  # steps 5 and 6 were skipped: the weights of step 4
+    assert [r["skipped_steps"] for r in strict_records(run) if "step_type" in r] == [0, 0, 0, 0, 1, 2, 3]
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=2, save_every=1, output_dir=str(run)))
+    trainer._start()
+    trainer.save_checkpoint()
+    before = files_of(run)
+    with torch.no_grad():
+        next(trainer.policy.parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(RunError, match="weights are not finite .* the last good checkpoint is .*step-000000"):
+        trainer.save_checkpoint()
+    with pytest.raises(RunError, match="not writing the final model"):
+        trainer.save_final()
+    assert files_of(run) == before
+
+
+LONG_DEMOS = [("Compute 1+2.", "3", "1+2=3\n\\boxed{3}"),  # 16 characters + EOS
+              ("Compute 10+20+30.", "60", "10+20=30\n30+30=60\nso the answer is\n\\boxed{60}"),
+              ("Compute 2+2.", "4", "2+2=4\n\\boxed{4}"),
+              ("Compute 40+50+60.", "150", "40+50=90\n90+60=150\nso the answer is\n\\boxed{150}")]
+
+
+@pytest.fixture()
+def long_demo_data(tmp_path):
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "answer": a, "demonstration": d}) + "\n" for p, a, d in LONG_DEMOS))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["cut", "drop", "keep"])
+def test_demonstrations_longer_than_the_completion_limit_are_counted_and_handled_as_asked(
+        tmp_path, tiny_model_dir, long_demo_data, capsys, mode):
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="luffy", train_data=str(long_demo_data),
+                                  reward_funcs=["sandbox"], max_completion_length=20, demo_truncation=mode,
+                                  batch_size=2))
+    out = capsys.readouterr().out
+    assert "2 of 4 demonstrations are longer than max_completion_length=20 tokens (the longest has 48)" in out
+    assert f"demo_truncation={mode}" in out
+    assert trainer.demo_report == {"total": 4, "longer_than_max_completion_length": 2, "demo_truncation": mode}
+    long = [e for e in trainer.train_examples if len(e.demonstration) > 20]
+    if mode == "drop":
+        assert len(trainer.train_examples) == 2 and not long
+        return
+    ids, cut = trainer.demonstration_ids(long[0])
+    assert (len(ids), cut) == ((20, True) if mode == "cut" else (len(long[0].demonstration) + 1, False))
+    rollouts = trainer.rollouts(long, demonstrations="replace")
+    # LUFFY grades the demonstration inside its group: a cut one lost its \boxed{} answer
+    assert rollouts.metrics["demo/reward"] == (0.0 if mode == "cut" else 1.0)
+
+
+def test_evaluation_is_graded_by_the_task_verifier_not_the_training_reward(tmp_path, tiny_model_dir):
+    yes = tmp_path / "yes.py"
+    yes.write_text("def always_right(prompts, completions, **kwargs):\n    return [1.0] * len(completions)\n")
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="grpo", reward_funcs=[f"{yes}:always_right"],
+                                  eval_data="sandbox:test", max_eval_examples=6))
+    metrics = trainer.evaluate()
+    texts = evaluate_accuracy(trainer.policy, trainer.tokenizer, trainer.eval_examples, "sandbox",
+                              max_new_tokens=trainer.config.max_completion_length)["completions"]
+    by_hand = sum(verify(t, e.answer) for t, e in zip(texts, trainer.eval_examples)) / len(texts)
+    assert metrics["eval/accuracy"] == by_hand < 1.0  # the training reward would have said 1.0
