@@ -7,7 +7,7 @@ For each seed, from the shipped base model:
 - ``sft``: recipes/sandbox-sft.yaml (SFT on the demonstrations).
 
 Prints one table: greedy accuracy on sandbox:test (200 prompts) before and after, overall and per
-family (``chain``: the latent step-by-step strategy RL can amplify; ``paren``: the bracket skill only
+family (``chain``: the latent step-by-step strategy RL can amplify; ``double``: the doubling skill only
 demonstrations carry), mean and 95% confidence interval over the seeds, plus the smallest gain seen.
 Evaluation always grades with the sandbox's verifier, whatever the training reward.
 
@@ -35,7 +35,7 @@ RUNS = {
     "grpo-random": ("sandbox-grpo.yaml", {"reward_funcs": [f"{RANDOM_REWARD}:random_reward"]}),
     "sft": ("sandbox-sft.yaml", {}),
 }
-COLUMNS = ("eval/accuracy", "eval/accuracy/sandbox-test-chain", "eval/accuracy/sandbox-test-paren")
+COLUMNS = ("eval/accuracy", "eval/accuracy/sandbox-test-chain", "eval/accuracy/sandbox-test-double")
 
 
 def main() -> None:
@@ -90,13 +90,13 @@ def _ci(values: list[float], scale: float = 100.0) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | seeds | before | after | gain (min) | chain before → after | paren before → after | train s |",
+    lines = ["| run | seeds | before | after | gain (min) | chain before → after | double before → after | train s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        overall, chain, paren = (row[c] for c in COLUMNS)
+        overall, chain, double = (row[c] for c in COLUMNS)
         lines.append(f"| {row['run']} | {row['seeds']} | {_ci(overall['before'])} | {_ci(overall['after'])} | "
                      f"{_ci(overall['gain'])} ({100 * min(overall['gain']):.1f}) | "
-                     f"{_ci(chain['before'])} → {_ci(chain['after'])} | {_ci(paren['before'])} → {_ci(paren['after'])} | "
+                     f"{_ci(chain['before'])} → {_ci(chain['after'])} | {_ci(double['before'])} → {_ci(double['after'])} | "
                      f"{_ci(row['train_seconds'], 1.0)} |")
     return "\n".join(lines)
 

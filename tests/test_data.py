@@ -239,7 +239,7 @@ def test_sandbox_sources():
 
     test_examples = load_examples("sandbox:test", require_demo=True)
     assert len(test_examples) == len(task.make_split("test"))
-    assert [e.columns["data_source"] for e in test_examples[:4]] == ["sandbox-test-chain"] * 3 + ["sandbox-test-paren"]
+    assert [e.columns["data_source"] for e in test_examples[:4]] == ["sandbox-test-chain"] * 3 + ["sandbox-test-double"]
     assert test_examples[0].demonstration and test_examples[0].answer
     assert test_examples[0].source == "sandbox:test"
 
@@ -253,8 +253,8 @@ def test_sandbox_sources():
     assert sum(task.verify(row["demonstration"], row["answer"]) == 0.0 for row in wrong) == 10
 
     # The skill share applies to train only: evaluation splits keep theirs.
-    brackets = load_rows("sandbox:train", sandbox_train_size=20, sandbox_skill_share=0.5)
-    assert sum("(" in row["prompt"] for row in brackets) == 10
+    doubling = load_rows("sandbox:train", sandbox_train_size=20, sandbox_skill_share=0.5)
+    assert sum(row["prompt"].endswith(")*2.") for row in doubling) == 10
     assert load_rows("sandbox:test", sandbox_skill_share=1.0) == task.make_split("test")
     assert len(load_examples("sandbox:val")) == 200
 

@@ -198,7 +198,7 @@ def test_eval_command_writes_a_summary_and_resumes(tiny_model_dir, tmp_path, cap
     assert main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["by_source"]) == {f"sandbox-{split}-{family}" for split in ("test", "ood")
-                                         for family in ("chain", "paren")}
+                                         for family in ("chain", "double")}
     assert summary["overall"]["questions"] == 8 and summary["overall"]["k"] == 2
     assert 0 < summary["overall"]["mean_length"] <= 8
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()

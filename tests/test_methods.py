@@ -44,15 +44,15 @@ class ScriptedTrainer:
         self.snapshots.append(self.step)
 
     def run(self, method, steps):
-        state = method.init_state(self.config) if hasattr(method, "init_state") else {}
+        state = method.init_state(self.config)
         records = []
         for _ in range(steps):
-            metrics = method.step(self, state, [])
+            kind = method.plan(self.config, self.step, state)
+            metrics = method.step(self, state, [], kind)
             metrics["grad_norm"] = self.norms.pop(0)
             self.step += 1
-            if hasattr(method, "after_step"):
-                method.after_step(self, state, metrics)
-            records.append(metrics)
+            method.after_step(self, state, metrics)
+            records.append({**metrics, "kind": kind})
         return records, state
 
 
@@ -60,7 +60,7 @@ def test_sasr_choices_on_scripted_gradient_norms():
     config = load_config(overrides=dict(method="sasr", sasr_warmup_steps=2, sasr_gamma=1.0, seed=7))
     norms = [4.0, 2.0, 6.0, 6.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     trainer = ScriptedTrainer(config, norms)
-    records, state = trainer.run(sasr, 10)
+    records, state = trainer.run(sasr.METHOD, 10)
     # Independent re-computation: the warm-up is SFT; then p = G_sft / (G_sft + γ G_warmup) with
     # G_warmup = 2 (the last warm-up step), G_sft the latest SFT norm, α from Random(seed).
     draws = random.Random(7)
@@ -83,18 +83,18 @@ def test_sasr_choices_on_scripted_gradient_norms():
 def test_sasr_large_sft_gradients_keep_sft_and_small_ones_hand_over_to_grpo():
     config = load_config(overrides=dict(method="sasr", sasr_warmup_steps=1, seed=0))
     big = ScriptedTrainer(config, [1.0] + [1000.0] * 40)  # SFT gradients grow 1000x after warm-up
-    records, _ = big.run(sasr, 41)
+    records, _ = big.run(sasr.METHOD, 41)
     assert sum(r["sasr/mode"] == "sft" for r in records[1:]) >= 38
     small = ScriptedTrainer(config, [1.0] + [0.001] * 40)  # ... or vanish
-    records, _ = small.run(sasr, 41)
+    records, _ = small.run(sasr.METHOD, 41)
     assert sum(r["sasr/mode"] == "grpo" for r in records[1:]) >= 38
 
 
 def test_sasr_reference_after_warmup_is_a_snapshot(tmp_path):
     config = load_config(overrides=dict(method="sasr", sasr_warmup_steps=3, sasr_reference="warmup"))
-    assert not sasr.needs_reference(config)
+    assert not sasr.METHOD.needs_reference(config)
     trainer = ScriptedTrainer(config, [1.0] * 5)
-    trainer.run(sasr, 5)
+    trainer.run(sasr.METHOD, 5)
     assert trainer.snapshots == [3]
 
 
@@ -102,10 +102,10 @@ def test_sasr_rule_is_replaceable_and_checked(tmp_path):
     rule = tmp_path / "rule.py"
     rule.write_text("def always_grpo(g_sft, g_warmup, gamma):\n    return 0.0\n")
     config = load_config(overrides=dict(method="sasr", sasr_warmup_steps=1, sasr_rule=f"{rule}:always_grpo"))
-    records, _ = ScriptedTrainer(config, [1.0] * 6).run(sasr, 6)
+    records, _ = ScriptedTrainer(config, [1.0] * 6).run(sasr.METHOD, 6)
     assert [r["sasr/mode"] for r in records] == ["sft"] + ["grpo"] * 5
     with pytest.raises(ConfigError, match="sasr_rule.*no attribute"):
-        sasr.init_state(load_config(overrides=dict(method="sasr", sasr_rule=f"{rule}:missing")))
+        sasr.METHOD.init_state(load_config(overrides=dict(method="sasr", sasr_rule=f"{rule}:missing")))
     with pytest.raises(ConfigError, match="sasr_rule"):
         load_config(overrides=dict(method="sasr", sasr_rule="no_colon"))
 
@@ -115,14 +115,14 @@ def test_static_alternate_schedule():
     config = load_config(overrides=dict(method="static", static_mode="alternate", static_sft_steps=2,
                                         static_grpo_steps=3))
     trainer = ScriptedTrainer(config, [1.0] * 11)
-    trainer.run(static, 11)
+    trainer.run(static.METHOD, 11)
     assert "".join("S" if c[0] == "sft" else "G" for c in trainer.calls) == "SSGGGSSGGGS"
 
 
 def test_static_probability_schedule_follows_the_seeded_generator():
     config = load_config(overrides=dict(method="static", static_mode="probability", static_sft_prob=0.3, seed=5))
     trainer = ScriptedTrainer(config, [1.0] * 200)
-    trainer.run(static, 200)
+    trainer.run(static.METHOD, 200)
     draws = random.Random(5)
     expected = ["sft" if draws.random() < 0.3 else "grpo" for _ in range(200)]
     assert [c[0] for c in trainer.calls] == expected
@@ -132,7 +132,7 @@ def test_static_probability_schedule_follows_the_seeded_generator():
 def test_static_weighted_runs_both_terms_with_mu():
     config = load_config(overrides=dict(method="static", static_mode="weighted", static_sft_weight=0.25))
     trainer = ScriptedTrainer(config, [1.0] * 3)
-    trainer.run(static, 3)
+    trainer.run(static.METHOD, 3)
     assert trainer.calls == [("sft", 0.25), ("grpo", 0.75)] * 3
 
 
@@ -149,7 +149,7 @@ def test_demonstrations_sit_inside_the_groups(tmp_path, tiny_model_dir, reward_s
     for mode, method, size in [("replace", "luffy", 4), ("append", "srft", 5)]:
         trainer = Trainer(make_config(tmp_path, tiny_model_dir, method=method, reward_funcs=[reward_spec]))
         examples = trainer.train_examples[:3]
-        rollouts = trainer.rollouts(examples, demonstrations=mode)
+        rollouts = trainer.rollouts(examples, mode)
         assert rollouts.group_size == size and len(rollouts.target_ids) == 3 * size
         assert rollouts.is_demo.tolist() == ([False] * (size - 1) + [True]) * 3
         for i, example in enumerate(examples):
@@ -258,7 +258,7 @@ def test_luffy_applies_the_kl_to_rollouts_and_never_to_demonstrations(tmp_path, 
     trainer.sft_backward(trainer.train_examples[8:16])  # one update first: π_θ ≠ π_ref, so the KL has a gradient
     trainer.optimizer_step(1e-2)
     torch.manual_seed(0)
-    rollouts = trainer.rollouts(trainer.train_examples[:3], demonstrations="replace")
+    rollouts = trainer.rollouts(trainer.train_examples[:3], "replace")
     rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the KL term
     metrics = trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
     got = [p.grad.clone() for p in trainer.model.parameters()]
@@ -279,7 +279,7 @@ def test_entropy_bonus_is_one_token_mean_whatever_the_loss_type(tmp_path, tiny_m
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="srft", loss_type=loss_type, entropy_coef=0.3,
                                   reward_funcs=[reward_spec], micro_batch_size=5))
     torch.manual_seed(0)
-    rollouts = trainer.rollouts(trainer.train_examples[:3], demonstrations="append")
+    rollouts = trainer.rollouts(trainer.train_examples[:3], "append")
     rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the entropy bonus
     trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
     got = [p.grad.clone() for p in trainer.model.parameters()]

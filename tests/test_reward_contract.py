@@ -170,7 +170,7 @@ def test_reward_metrics_are_weighted_and_over_rollouts_only(tmp_path, tiny_model
                                   answer_field="solution", reward_funcs=[f"{path}:weighted_a", f"{path}:weighted_b"],
                                   reward_weights=[2.0, -1.0]))
     torch.manual_seed(0)
-    rollouts = trainer.rollouts(trainer.train_examples[:3], demonstrations="replace")
+    rollouts = trainer.rollouts(trainer.train_examples[:3], "replace")
     texts = [trainer.tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.target_ids]
     a = [float(len(t) % 3) for t in texts]
     b = [1.0 if "1" in t else -1.0 for t in texts]

@@ -194,7 +194,7 @@ def test_demonstrations_longer_than_the_completion_limit_are_counted_and_handled
         return
     ids, cut = trainer.demonstration_ids(long[0])
     assert (len(ids), cut) == ((20, True) if mode == "cut" else (len(long[0].demonstration) + 1, False))
-    rollouts = trainer.rollouts(long, demonstrations="replace")
+    rollouts = trainer.rollouts(long, "replace")
     # LUFFY grades the demonstration inside its group: a cut one lost its \boxed{} answer
     assert rollouts.metrics["demo/reward"] == (0.0 if mode == "cut" else 1.0)
 

@@ -46,7 +46,7 @@ def families(rows):
 
 def solve(expression):
     """Independent reference: Python's own arithmetic on the prompt's expression."""
-    return eval(expression)  # noqa: S307 (digits, +, -, brackets only)
+    return eval(expression)  # noqa: S307 (digits, +, -, *, brackets only)
 
 
 def test_default_splits_are_fixed_and_sized():
@@ -55,20 +55,20 @@ def test_default_splits_are_fixed_and_sized():
     assert [len(make_split(s)) for s in ("train", "val", "test", "ood")] == [5000, 200, 200, 200]
     row = make_split("test", 1)[0]
     assert set(row) == {"prompt", "answer", "demonstration", "data_source"}
-    assert row["data_source"] in ("sandbox-test-chain", "sandbox-test-paren")
+    assert row["data_source"] in ("sandbox-test-chain", "sandbox-test-double")
     assert row["prompt"].startswith("Compute ") and row["prompt"].endswith(".")
 
 
-def test_skill_share_sets_the_bracket_problems():
+def test_skill_share_sets_the_doubling_problems():
     for split in ("train", "val", "test", "ood"):
         rows = make_split(split)
-        assert families(rows).count("paren") == round(0.3 * len(rows))
-        assert families(rows[:100]).count("paren") == 30  # every prefix holds the share
+        assert families(rows).count("double") == round(0.3 * len(rows))
+        assert families(rows[:100]).count("double") == 30  # every prefix holds the share
     rows = make_split("train", 1000, skill_share=0.5)
-    assert families(rows).count("paren") == 500
-    assert all(("(" in r["prompt"]) == (f == "paren") for r, f in zip(rows, families(rows)))
+    assert families(rows).count("double") == 500
+    assert all(("(" in r["prompt"]) == (f == "double") for r, f in zip(rows, families(rows)))
     assert families(make_split("train", 100, skill_share=0.0)) == ["chain"] * 100
-    assert families(make_split("train", 100, skill_share=1.0)) == ["paren"] * 100
+    assert families(make_split("train", 100, skill_share=1.0)) == ["double"] * 100
 
 
 def test_seed_changes_problems_and_prefixes_are_stable():
@@ -110,16 +110,15 @@ def test_correct_demonstrations_verify_and_show_every_step():
         assert verify(row["demonstration"], row["answer"]) == 1.0
         lines = row["demonstration"].split("\n")
         assert lines[-1] == f"\\boxed{{{row['answer']}}}"
-        assert len(lines) == expression.count("+") + expression.count("-") + 1
+        assert len(lines) == expression.count("+") + expression.count("-") + expression.count("*") + 1
         for line in lines[:-1]:
             left, result = line.split("=")
             assert solve(left) == int(result) >= 0
-        if family == "paren":
-            # Brackets first: the first line is the bracketed pair; left to right would be wrong.
-            inner = expression[expression.index("(") + 1:expression.index(")")]
-            assert lines[0].split("=")[0] == inner
-            assert solve(expression.replace("(", "").replace(")", "")) != int(row["answer"])
-            assert int(row["answer"]) >= 10
+        if family == "double":
+            # The bracket's chain, then one line doubling it; the bracket alone is half the answer.
+            inner = expression[1:expression.index(")")]
+            assert expression.endswith(")*2") and lines[-2] == f"{solve(inner)}*2={row['answer']}"
+            assert 10 <= int(row["answer"]) <= 98
 
 
 def test_demo_error_rate_makes_that_fraction_wrong_with_gold_answers_kept():
@@ -129,7 +128,7 @@ def test_demo_error_rate_makes_that_fraction_wrong_with_gold_answers_kept():
     assert [r["answer"] for r in noisy] == [r["answer"] for r in clean]
     wrong = [r for r in noisy if verify(r["demonstration"], r["answer"]) == 0.0]
     assert abs(len(wrong) / len(noisy) - 0.3) < 0.02
-    assert {"chain", "paren"} <= set(families(wrong))
+    assert {"chain", "double"} <= set(families(wrong))
     # A wrong demonstration is a single slip: exactly one line's arithmetic does not hold.
     for row in wrong[:80]:
         bad_lines = 0
@@ -347,11 +346,11 @@ def test_shipped_base_model_is_complete_and_made_by_the_recorded_recipe():
     assert model.dtype == torch.float32 and sum(p.numel() for p in model.parameters()) == metadata["num_parameters"]
     assert tokenizer.decode(tokenizer("Compute 3-(1+1).")["input_ids"]) == "Compute 3-(1+1)."
     # The regime the sandbox is built for (README, The sandbox): greedy decoding takes the shortcut on
-    # chains, sampling often solves them step by step, and brackets are never solved.
+    # chains, sampling often solves them step by step, and doubling is (almost) never solved.
     test = metadata["test"]
     assert test["chain"]["greedy_shortcut"] > 0.8 and test["chain"]["greedy_accuracy"] < 0.15
     assert test["chain"]["sampled_accuracy"] > test["chain"]["greedy_accuracy"] + 0.15
-    assert test["paren"]["greedy_accuracy"] <= 0.02 and test["paren"]["sampled_accuracy"] <= 0.02
+    assert test["double"]["greedy_accuracy"] <= 0.02 and test["double"]["sampled_accuracy"] <= 0.03
 
 
 def test_prepare_command_shows_the_shipped_model_and_rebuilds_from_the_recipe(tmp_path, monkeypatch, capsys):
@@ -359,7 +358,7 @@ def test_prepare_command_shows_the_shipped_model_and_rebuilds_from_the_recipe(tm
 
     assert main(["sandbox", "prepare"]) == 0
     out = capsys.readouterr().out
-    assert str(prepare_module.base_model_dir()) in out and "greedy" in out and "paren" in out
+    assert str(prepare_module.base_model_dir()) in out and "greedy" in out and "double" in out
     tiny = prepare_module.PretrainSettings(steps=2, batch_size=4, warmup_steps=1)
     monkeypatch.setattr(prepare_module, "PretrainSettings", lambda: tiny)
     monkeypatch.setattr(prepare_module, "make_split", lambda split: make_split(split, 4))

@@ -189,12 +189,14 @@ def test_sft_steps_use_sft_learning_rate_and_policy_gradient_steps_learning_rate
     run = tmp_path / "two-rates"
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft-then-grpo", sft_steps=2, max_steps=4,
                                   learning_rate=1e-4, sft_learning_rate=2e-3, lr_scheduler="constant",
-                                  reward_funcs=[reward_spec], output_dir=str(run)))
+                                  batch_size=2, sft_batch_size=6, reward_funcs=[reward_spec], output_dir=str(run)))
     before = [p.detach().clone() for p in trainer.policy.parameters()]
     trainer.train()
     records = [r for r in read_metrics(run) if "step_type" in r]
     assert [(r["step_type"], r["learning_rate"]) for r in records] == [
         ("sft", 2e-3), ("sft", 2e-3), ("grpo", 1e-4), ("grpo", 1e-4)]
+    # SFT steps draw sft_batch_size demonstrations, policy-gradient steps batch_size prompts (64 rows).
+    assert [r["epoch"] for r in records] == pytest.approx([6 / 64, 12 / 64, 14 / 64, 16 / 64])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
     # A step with a policy-gradient term uses learning_rate even when it also has an SFT term.
     mixed = tmp_path / "mixed"

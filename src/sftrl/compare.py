@@ -36,11 +36,11 @@ import yaml
 
 from .config import Config, ConfigError
 from .validate import load_config
-from .methods import METHODS, learning_rate_fields
+from .methods import METHODS
 
 METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "sasr"]
 SPLITS = {"in-dist": "sandbox:test", "ood": "sandbox:ood"}
-FAMILIES = ("chain", "paren")
+FAMILIES = ("chain", "double")
 IGNORED_WHEN_REUSING = {"resume", "progress"}  # settings that do not change what a run computes
 TUNE_SEED = 1000  # tuning runs use a seed of their own, so the compared seeds never choose their own rates
 # The sandbox budget every compared run shares (recipes/sandbox-*.yaml carry the same values).
@@ -170,8 +170,8 @@ def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 def comparison_table(results: list[dict[str, Any]], k: int) -> str:
     """Markdown: one row per method (base model first), mean ± 95% CI half-width over seeds, in percent."""
-    columns = [("in-dist", f"in-dist avg@{k}"), ("in-dist/chain", "chain"), ("in-dist/paren", "paren"),
-               ("ood", f"ood avg@{k}"), ("ood/chain", "ood chain"), ("ood/paren", "ood paren")]
+    columns = [("in-dist", f"in-dist avg@{k}"), ("in-dist/chain", "chain"), ("in-dist/double", "double"),
+               ("ood", f"ood avg@{k}"), ("ood/chain", "ood chain"), ("ood/double", "ood double")]
     lines = ["| method | seeds | " + " | ".join(title for _, title in columns) + " | greedy in-dist | train s |",
              "|---|---:|" + "---:|" * (len(columns) + 2)]
     for name in _names(results):
@@ -296,8 +296,7 @@ def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, d
 # ------------------------------------------------------------------------------------ tuning
 def tuning_grid(method: str, shared: dict[str, Any], grid: dict[str, list[float]]) -> list[dict[str, float]]:
     """The points to try: the product of the grid's values over the learning rates `method` uses."""
-    probe = load_config(None, {"method": method, **shared})
-    fields = learning_rate_fields(probe)
+    fields = METHODS[method].learning_rate_fields(load_config(None, {"method": method, **shared}))
     return [dict(zip(fields, values)) for values in itertools.product(*(grid[f] for f in fields))]
 
 
@@ -422,7 +421,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
         {"budget": shared, "k": k, "temperature": temperature, "eval_limit": eval_limit, "seeds": seeds,
          "tuning": tuning, "results": results, "paired_differences": pairs}, indent=2))
     sections = [f"Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% confidence interval "
-                f"over seeds {', '.join(map(str, seeds))} (Student t). `chain` and `paren` are the two problem "
+                f"over seeds {', '.join(map(str, seeds))} (Student t). `chain` and `double` are the two problem "
                 f"families (see README, The sandbox).", table,
                 "Paired differences (same seeds), in points; **bold**: the 95% interval excludes zero.", diffs]
     if tuning:

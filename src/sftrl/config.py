@@ -61,7 +61,7 @@ class Config:
     max_eval_examples: int | None = _f(200, "Evaluate on the first N rows of eval_data.")
     eval_reward: str | None = _f(None, "Grader of evaluations during training; null = the task's verifier (sandbox, option letter when the gold is one, math-verify otherwise), never the training reward. A name or module:function forces one.")
     sandbox_demo_error_rate: float = _f(0.0, "Sandbox regime: fraction of training demonstrations made wrong (one slipped step), to study demonstration quality.")
-    sandbox_skill_share: float = _f(0.3, "Sandbox regime: share of training problems that need the bracket skill only demonstrations teach (evaluation splits keep 0.3).")
+    sandbox_skill_share: float = _f(0.3, "Sandbox regime: share of training problems that need the doubling skill only demonstrations teach (evaluation splits keep 0.3).")
     sandbox_train_size: int = _f(5000, "Sandbox regime: number of training problems, each with its demonstration.")
     reward_funcs: list[str] = _f(["auto"], "Reward functions (TRL's signature): math, choice, sandbox, a name a plugin registered, module:function or file.py:function; auto = the training data source's verifier (sandbox for the sandbox), math otherwise.")
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
@@ -70,7 +70,8 @@ class Config:
 
     # --- optimisation --------------------------------------------------------------------------
     max_steps: int = _f(100, "Optimizer steps to train.")
-    batch_size: int = _f(32, "Prompts per optimizer step (SFT: demonstrations; GRPO: prompts, each with num_generations rollouts).")
+    batch_size: int = _f(32, "Prompts per optimizer step with a policy-gradient term (each with num_generations rollouts); SFT-only steps take sft_batch_size demonstrations.")
+    sft_batch_size: int | None = _f(None, "Demonstrations per SFT-only step (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability); null = batch_size. The papers' SFT stages use their own batch (e.g. 64).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
     learning_rate: float = _f(1e-4, "Peak AdamW learning rate of every step with a policy-gradient term (GRPO, LUFFY, SRFT, weighted mixtures); SFT-only steps use sft_learning_rate. Sandbox default; the papers use 1e-6 on 7B models.")
     sft_learning_rate: float | None = _f(None, "Peak learning rate of SFT-only steps (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability); null = learning_rate. SFT tolerates higher rates than RL (the papers: SFT 5e-5, RL 1e-6 at 7B).")
@@ -123,6 +124,11 @@ class Config:
     save_total_limit: int = _f(2, "Keep the newest N checkpoints.")
     resume: bool = _f(False, "Continue from the newest checkpoint in output_dir.")
     progress: bool = _f(True, "Show a progress bar.")
+
+    @property
+    def sft_batch(self) -> int:
+        """Demonstrations per SFT-only step."""
+        return self.batch_size if self.sft_batch_size is None else self.sft_batch_size
 
     @property
     def sft_lr(self) -> float:
@@ -249,7 +255,7 @@ def check_fields(c: Config) -> None:
     for name in ("warmup_steps", "sft_steps", "grpo_steps", "static_sft_steps", "static_grpo_steps", "eval_every",
                  "save_every"):
         check(getattr(c, name) >= 0, f"{name}: must be 0 or more, got {getattr(c, name)}")
-    for name in ("max_prompt_length", "max_train_examples", "max_eval_examples"):
+    for name in ("max_prompt_length", "max_train_examples", "max_eval_examples", "sft_batch_size"):
         value = getattr(c, name)
         check(value is None or value >= 1, f"{name}: must be at least 1 or null, got {value}")
     check(0 < c.learning_rate < float("inf"), f"learning_rate: must be positive and finite, got {c.learning_rate}")

@@ -32,7 +32,7 @@ from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
 from .evaluate import evaluate_accuracy, reward_columns
-from .methods import METHODS
+from .methods import METHODS, Placement, StepKind
 from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .progress import Progress
 from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
@@ -97,7 +97,7 @@ class Trainer:
         # Data first: a bad row fails here, before any model is loaded.
         registered = registry.data_source_of(config.train_data)
         data_source = registered[0] if registered is not None else None
-        needs_demo = self.method.NEEDS_DEMONSTRATIONS
+        needs_demo = self.method.needs_demonstrations
         self.train_examples = load_examples(
             config.train_data, config.train_split, prompt_field=config.prompt_field,
             answer_field=config.answer_field, demo_field=config.demo_field, require_demo=needs_demo,
@@ -123,8 +123,7 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id
         self.demo_report = self._check_demonstration_lengths() if needs_demo else {}
         model = load_model(model_path, config.dtype, config.trust_remote_code)
-        needs_reference = getattr(self.method, "needs_reference", None)
-        wants_ref = needs_reference(config) if needs_reference else (self.method.NEEDS_ROLLOUTS and config.beta > 0)
+        wants_ref = self.method.needs_reference(config)
         self.reference = frozen_copy(model).to(self.accelerator.device) if wants_ref else None
         self.reference_step: int | None = None  # set when the reference is a snapshot taken during training
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -132,7 +131,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.lr_factor = lr_lambda(config)
         self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
-        self.method_state: dict[str, Any] = self.method.init_state(config) if hasattr(self.method, "init_state") else {}
+        self.method_state: dict[str, Any] = self.method.init_state(config)
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.nonfinite_in_a_row = 0
@@ -271,7 +270,7 @@ class Trainer:
         """What TRL passes reward functions as `trainer_state`: global_step counts finished optimizer steps."""
         cfg = self.config
         return TrainerState(global_step=self.step, max_steps=cfg.max_steps, train_batch_size=cfg.batch_size,
-                            epoch=self.step * cfg.batch_size / len(self.train_examples),
+                            epoch=self.sampler.epochs_done,
                             logging_steps=cfg.logging_steps, save_steps=cfg.save_every)
 
     def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
@@ -291,18 +290,17 @@ class Trainer:
             log_metric=lambda name, value: logged[name].append(float(value)), row_names=names)
         return per_function, {name: sum(values) / len(values) for name, values in logged.items()}
 
-    def rollouts(self, examples: list[Example], demonstrations: str = "none") -> Rollouts:
+    def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE) -> Rollouts:
         """Sample, place demonstrations in the groups, score, and compute group advantages.
 
-        demonstrations: "none" (G rollouts per group), "replace" (G-1 rollouts + the demonstration,
-        LUFFY) or "append" (G rollouts + the demonstration, SRFT). Demonstrations are scored by the
+        placement: NONE (G rollouts per group), REPLACE (G-1 rollouts + the demonstration, LUFFY) or
+        APPEND (G rollouts + the demonstration, SRFT). Demonstrations are scored by the
         same reward functions as rollouts (a wrong one gets a low reward), and they enter the group's
         mean and std (LUFFY Eq. 3; SRFT Eq. 6-7).
         """
-        if demonstrations not in ("none", "replace", "append"):
-            raise ValueError(f"demonstrations must be none, replace or append, got {demonstrations!r}")
+        placement = Placement(placement)
         cfg = self.config
-        sampled = cfg.num_generations - 1 if demonstrations == "replace" else cfg.num_generations
+        sampled = cfg.num_generations - 1 if placement is Placement.REPLACE else cfg.num_generations
         t0 = time.perf_counter()
         completions = self.generate(examples, sampled)
         t_gen = time.perf_counter() - t0
@@ -314,14 +312,14 @@ class Trainer:
                 truncated.append(completions.truncated[j])
                 texts.append(completions.texts[j])
                 is_demo.append(False)
-            if demonstrations != "none":
+            if placement is not Placement.NONE:
                 ids, cut = self.demonstration_ids(example)
                 prompt_ids.append(completions.prompt_ids[i * sampled])
                 target_ids.append(ids)
                 truncated.append(cut)
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
                 is_demo.append(True)
-        group_size = sampled + (demonstrations != "none")
+        group_size = sampled + (placement is not Placement.NONE)
         per_function, logged = self.score(examples, texts, target_ids, group_size, is_demo)
         rewards = combine(per_function, self.reward_weights)  # (N,) TRL's weighted nansum; NaN: unscorable
         advantages, group_std = self._advantages(rewards, group_size)
@@ -461,10 +459,10 @@ class Trainer:
         self.reference_step = self.step
 
     # ------------------------------------------------------------------ the loop
-    def step_learning_rate(self, step_type: str) -> float:
-        """This step's learning rate: sft_learning_rate for a step with only SFT terms, learning_rate
-        for any step with a policy-gradient term, times the schedule's factor."""
-        peak = self.config.sft_lr if step_type == "sft" else self.config.learning_rate
+    def step_learning_rate(self, kind: StepKind) -> float:
+        """This step's learning rate: sft_learning_rate for an SFT step, learning_rate for a step with a
+        policy-gradient term, times the schedule's factor."""
+        peak = self.config.sft_lr if kind is StepKind.SFT else self.config.learning_rate
         return peak * self.lr_factor(self.step)
 
     def optimizer_step(self, learning_rate: float, loss: float = 0.0) -> tuple[float, bool]:
@@ -557,14 +555,16 @@ class Trainer:
         """One optimizer step: the method's backward passes, the update (or a skip), logging, checkpoints."""
         cfg = self.config
         t0 = time.perf_counter()
-        indices = self.sampler.next_batch()[self.accelerator.process_index::self.world]
+        kind = self.method.plan(cfg, self.step, self.method_state)
+        size = cfg.sft_batch if kind is StepKind.SFT else cfg.batch_size
+        indices = self.sampler.next_batch(size)[self.accelerator.process_index::self.world]
         examples = [self.train_examples[i] for i in indices]
         self.model.train()
-        metrics = self.method.step(self, self.method_state, examples)
+        metrics = self.method.step(self, self.method_state, examples, kind)
         metrics.setdefault("loss", metrics.get("sft/loss", 0.0) + metrics.get("grpo/loss", 0.0))
-        metrics["step_type"] = "+".join(kind for kind in ("sft", "grpo") if f"{kind}/loss" in metrics)
+        metrics["step_type"] = "+".join(name for name in ("sft", "grpo") if f"{name}/loss" in metrics)
         t_opt = time.perf_counter()
-        metrics["learning_rate"] = self.step_learning_rate(metrics["step_type"])
+        metrics["learning_rate"] = self.step_learning_rate(kind)
         metrics["grad_norm"], stepped = self.optimizer_step(metrics["learning_rate"], metrics["loss"])
         self.skipped_steps += not stepped
         self.nonfinite_in_a_row = 0 if stepped else self.nonfinite_in_a_row + 1
@@ -574,9 +574,8 @@ class Trainer:
         if not stepped:
             self._print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite "
                         f"(loss {metrics['loss']}, grad_norm {metrics['grad_norm']}); no update was made")
-        if hasattr(self.method, "after_step"):  # e.g. SASR reads this step's gradient norm
-            self.method.after_step(self, self.method_state, metrics)
-        metrics["epoch"] = self.step * cfg.batch_size / len(self.train_examples)
+        self.method.after_step(self, self.method_state, metrics)  # e.g. SASR reads this step's gradient norm
+        metrics["epoch"] = self.sampler.epochs_done
         metrics["time/step"] = time.perf_counter() - t0
         if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
             metrics.update(self.evaluate())

@@ -19,7 +19,7 @@ def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
     """Fill in the chosen method's PRESET (e.g. LUFFY's released-code settings) beneath what the
     recipe and overrides set: a field given explicitly always wins."""
     method = values.get("method", Config.method)
-    preset = getattr(METHODS.get(method), "PRESET", {}) if isinstance(method, str) else {}
+    preset = METHODS[method].preset if isinstance(method, str) and method in METHODS else {}
     return {**preset, **values}
 
 
@@ -39,7 +39,7 @@ def check_config(c: Config) -> None:
     """What a field cannot say on its own: the method exists, GRPO groups have two members, plugins import."""
     if c.method not in METHODS:
         raise ConfigError(f"method: unknown {c.method!r}; choose one of {', '.join(METHODS)}")
-    if METHODS[c.method].NEEDS_ROLLOUTS and c.num_generations < 2:
+    if METHODS[c.method].needs_rollouts and c.num_generations < 2:
         raise ConfigError(f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")
     try:
         registry.load_plugins(c.plugins)
@@ -48,10 +48,11 @@ def check_config(c: Config) -> None:
 
 
 def check_processes(c: Config, processes: int) -> None:
-    """The step's prompts split evenly over data-parallel processes."""
-    if c.batch_size % processes:
-        raise ConfigError(f"batch_size: {c.batch_size} prompts do not split evenly over {processes} processes; "
-                          f"use a multiple of {processes}")
+    """The step's prompts (and an SFT step's demonstrations) split evenly over data-parallel processes."""
+    for name, value, what in (("batch_size", c.batch_size, "prompts"), ("sft_batch_size", c.sft_batch, "demonstrations")):
+        if value % processes:
+            raise ConfigError(f"{name}: {value} {what} do not split evenly over {processes} processes; "
+                              f"use a multiple of {processes}")
 
 
 def check_range(option: str, value: float | int | None, low: float | None = None, high: float | None = None,

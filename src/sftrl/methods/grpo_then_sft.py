@@ -3,19 +3,24 @@ steps, then SFT. With `sft_kl_coef` = λ > 0 the SFT steps add λ·KL(π_θ‖π
 full-vocabulary KL to the model as it was at the end of RL (RL→SFT_KL), on the demonstration positions.
 """
 
-NEEDS_DEMONSTRATIONS = True
-NEEDS_ROLLOUTS = True
-LEARNING_RATES = ("learning_rate", "sft_learning_rate")
+from .base import Method, StepKind, only
 
 
-def step(trainer, state, examples):
-    cfg = trainer.config
-    if trainer.step < cfg.grpo_steps:
+def plan(config, step, state):
+    return StepKind.POLICY if step < config.grpo_steps else StepKind.SFT
+
+
+def step(trainer, state, examples, kind):
+    if kind is StepKind.POLICY:
         return trainer.grpo_backward(examples)
-    return trainer.sft_backward(examples, kl_coef=cfg.sft_kl_coef)
+    return trainer.sft_backward(examples, kl_coef=trainer.config.sft_kl_coef)
 
 
 def after_step(trainer, state, metrics):
     cfg = trainer.config
     if trainer.step == cfg.grpo_steps and cfg.sft_kl_coef > 0:
         trainer.snapshot_reference()  # π_RL-end, kept in checkpoints from here on
+
+
+METHOD = Method(name="grpo-then-sft", plan=plan, step=step, kinds=only(StepKind.POLICY, StepKind.SFT),
+                needs_demonstrations=True, needs_rollouts=True, after_step=after_step)

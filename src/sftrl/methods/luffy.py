@@ -9,17 +9,20 @@ bonus 0.001 (its lr, 1e-6, is in recipes/paper-luffy.yaml; the sandbox trains at
 
 from .. import losses
 
-NEEDS_DEMONSTRATIONS = True
-NEEDS_ROLLOUTS = True
-LEARNING_RATES = ("learning_rate",)  # every step has a policy-gradient term
+from .base import Method, Placement, StepKind, always, only
+
 PRESET = {"clip_ratio": False, "scale_rewards": "none", "loss_type": "dr_grpo", "beta": 0.0, "entropy_coef": 0.001}
 
 
-def step(trainer, state, examples):
+def step(trainer, state, examples, kind):
     cfg = trainer.config
 
     def luffy_loss(logps, old_logps, entropy, advantages, is_demo):
         return losses.mixed_policy_token_loss(logps, old_logps, advantages, is_demo, cfg.epsilon, cfg.epsilon_high,
                                               cfg.clip_ratio, shaping_gamma=cfg.luffy_gamma)
 
-    return trainer.policy_backward(trainer.rollouts(examples, demonstrations="replace"), luffy_loss)
+    return trainer.policy_backward(trainer.rollouts(examples, Placement.REPLACE), luffy_loss)
+
+
+METHOD = Method(name="luffy", plan=always(StepKind.POLICY), step=step, kinds=only(StepKind.POLICY),
+                needs_demonstrations=True, needs_rollouts=True, preset=PRESET)

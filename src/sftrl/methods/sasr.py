@@ -22,9 +22,8 @@ import random
 from ..config import ConfigError
 from ..rewards import RewardError, load_reward
 
-NEEDS_DEMONSTRATIONS = True
-NEEDS_ROLLOUTS = True
-LEARNING_RATES = ("learning_rate", "sft_learning_rate")
+from .base import Method, StepKind, only
+
 # β is unknown from the paper; 0.04 is DeepSeekMath's GRPO value. A recipe or override wins.
 PRESET = {"beta": 0.04}
 
@@ -49,7 +48,7 @@ def needs_reference(config) -> bool:
 
 def init_state(config) -> dict:
     load_rule(config.sasr_rule)  # a bad rule fails before training starts
-    return {"g_warmup": None, "g_sft": None, "rng": random.Random(config.seed).getstate(), "mode": None}
+    return {"g_warmup": None, "g_sft": None, "rng": random.Random(config.seed).getstate(), "mode": None, "p": None}
 
 
 def choose(state: dict, rule, gamma: float) -> tuple[str, float]:
@@ -62,15 +61,18 @@ def choose(state: dict, rule, gamma: float) -> tuple[str, float]:
     return ("sft" if alpha < p else "grpo"), p
 
 
-def step(trainer, state, examples):
-    cfg = trainer.config
-    if trainer.step < cfg.sasr_warmup_steps or state["g_warmup"] is None:  # warm-up (until a finite norm is read)
-        mode, p = "sft", 1.0
+def plan(config, step: int, state: dict) -> StepKind:
+    """This step's mode: SFT during warm-up (until a finite G_warmup is read), else the coin (Alg. 1)."""
+    if step < config.sasr_warmup_steps or state["g_warmup"] is None:
+        state["mode"], state["p"] = "sft", 1.0
     else:
-        mode, p = choose(state, load_rule(cfg.sasr_rule), cfg.sasr_gamma)
-    state["mode"] = mode
-    metrics = trainer.sft_backward(examples) if mode == "sft" else trainer.grpo_backward(examples)
-    return {**metrics, "sasr/mode": mode, "sasr/p_sft": p}
+        state["mode"], state["p"] = choose(state, load_rule(config.sasr_rule), config.sasr_gamma)
+    return StepKind.SFT if state["mode"] == "sft" else StepKind.POLICY
+
+
+def step(trainer, state, examples, kind):
+    metrics = trainer.sft_backward(examples) if kind is StepKind.SFT else trainer.grpo_backward(examples)
+    return {**metrics, "sasr/mode": state["mode"], "sasr/p_sft": state["p"]}
 
 
 def after_step(trainer, state, metrics):
@@ -86,3 +88,8 @@ def after_step(trainer, state, metrics):
     if state["g_warmup"] is not None:
         metrics["sasr/g_sft"] = state["g_sft"]
         metrics["sasr/g_warmup"] = state["g_warmup"]
+
+
+METHOD = Method(name="sasr", plan=plan, step=step, kinds=only(StepKind.SFT, StepKind.POLICY),
+                needs_demonstrations=True, needs_rollouts=True, init_state=init_state,
+                needs_reference=needs_reference, after_step=after_step, preset=PRESET)

@@ -4,12 +4,16 @@ The optimizer and its schedule carry on across the switch (one run, one schedule
 training job with a stage boundary would; set `warmup_steps` for a fresh warm-up at the start only.
 """
 
-NEEDS_DEMONSTRATIONS = True
-NEEDS_ROLLOUTS = True
-LEARNING_RATES = ("learning_rate", "sft_learning_rate")
+from .base import Method, StepKind, only
 
 
-def step(trainer, state, examples):
-    if trainer.step < trainer.config.sft_steps:
-        return trainer.sft_backward(examples)
-    return trainer.grpo_backward(examples)
+def plan(config, step, state):
+    return StepKind.SFT if step < config.sft_steps else StepKind.POLICY
+
+
+def step(trainer, state, examples, kind):
+    return trainer.sft_backward(examples) if kind is StepKind.SFT else trainer.grpo_backward(examples)
+
+
+METHOD = Method(name="sft-then-grpo", plan=plan, step=step, kinds=only(StepKind.SFT, StepKind.POLICY),
+                needs_demonstrations=True, needs_rollouts=True)

@@ -13,14 +13,13 @@ tokens; the RL terms share the `loss_type` normaliser over the augmented group.
 
 from .. import losses
 
-NEEDS_DEMONSTRATIONS = True
-NEEDS_ROLLOUTS = True
-LEARNING_RATES = ("learning_rate",)  # every step has a policy-gradient term
+from .base import Method, Placement, StepKind, always, only
+
 PRESET = {"entropy_coef": 0.001}  # the paper's entropy bonus; no KL
 RELEASED_CODE_SHAPING = 0.1
 
 
-def step(trainer, state, examples):
+def step(trainer, state, examples, kind):
     cfg = trainer.config
     sft = trainer.sft_backward(examples, token_weights=lambda h: losses.srft_sft_weights(h, cfg.srft_variant))
     shaping = RELEASED_CODE_SHAPING if cfg.srft_variant == "released-code" else None
@@ -34,6 +33,11 @@ def step(trainer, state, examples):
         stats["srft/w_rl"] = w_rl.masked_fill(~positive.unsqueeze(1), float("nan"))
         return loss, stats
 
-    rl = trainer.policy_backward(trainer.rollouts(examples, demonstrations="append"), srft_loss)
+    rl = trainer.policy_backward(trainer.rollouts(examples, Placement.APPEND), srft_loss)
     rl["srft/w_sft"] = sft.pop("sft/mean_weight")
     return {**sft, **rl}
+
+
+# Every step has a policy-gradient term, so it runs at learning_rate with batch_size prompts.
+METHOD = Method(name="srft", plan=always(StepKind.POLICY), step=step, kinds=only(StepKind.POLICY),
+                needs_demonstrations=True, needs_rollouts=True, preset=PRESET)

@@ -7,17 +7,16 @@
 
 import random
 
-NEEDS_DEMONSTRATIONS = True
-NEEDS_ROLLOUTS = True
-LEARNING_RATES = ("learning_rate", "sft_learning_rate")  # weighted mode uses learning_rate only
+from .base import Method, StepKind
 
 
 def init_state(config) -> dict:
-    return {"rng": random.Random(config.seed).getstate()}
+    return {"rng": random.Random(config.seed).getstate(), "mode": None}
 
 
 def mode_at(config, step: int, state: dict) -> str:
-    """"sft", "grpo" or "weighted" for 0-based step `step` (probability mode advances the generator)."""
+    """"sft", "grpo" or "weighted" for 0-based step `step` (probability mode advances the generator).
+    Called once per step, by plan; the step reads the mode back from the state."""
     if config.static_mode == "alternate":
         cycle = config.static_sft_steps + config.static_grpo_steps
         return "sft" if step % cycle < config.static_sft_steps else "grpo"
@@ -30,13 +29,27 @@ def mode_at(config, step: int, state: dict) -> str:
     return "weighted"
 
 
-def step(trainer, state, examples):
+def plan(config, step: int, state: dict) -> StepKind:
+    state["mode"] = mode_at(config, step, state)
+    return StepKind.SFT if state["mode"] == "sft" else StepKind.POLICY
+
+
+def kinds(config) -> frozenset[StepKind]:
+    if config.static_mode == "weighted":
+        return frozenset({StepKind.POLICY})  # one mixed loss every step
+    return frozenset({StepKind.SFT, StepKind.POLICY})
+
+
+def step(trainer, state, examples, kind):
     cfg = trainer.config
-    mode = mode_at(cfg, trainer.step, state)
-    if mode == "sft":
+    if state["mode"] == "sft":
         return trainer.sft_backward(examples)
-    if mode == "grpo":
+    if state["mode"] == "grpo":
         return trainer.grpo_backward(examples)
     mu = cfg.static_sft_weight
     return {**trainer.sft_backward(examples, weight=mu), **trainer.grpo_backward(examples, weight=1.0 - mu),
             "static/sft_weight": mu}
+
+
+METHOD = Method(name="static", plan=plan, step=step, kinds=kinds, needs_demonstrations=True, needs_rollouts=True,
+                init_state=init_state)

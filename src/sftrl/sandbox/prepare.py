@@ -9,9 +9,10 @@ base model starts in the regime the papers study (see README, "The sandbox"):
   usually wrong, while step-by-step solving is known and often correct when sampled. A verifier
   reward makes RL pick the step-by-step strategy; the demonstrations (always step by step) teach
   the same thing to SFT.
-- **A skill only the demonstrations carry.** Pretraining never shows a bracket, so the base model
-  cannot solve ``paren`` problems and never samples a correct answer: RL has nothing to amplify
-  there, while SFT on the demonstrations can teach the procedure (brackets first).
+- **A skill only the demonstrations carry.** Pretraining never shows a bracket or a ``*``, so the
+  base model cannot solve ``double`` problems and practically never samples a correct answer: RL
+  has nothing to amplify there, while SFT on the demonstrations can teach the procedure (work out
+  the bracket, then one line ``x*2=2x``).
 
 The shipped base model (``sftrl/sandbox/base-v2``, loaded for ``model: sandbox``) was made by
 :func:`prepare_base_model` with the default :class:`PretrainSettings`; ``sftrl sandbox prepare
@@ -321,7 +322,7 @@ def prepare_base_model(
     metadata = {
         "name": BASE_MODEL_NAME,
         "description": "sftrl sandbox base model: pretrained from scratch; prefers the bare-answer shortcut "
-        "on chains though it can solve them step by step, and has never seen brackets",
+        "on chains though it can solve them step by step, and has never seen brackets or '*'",
         "settings": settings.to_json(),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": losses[-1] if losses else None,

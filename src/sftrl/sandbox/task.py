@@ -6,26 +6,26 @@
     22-12=10
     \\boxed{10}
 
-``paren`` problems (``Compute 17+5-(13-4).``) hold one bracketed pair after a minus sign; the
-demonstration works the brackets out first, then the chain with their value in place::
+``double`` problems (``Compute (17+5-12)*2.``) put a chain in brackets and double it; the
+demonstration works out the chain, then doubles its value on one more line::
 
-    13-4=9
     17+5=22
-    22-9=13
-    \\boxed{13}
+    22-12=10
+    10*2=20
+    \\boxed{20}
 
 The two families give post-training methods different jobs (see ``sftrl.sandbox.prepare``): the
 base model has seen chains, and solves them step by step when it chooses to (reinforcement learning
-can amplify that), but it has never seen a bracket, so only demonstrations can teach the
-``paren`` procedure. Working left to right through a ``paren`` problem gives a wrong answer by
-construction, so a model that ignores the brackets is never rewarded by chance.
+can amplify that), but it has never seen a bracket or a ``*``, so only demonstrations can teach the
+``double`` procedure. Working out the bracket alone gives half the answer, so a model that ignores
+``*2`` is never rewarded by chance.
 
 Splits: ``train``, ``val`` and ``test`` share one difficulty (in-distribution: operands 1-19, 3-5
 terms) and are disjoint by construction: every problem is assigned to one side by a hash of its
 prompt, so no seed or size can make a test or validation problem appear in training. ``ood`` is
 harder: operands up to 29 and 4-6 terms. Every split mixes the families: a fixed share of
-``paren`` problems (``DEFAULT_SKILL_SHARE``) in the evaluation splits, and ``skill_share`` of the
-training rows. A row's ``data_source`` names its split and family (``sandbox-test-paren``), so
+``double`` problems (``DEFAULT_SKILL_SHARE``) in the evaluation splits, and ``skill_share`` of the
+training rows. A row's ``data_source`` names its split and family (``sandbox-test-double``), so
 evaluation reports each family on its own.
 
 Every partial result is a non-negative integer, so answers are written in plain decimal.
@@ -45,7 +45,7 @@ FAMILIES = ("chain", "double")
 DEFAULT_SIZES = {"train": 5000, "val": 200, "test": 200, "ood": 200}
 # Fixed per-split seeds: the default evaluation sets are the same on every machine and run.
 DEFAULT_SEEDS = {"train": 0, "val": 3, "test": 1, "ood": 2}
-# Share of problems that need the bracket skill, in the evaluation splits (always) and in training
+# Share of problems that need the doubling skill, in the evaluation splits (always) and in training
 # (unless the run sets another `skill_share`).
 DEFAULT_SKILL_SHARE = 0.3
 # In-distribution prompts are assigned by hash: bucket 0 -> test, bucket 1 -> val, the rest -> train.
@@ -218,7 +218,7 @@ def make_split(
     (harder). ``n`` and ``seed`` default to the split's fixed size and seed, so the default
     evaluation sets never change. Prompts within a split are unique.
 
-    ``skill_share``: the share of ``paren`` problems (default ``DEFAULT_SKILL_SHARE``): exactly
+    ``skill_share``: the share of ``double`` problems (default ``DEFAULT_SKILL_SHARE``): exactly
     ``floor(share * n)`` rows, spread evenly, so ``make_split(s, m)`` is a prefix of ``make_split(s, n)``
     for ``m < n``. ``demo_error_rate`` makes exactly
     ``round(rate * n)`` demonstrations wrong (one arithmetic slip propagated to a wrong final
@@ -239,7 +239,7 @@ def make_split(
     difficulty = SPLIT_DIFFICULTY[split]
 
     # Separate generators for each family's problems and for slips, so that the problems are the same
-    # at every error rate, and a family's problems do not depend on the share. Bracket rows are spread
+    # at every error rate, and a family's problems do not depend on the share. Doubling rows are spread
     # evenly (row i is one when floor((i+1)·share) steps up), so every prefix of a split, such as the
     # first 100 rows that max_eval_examples=100 takes, holds the same share.
     slip_rng = random.Random(f"sandbox-{split}-{seed}-slips")
