@@ -348,7 +348,7 @@ def test_shipped_base_model_is_complete_and_made_by_the_recorded_recipe():
     # The regime the sandbox is built for (README, The sandbox): greedy decoding takes the shortcut on
     # chains, sampling often solves them step by step, and doubling is (almost) never solved.
     test = metadata["test"]
-    assert test["chain"]["greedy_shortcut"] > 0.8 and test["chain"]["greedy_accuracy"] < 0.15
+    assert test["chain"]["greedy_shortcut"] > 0.8 and test["chain"]["greedy_accuracy"] < 0.25
     assert test["chain"]["sampled_accuracy"] > test["chain"]["greedy_accuracy"] + 0.15
     assert test["double"]["greedy_accuracy"] <= 0.02 and test["double"]["sampled_accuracy"] <= 0.03
 

@@ -45,10 +45,11 @@ IGNORED_WHEN_REUSING = {"resume", "progress"}  # settings that do not change wha
 TUNE_SEED = 1000  # tuning runs use a seed of their own, so the compared seeds never choose their own rates
 # The sandbox budget every compared run shares (recipes/sandbox-*.yaml carry the same values).
 DEFAULT_BUDGET: dict[str, Any] = {
-    "max_steps": 50, "batch_size": 16, "num_generations": 8, "learning_rate": 1e-4, "sft_learning_rate": 3e-4,
+    "max_steps": 50, "batch_size": 16, "sft_batch_size": 128, "num_generations": 8, "learning_rate": 1e-4,
+    "sft_learning_rate": 1e-3,
     "lr_scheduler": "constant", "warmup_steps": 5, "max_completion_length": 64,
 }
-DEFAULT_LR_GRID = {"learning_rate": [3e-5, 1e-4, 3e-4], "sft_learning_rate": [1e-4, 3e-4, 1e-3]}
+DEFAULT_LR_GRID = {"learning_rate": [3e-5, 1e-4, 3e-4], "sft_learning_rate": [3e-4, 1e-3, 3e-3]}
 # Two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond 30).
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
@@ -412,9 +413,11 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
     names = _names(results)
     pairs = {split: paired_differences(results, lambda r, s=split: r.get(s, {}).get("avg@k"), names)
              for split in ("in-dist", "ood")}
-    budget_text = (f"{budget['max_steps']} steps x {budget['batch_size']} prompts x {budget['num_generations']} "
-                   f"rollouts (or demonstrations); learning_rate {budget['learning_rate']:g} (policy-gradient "
-                   f"steps), sft_learning_rate {budget['sft_learning_rate']:g} (SFT-only steps)"
+    sft_batch = budget.get("sft_batch_size") or budget["batch_size"]
+    budget_text = (f"{budget['max_steps']} steps; a step with a policy-gradient term takes {budget['batch_size']} "
+                   f"prompts x {budget['num_generations']} rollouts at learning_rate {budget['learning_rate']:g}, an "
+                   f"SFT-only step {sft_batch} demonstrations at sft_learning_rate "
+                   f"{budget.get('sft_learning_rate') or budget['learning_rate']:g}"
                    f"{', tuned per method on sandbox:val' if tuning else ''}; evaluated on {eval_limit} prompts "
                    f"per split with {k} samples at temperature {temperature}")
     (out_dir / "results.json").write_text(json.dumps(
