@@ -1,4 +1,4 @@
-"""Shared fixtures: offline mode, a tiny untrained sandbox model saved locally, the prepared base model."""
+"""Shared fixtures: offline mode, a tiny untrained sandbox model saved locally, a reward file."""
 
 import os
 
@@ -24,14 +24,6 @@ def tiny_model_dir(tmp_path_factory):
     build_model(tokenizer, seed=0).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="session")
-def sandbox_base_model():
-    """The prepared sandbox base model (trained once, then cached under $SFTRL_CACHE or ~/.cache/sftrl)."""
-    from sftrl.sandbox import prepare_base_model
-
-    return prepare_base_model(progress=False)
 
 
 REWARD_FILE = '''
