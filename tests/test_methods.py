@@ -44,7 +44,7 @@ class ScriptedTrainer:
         self.snapshots.append(self.step)
 
     def run(self, method, steps):
-        state = method.init_state(self.config)
+        state = method.init_state(self.config, 64)
         records = []
         for _ in range(steps):
             kind = method.plan(self.config, self.step, state)
@@ -105,7 +105,7 @@ def test_sasr_rule_is_replaceable_and_checked(tmp_path):
     records, _ = ScriptedTrainer(config, [1.0] * 6).run(sasr.METHOD, 6)
     assert [r["sasr/mode"] for r in records] == ["sft"] + ["grpo"] * 5
     with pytest.raises(ConfigError, match="sasr_rule.*no attribute"):
-        sasr.METHOD.init_state(load_config(overrides=dict(method="sasr", sasr_rule=f"{rule}:missing")))
+        sasr.METHOD.init_state(load_config(overrides=dict(method="sasr", sasr_rule=f"{rule}:missing")), 64)
     with pytest.raises(ConfigError, match="sasr_rule"):
         load_config(overrides=dict(method="sasr", sasr_rule="no_colon"))
 
