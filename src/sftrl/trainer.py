@@ -221,6 +221,10 @@ class Trainer:
         """`value` summed over every process (collective: every process must call it)."""
         return self._global_sum(value)
 
+    def global_sums(self, values: list[float]) -> list[float]:
+        """Each value summed over every process, in one all-reduce (collective)."""
+        return self._global_sums(values)
+
     def gather_rows(self, values: list) -> list:
         """Every process's per-row values of a list sharded as global[rank::world] (the step's prompts,
         drawn demonstrations), put back in the global order; collective."""
@@ -266,6 +270,10 @@ class Trainer:
         self._loss += float(loss.detach())  # every loss optimised passes here: the logged `loss` is their sum
         with self.accelerator.no_sync(self.model):
             self.accelerator.backward(loss * self.world)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of a piece of target text, no special tokens (UFT's hints)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
         """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
