@@ -233,8 +233,8 @@ def chord_phi_weights(
     logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens
 ) -> torch.Tensor:
     """CHORD's per-token weight φ_t = sg(p_t (1 - p_t)), p_t = π_θ(d_t | x, d_<t), (B, T) (CHORD-φ,
-    arXiv 2508.11408, §3.3): largest at p = 0.5, so tokens the policy already predicts (p → 1) or finds
-    implausible (p → 0) pull on it least. A constant: no gradient flows through it."""
+    arXiv 2508.11408; Trinity-RFT's `phi_function`): largest at p = 0.5, so tokens the policy already
+    predicts (p → 1) or finds implausible (p → 0) pull on it least. A constant: no gradient flows through it."""
     probs = logps.detach().exp()  # (B, T)
     return probs * (1.0 - probs)
 

@@ -1,4 +1,4 @@
-"""CHORD (arXiv 2508.11408): one loss, L = (1-μ_t)·L_GRPO + μ_t·L_SFT-φ (its Eq. 6 with Eq. 8's φ).
+"""CHORD (arXiv 2508.11408): one loss, L = (1-μ_t)·L_GRPO + μ_t·L_SFT-φ (as Trinity-RFT's MIXCHORDPolicyLossFn).
 
 - L_GRPO: the on-policy term over the step's rollouts (token-level, std-scaled advantages, ε = 0.2 and
   no KL are the defaults), normalised over its own rows by `loss_type`.

@@ -9,8 +9,8 @@ Statistics, measured every f = `gac_update_every` steps from the first on (no gr
   without `chord_phi`): the squared mismatch of the SFT and RL gradient coefficients;
 each tracked by an EMA with weight b on the old value, starting from its first value (before it:
 Δg² = 0, σ_s² = σ_r² = 1). Every step:
-  μ* = (α·Δg² + σ_r²)/(Δg² + σ_s² + σ_r² + 1e-8)               (paper Eq. for the MSE-optimal μ)
-  μ_a = clip(b·μ_{t-1} + (1-b)·μ*, μ_min, μ_max)
+  μ* = (α·Δg² + σ_r²)/(Δg² + σ_s² + σ_r² + 1e-8)               (the MSE-optimal closed form, paper Sec. 3)
+  μ_a = clip(b·μ_{t-1} + (1-b)·μ*, μ_min, μ_max)                (EMA, prior blend and change cap: Sec. 3.4)
   μ_c = (1-λ)·prior(t) + λ·μ_a                                    (prior: CHORD's schedule)
   μ_t = clip(μ_{t-1} + clip(μ_c - μ_{t-1}, ±c̄), μ_min, μ_max)
 μ_t is computed at the start of step t from the statistics measured in the steps before it; step t's
