@@ -386,3 +386,39 @@ def test_each_new_method_trains_a_hugging_face_model_on_your_own_data(tmp_path, 
     assert [r["step"] for r in records] == [1, 2]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
     assert (run / "model" / "config.json").exists()
+
+
+@pytest.mark.parametrize("override,field", [
+    (dict(method="hpt", hpt_gate=8), "hpt_gate: must be below num_generations=8"),
+    (dict(hpt_gate=-1), "hpt_gate: must be 0 or more"),
+    (dict(expert_data_ratio=1.0), "expert_data_ratio: must be in"),
+    (dict(gac_mu_init=0.95), "gac_mu_init: must lie in"),
+    (dict(gac_trim_ratio=0.5), "gac_trim_ratio"),
+    (dict(uft_hint_prob_low=0.9, uft_hint_prob_high=0.5), "uft_hint_prob_low: must not exceed"),
+    (dict(uft_step_separator=""), "uft_step_separator"),
+    (dict(sft_epochs=0), "sft_epochs: must be positive"),
+    (dict(sft_lr_scheduler="linear"), "sft_lr_scheduler"),
+    (dict(rl_steps=0), "rl_steps: must be at least 1"),
+    (dict(skip_update_grad_norm=-1.0), "skip_update_grad_norm"),
+])
+def test_new_fields_are_range_checked_and_the_error_names_the_field(override, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(overrides=override)
+
+
+def test_updates_above_skip_update_grad_norm_are_skipped_without_stopping_the_run(tmp_path, tiny_model_dir):
+    """HPT's released scripts skip an update whose gradient norm exceeds 80; such steps are counted in
+    skipped_steps but, being finite, never count towards max_nonfinite_steps."""
+    run = tmp_path / "skip"
+    trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=4, max_nonfinite_steps=2,
+                                  skip_update_grad_norm=1e-3, output_dir=str(run)))
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    summary = trainer.train()
+    records = [r for r in read_metrics(run) if "step_type" in r]
+    assert all(r["grad_norm"] > 1e-3 for r in records)
+    assert [r["skipped_steps"] for r in records] == [1, 2, 3, 4] and summary["skipped_steps"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
+    run2 = tmp_path / "noskip"
+    Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=2, skip_update_grad_norm=1e6,
+                        output_dir=str(run2))).train()
+    assert [r["skipped_steps"] for r in read_metrics(run2) if "step_type" in r] == [0, 0]

@@ -71,10 +71,10 @@ class Config:
     # --- optimisation --------------------------------------------------------------------------
     max_steps: int = _f(100, "Optimizer steps to train.")
     batch_size: int = _f(32, "Prompts per optimizer step with a policy-gradient term (each with num_generations rollouts); SFT-only steps take sft_batch_size demonstrations.")
-    sft_batch_size: int | None = _f(None, "Demonstrations per SFT-only step (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability); null = batch_size. The papers' SFT stages use their own batch (e.g. 64).")
+    sft_batch_size: int | None = _f(None, "Demonstrations per SFT-only step (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability) and per ReLIFT SFT update; null = batch_size. The papers' SFT stages use their own batch (e.g. 64).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
     learning_rate: float = _f(1e-4, "Peak AdamW learning rate of every step with a policy-gradient term (GRPO, LUFFY, SRFT, weighted mixtures); SFT-only steps use sft_learning_rate. Sandbox default; the papers use 1e-6 on 7B models.")
-    sft_learning_rate: float | None = _f(None, "Peak learning rate of SFT-only steps (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability); null = learning_rate. SFT tolerates higher rates than RL (the papers: SFT 5e-5, RL 1e-6 at 7B).")
+    sft_learning_rate: float | None = _f(None, "Peak learning rate of SFT-only steps (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability) and of ReLIFT's SFT updates; null = learning_rate. SFT tolerates higher rates than RL (the papers: SFT 5e-5, RL 1e-6 at 7B).")
     lr_scheduler: str = _f("cosine", "Learning-rate schedule after warm-up: constant or cosine.")
     warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
