@@ -590,7 +590,14 @@ class Trainer:
         takes part with zeros, so every process runs the same all-reduces) and clip their global norm;
         returns the norm before clipping."""
         if self.world > 1:
-            for p in self.model.parameters():
+            parameters = list(self.model.parameters())
+            # Which parameters any process has a gradient for (one all-reduce), so that all reduce the
+            # same ones, and one that no process touched stays without a gradient as on one process.
+            touched = torch.tensor([float(p.grad is not None) for p in parameters], device=self.accelerator.device)
+            torch.distributed.all_reduce(touched)
+            for p, count in zip(parameters, touched.tolist()):
+                if count == 0:
+                    continue
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 torch.distributed.all_reduce(p.grad)
