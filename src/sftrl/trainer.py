@@ -1,11 +1,15 @@
 """The one training loop, shared by every method.
 
-Each optimizer step: draw `batch_size` prompts -> the method runs its backward passes through
-`sft_backward` / `grpo_backward` -> global gradient norm, clipping, AdamW step at the step's rate ->
-metrics.jsonl (TRL's metric names) -> periodic evaluation and atomic checkpoints.
+Each optimizer step: the method plans the step's kind -> draw `batch_size` prompts (or `sft_batch_size`
+demonstrations) -> the method runs its backward passes through the primitives of
+`methods.base.Primitives` -> `loss` = the sum of what was back-propagated -> global gradient norm,
+clipping, AdamW step at the method's rate -> the method's after_step -> metrics.jsonl (TRL's metric
+names) -> periodic evaluation and atomic checkpoints.
 A step whose loss or gradient is not finite is skipped (no update, counted in `skipped_steps`);
 `max_nonfinite_steps` of them in a row stop the run with the last good checkpoint kept.
-Runs on `accelerate` (single process, or `accelerate launch` for data parallelism).
+Runs on `accelerate` (single process, or `accelerate launch` / `torchrun` for data parallelism: the
+step's rows are sharded global[rank::world], forwards go through the unwrapped module and gradients
+are all-reduced once per update, so processes whose rows decided differently stay in step).
 """
 
 from __future__ import annotations
