@@ -30,6 +30,12 @@ REWARD_FILE = '''
 def odd_length(prompts, completions, answer, **kwargs):
     """A deterministic reward with signal even for an untrained model: 1 for odd-length completions."""
     return [float(len(c) % 2) for c in completions]
+
+
+def even_answer(prompts, completions, answer, **kwargs):
+    """A reward fixed by the prompt alone: 1 for every rollout of a prompt whose answer is even, else 0, so
+    gates and buffers decide the same whatever is sampled (and whatever the number of processes)."""
+    return [float(int(a) % 2 == 0) for a in answer]
 '''
 
 
@@ -38,3 +44,8 @@ def reward_spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("rewards") / "my_rewards.py"
     path.write_text(REWARD_FILE)
     return f"{path}:odd_length"
+
+
+@pytest.fixture(scope="session")
+def even_answer_spec(reward_spec):
+    return reward_spec.replace(":odd_length", ":even_answer")

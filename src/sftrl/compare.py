@@ -7,7 +7,7 @@ distribution, summarised with 95% confidence intervals and paired (same-seed) di
 
 Equal budget: every run takes the same optimizer steps with the same prompts per step and rollouts
 per prompt; phase lengths scale with it (SFT→GRPO and GRPO→SFT switch at half the steps, SASR warms
-up for a fifth). Learning rates: `learning_rate` for steps with a policy-gradient term and
+up for a fifth, UFT's hints last 60% of the steps as its 300 of 500). Learning rates: `learning_rate` for steps with a policy-gradient term and
 `sft_learning_rate` for SFT-only steps, from the budget, or per method from `--tune`, which trains
 each method once per point of a small grid (seed `TUNE_SEED`, never one of the compared seeds) and
 keeps the rates with the best greedy accuracy on the validation split `sandbox:val` (never the test
@@ -38,7 +38,9 @@ from .config import Config, ConfigError
 from .validate import load_config
 from .methods import METHODS
 
-METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "sasr"]
+# GAC sits beside SASR: both let gradient statistics pick the mixture.
+METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "hpt", "relift", "chord",
+                "uft", "sasr", "gac"]
 SPLITS = {"in-dist": "sandbox:test", "ood": "sandbox:ood"}
 FAMILIES = ("chain", "double")
 IGNORED_WHEN_REUSING = {"resume", "progress"}  # settings that do not change what a run computes
@@ -59,7 +61,7 @@ def budget_overrides(budget: dict[str, Any]) -> dict[str, Any]:
     """The config values every run shares; phase lengths are fractions of the steps."""
     steps = budget["max_steps"]
     return {"model": "sandbox", "train_data": "sandbox", **budget, "sft_steps": steps // 2, "grpo_steps": steps // 2,
-            "sasr_warmup_steps": max(1, steps // 5)}
+            "sasr_warmup_steps": max(1, steps // 5), "uft_hint_steps": round(0.6 * steps)}  # UFT: 300 of 500
 
 
 def run_config(method: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int) -> Config:
