@@ -187,8 +187,8 @@ class Trainer:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(tensor, reduction="sum").item())
 
-    def _micro_batches(self, n: int):
-        return micro_batches(n, self.config.micro_batch_size)
+    def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
+        return micro_batches(lengths, self.config.micro_batch_size)
 
     def _backward(self, loss: torch.Tensor) -> None:
         # DDP averages gradients over ranks; our losses are already global sums / global counts.
@@ -219,7 +219,7 @@ class Trainer:
         if kl_coef > 0 and self.reference is None:
             raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
         sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
-        for rows in self._micro_batches(len(examples)):
+        for rows in self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)]):
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
             logits = target_logits(self.model, batch)  # (B, T, V)
@@ -381,8 +381,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
-        for rows in self._micro_batches(n):
-            idx = list(rows)
+        for idx in self._micro_batches([len(t) for t in rollouts.target_ids]):
             batch = pack([rollouts.prompt_ids[i] for i in idx], [rollouts.target_ids[i] for i in idx],
                          self.pad_id, self.accelerator.device)
             device = batch.target_mask.device
