@@ -3,7 +3,11 @@
 What it saves over `model.generate` (measured in benchmarks/README.md):
 - each prompt is prefilled once and its KV cache copied to its `num_generations` rows, where
   `generate` prefills every copy of the prompt;
-- rows that finished (EOS) leave the batch, so later steps compute only the rows still running;
+- the KV cache is allocated once for the whole generation and each step writes one column of it;
+  `generate`'s DynamicCache concatenates, so copies the whole cache of every layer, at every step
+  (the largest cost of generation on a CPU, see the profile in benchmarks/README.md);
+- rows that finished (EOS) leave the batch once they are a quarter of it, so later steps compute
+  mostly rows still running;
 - no logits processors, stopping criteria or per-step generation bookkeeping: one forward, one
   sampling step (temperature, top-p, multinomial) per token.
 The tokens are drawn from exactly the distribution `generate` uses with the same settings
@@ -15,9 +19,12 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..models import cache_keyword
 from .common import Sampling, chunks, left_pad
+
+COMPACT_WHEN_FINISHED = 0.25  # finished rows leave the batch when they are this share of it
 
 
 def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -44,6 +51,51 @@ def next_tokens(logits: torch.Tensor, sampling: Sampling, step: int) -> torch.Te
     return torch.multinomial(probs, num_samples=1).squeeze(1)
 
 
+class BufferLayer(CacheLayerMixin):
+    """One layer's keys and values in buffers (B, H, capacity, D) allocated once: each forward writes
+    its columns in place and attends to a view of the columns written so far."""
+
+    is_sliding = False
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, _ = key_states.shape
+        self.keys = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
+        self.values = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]))
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self.keys[:, :, self.length:end] = key_states
+        self.values[:, :, self.length:end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0  # (kv length, kv offset) as a DynamicLayer reports them
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+
+def buffer_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], capacity: int) -> Cache:
+    """A cache of BufferLayers holding each layer's (keys, values), each (B, H, L, D), L <= capacity."""
+    cache = Cache(layers=[BufferLayer(capacity) for _ in layers])
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
+
+
 @torch.no_grad()
 def sample_with_decode_loop(model: PreTrainedModel, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
     """Each prompt's `num_generations` completions (EOS included), prompt i's at i*G ... i*G+G-1."""
@@ -60,31 +112,37 @@ def _decode(prompts: list[list[int]], model: PreTrainedModel, s: Sampling) -> li
     ids, mask = left_pad(prompts, s.pad_id, device)  # (N, P)
     width = ids.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, P): left padding does not shift positions
-    cache = DynamicCache()
+    prefill = DynamicCache()
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **{cache_kw: cache}).logits[:, -1]  # (N, V)
-    # One prefill per prompt: its G samples start from copies of the same cache rows.
-    cache.batch_repeat_interleave(g)
+                   logits_to_keep=1, **{cache_kw: prefill}).logits[:, -1]  # (N, V)
+    # One prefill per prompt: its G samples start from copies of its cache rows, in buffers with
+    # room for every token to come.
+    cache = buffer_cache([(layer.keys.repeat_interleave(g, dim=0), layer.values.repeat_interleave(g, dim=0))
+                          for layer in prefill.layers], width + steps)
     logits = logits.repeat_interleave(g, dim=0)  # (B, V), B = N·G
     batch = logits.shape[0]
     attention = torch.cat([mask.repeat_interleave(g, dim=0), mask.new_ones(batch, steps)], dim=1)  # (B, P + T)
     position = positions[:, -1:].repeat_interleave(g, dim=0) + 1  # (B, 1) position of the next token
     tokens = torch.full((batch, steps), s.pad_id, dtype=torch.long, device=device)  # (B, T)
     lengths = torch.full((batch,), steps, dtype=torch.long, device=device)  # (B,)
-    rows = torch.arange(batch, device=device)  # original row of each row still running
+    rows = torch.arange(batch, device=device)  # original row of each row in the batch
+    running = torch.ones(batch, dtype=torch.bool, device=device)  # (b,) False once a row has its EOS
     eos = torch.tensor(s.eos_ids, device=device)
     for step in range(steps):
-        token = next_tokens(logits, s, step)  # (b,)
+        token = next_tokens(logits, s, step).masked_fill(~running, s.pad_id)  # (b,)
         tokens[rows, step] = token
-        running = ~torch.isin(token, eos)  # (b,)
-        if not bool(running.all()):
-            lengths[rows[~running]] = step + 1
+        ended = running & torch.isin(token, eos)
+        if bool(ended.any()):
+            lengths[rows[ended]] = step + 1
+            running &= ~ended
             if not bool(running.any()):
                 break
-            # Finished rows leave the batch (and the cache): later steps compute only the rows still running.
-            keep = running.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, token, attention, position = rows[keep], token[keep], attention[keep], position[keep]
+            if float((~running).float().mean()) >= COMPACT_WHEN_FINISHED:
+                keep = running.nonzero().squeeze(1)  # copy the running rows' cache; the finished rows' is dropped
+                cache = buffer_cache([(layer.keys[keep, :, :layer.length], layer.values[keep, :, :layer.length])
+                                      for layer in cache.layers], width + steps)
+                rows, token, attention, position, running = (rows[keep], token[keep], attention[keep], position[keep],
+                                                             running[keep])
         if step + 1 == steps:
             break
         logits = model(input_ids=token[:, None], attention_mask=attention[:, :width + step + 1], position_ids=position,
