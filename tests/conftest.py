@@ -1,4 +1,4 @@
-"""Shared fixtures: offline mode, a tiny untrained sandbox model saved locally, the prepared base model."""
+"""Shared fixtures: offline mode, a tiny untrained sandbox model saved locally, a reward file."""
 
 import os
 
@@ -26,18 +26,16 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def sandbox_base_model():
-    """The prepared sandbox base model (trained once, then cached under $SFTRL_CACHE or ~/.cache/sftrl)."""
-    from sftrl.sandbox import prepare_base_model
-
-    return prepare_base_model(progress=False)
-
-
 REWARD_FILE = '''
 def odd_length(prompts, completions, answer, **kwargs):
     """A deterministic reward with signal even for an untrained model: 1 for odd-length completions."""
     return [float(len(c) % 2) for c in completions]
+
+
+def even_answer(prompts, completions, answer, **kwargs):
+    """A reward fixed by the prompt alone: 1 for every rollout of a prompt whose answer is even, else 0, so
+    gates and buffers decide the same whatever is sampled (and whatever the number of processes)."""
+    return [float(int(a) % 2 == 0) for a in answer]
 '''
 
 
@@ -46,3 +44,8 @@ def reward_spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("rewards") / "my_rewards.py"
     path.write_text(REWARD_FILE)
     return f"{path}:odd_length"
+
+
+@pytest.fixture(scope="session")
+def even_answer_spec(reward_spec):
+    return reward_spec.replace(":odd_length", ":even_answer")

@@ -44,7 +44,7 @@ class ScriptedTrainer:
         self.snapshots.append(self.step)
 
     def run(self, method, steps):
-        state = method.init_state(self.config)
+        state = method.init_state(self.config, 64)
         records = []
         for _ in range(steps):
             kind = method.plan(self.config, self.step, state)
@@ -105,7 +105,7 @@ def test_sasr_rule_is_replaceable_and_checked(tmp_path):
     records, _ = ScriptedTrainer(config, [1.0] * 6).run(sasr.METHOD, 6)
     assert [r["sasr/mode"] for r in records] == ["sft"] + ["grpo"] * 5
     with pytest.raises(ConfigError, match="sasr_rule.*no attribute"):
-        sasr.METHOD.init_state(load_config(overrides=dict(method="sasr", sasr_rule=f"{rule}:missing")))
+        sasr.METHOD.init_state(load_config(overrides=dict(method="sasr", sasr_rule=f"{rule}:missing")), 64)
     with pytest.raises(ConfigError, match="sasr_rule"):
         load_config(overrides=dict(method="sasr", sasr_rule="no_colon"))
 
@@ -185,15 +185,23 @@ STEP_TYPES = {
     "sft-then-grpo": ["sft", "sft", "grpo", "grpo", "grpo", "grpo"],
     "grpo-then-sft": ["grpo", "grpo", "sft", "sft", "sft", "sft"],
     "static": ["sft", "grpo", "grpo"] * 2,
+    "hpt": None,  # per-prompt gate: checked against its own counts below
+    "relift": None,  # an SFT update on the steps whose buffer filled: checked below
+    "chord": ["sft+grpo"] * 6,
+    "gac": ["sft+grpo"] * 6,
+    "uft": ["sft+grpo"] * 6,  # hints (and their NLL term) all along: T_hint = 300
 }
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, reward_spec, method):
+def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, reward_spec, even_answer_spec, method):
     assert set(STEP_TYPES) == set(METHODS)
-    common = dict(method=method, max_steps=6, save_every=3, reward_funcs=[reward_spec], sft_steps=2, grpo_steps=2,
+    # ReLIFT buffers prompts whose rollouts all fail: a reward fixed by the prompt makes that happen often.
+    reward = even_answer_spec if method == "relift" else reward_spec
+    common = dict(method=method, max_steps=6, save_every=3, reward_funcs=[reward], sft_steps=2, grpo_steps=2,
                   sft_kl_coef=0.1, sasr_warmup_steps=2, sasr_reference="warmup", static_sft_steps=1,
-                  static_grpo_steps=2, max_completion_length=10, seed=3)
+                  static_grpo_steps=2, max_completion_length=10, seed=3, hpt_gate=1, gac_update_every=2,
+                  sft_batch_size=2)
     full_dir = tmp_path / "full"
     Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(full_dir), **common)).train()
     full = read_metrics(full_dir)
@@ -202,6 +210,15 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, rewar
         assert types[:2] == ["sft", "sft"] and set(types[2:]) == {"sft", "grpo"}  # both kinds after the warm-up
         assert all(r["sasr/mode"] == r["step_type"] for r in full)
         assert all("kl_ref" in r for r in full[2:])  # measured every step after the warm-up snapshot
+    elif method == "hpt":  # SFT terms exactly on the steps whose gate sent a prompt to SFT
+        assert [r["hpt/sft_prompts"] + r["hpt/rl_prompts"] for r in full] == [4] * 6
+        assert types == ["+".join(k for k, n in (("sft", r["hpt/sft_prompts"]), ("grpo", r["hpt/rl_prompts"])) if n)
+                         for r in full]
+        assert "sft+grpo" in types  # the gate sent some prompts to SFT (γ = 1: at most 1 of 4 correct)
+    elif method == "relift":  # an SFT update exactly when the buffer reached sft_batch_size
+        assert types == ["sft+grpo" if r["relift/sft_update"] else "grpo" for r in full]
+        assert "sft+grpo" in types[3:] and all(r["relift/buffer_size"] < 2 for r in full)
+        assert full[2]["relift/buffer_size"] > 0  # the checkpoint at step 3 holds a buffered prompt
     else:
         assert types == STEP_TYPES[method]
     for record in full:
@@ -210,6 +227,9 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, rewar
         assert all(0 < r["srft/w_sft"] <= 0.5 for r in full)
     if method in ("luffy", "srft"):
         assert all("demo/reward" in r for r in full)
+    if method == "gac":  # statistics every 2 steps; μ moves from 0.5 by at most 0.01 a step
+        assert [r["gac/updated"] for r in full] == [1.0, 0.0] * 3
+        assert all(abs(b["gac/mu"] - a["gac/mu"]) <= 0.01 + 1e-12 for a, b in zip(full, full[1:]))
 
     part_dir = tmp_path / "part"
     shutil.copytree(full_dir / "checkpoints", part_dir / "checkpoints")

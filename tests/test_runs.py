@@ -86,8 +86,8 @@ def poison(monkeypatch, bad_steps, mode="grad"):
         if self.step + 1 in bad_steps:
             if mode == "grad":
                 next(self.model.parameters()).grad.view(-1)[0] = float("nan")
-            else:
-                metrics["sft/loss"] = float("inf")
+            else:  # the loss the step back-propagated (what `loss` logs) is not finite
+                self._loss += float("inf")
         return metrics
 
     monkeypatch.setattr(Trainer, "sft_backward", sft_backward)

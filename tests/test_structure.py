@@ -101,3 +101,22 @@ def test_registering_a_taken_name_is_refused():
     with pytest.raises(registry.RegistryError, match="without ':'"):
         registry.register_dataset("a:b", lambda split: [])
     assert json.dumps(sorted(registry.reward_names()))  # names are plain strings
+
+
+def test_the_trainer_offers_every_primitive_a_method_may_call_with_the_same_signature():
+    """methods/base.py's Primitives protocol is the contract; the Trainer implements each call as declared."""
+    import inspect
+
+    from sftrl.methods.base import Primitives
+    from sftrl.trainer import Trainer
+
+    declared = {name: member for name, member in vars(Primitives).items()
+                if inspect.isfunction(member) and not name.startswith("_")}
+    assert {"sft_backward", "rollouts", "policy_backward", "gather_rows", "draw_demonstrations",
+            "extra_optimizer_step"} <= set(declared)
+    for name, member in declared.items():
+        ours = inspect.signature(getattr(Trainer, name))
+        theirs = inspect.signature(member)
+        assert list(ours.parameters) == list(theirs.parameters), name
+        assert [p.default for p in ours.parameters.values()] == [p.default for p in theirs.parameters.values()], name
+    assert set(Primitives.__annotations__) == {"config", "step"}

@@ -7,7 +7,7 @@ distribution, summarised with 95% confidence intervals and paired (same-seed) di
 
 Equal budget: every run takes the same optimizer steps with the same prompts per step and rollouts
 per prompt; phase lengths scale with it (SFT→GRPO and GRPO→SFT switch at half the steps, SASR warms
-up for a fifth). Learning rates: `learning_rate` for steps with a policy-gradient term and
+up for a fifth, UFT's hints last 60% of the steps as its 300 of 500). Learning rates: `learning_rate` for steps with a policy-gradient term and
 `sft_learning_rate` for SFT-only steps, from the budget, or per method from `--tune`, which trains
 each method once per point of a small grid (seed `TUNE_SEED`, never one of the compared seeds) and
 keeps the rates with the best greedy accuracy on the validation split `sandbox:val` (never the test
@@ -32,16 +32,15 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from .config import Config, ConfigError
 from .validate import load_config
 from .methods import METHODS
 
-METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "sasr"]
+# GAC sits beside SASR: both let gradient statistics pick the mixture.
+METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "hpt", "relift", "chord",
+                "uft", "sasr", "gac"]
 SPLITS = {"in-dist": "sandbox:test", "ood": "sandbox:ood"}
 FAMILIES = ("chain", "double")
-IGNORED_WHEN_REUSING = {"resume", "progress"}  # settings that do not change what a run computes
 TUNE_SEED = 1000  # tuning runs use a seed of their own, so the compared seeds never choose their own rates
 # The sandbox budget every compared run shares (recipes/sandbox-*.yaml carry the same values).
 DEFAULT_BUDGET: dict[str, Any] = {
@@ -59,7 +58,7 @@ def budget_overrides(budget: dict[str, Any]) -> dict[str, Any]:
     """The config values every run shares; phase lengths are fractions of the steps."""
     steps = budget["max_steps"]
     return {"model": "sandbox", "train_data": "sandbox", **budget, "sft_steps": steps // 2, "grpo_steps": steps // 2,
-            "sasr_warmup_steps": max(1, steps // 5)}
+            "sasr_warmup_steps": max(1, steps // 5), "uft_hint_steps": round(0.6 * steps)}  # UFT: 300 of 500
 
 
 def run_config(method: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int) -> Config:
@@ -68,10 +67,16 @@ def run_config(method: str, seed: int, run_dir: Path, shared: dict[str, Any], ch
                               "save_every": checkpoint_every, "save_total_limit": 1000})
 
 
+def _differences(run_dir: Path, config: Config) -> list[str]:
+    """The settings that differ from the run's and change its result (a field its config.yaml lacks,
+    written before the field existed, counts as its default)."""
+    from .checkpoint import config_differences, read_run_config
+
+    return config_differences(read_run_config(run_dir), config)
+
+
 def _same_settings(run_dir: Path, config: Config) -> bool:
-    old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    new = config.to_dict()
-    return all(old.get(key) == value for key, value in new.items() if key not in IGNORED_WHEN_REUSING)
+    return not _differences(run_dir, config)
 
 
 def train_or_reuse(config: Config) -> tuple[Path, str]:
@@ -80,8 +85,9 @@ def train_or_reuse(config: Config) -> tuple[Path, str]:
 
     run_dir = config.run_dir
     if (run_dir / "summary.json").exists():
-        if not _same_settings(run_dir, config):
-            raise FileExistsError(f"{run_dir} holds a finished run with other settings; "
+        differences = _differences(run_dir, config)
+        if differences:
+            raise FileExistsError(f"{run_dir} holds a finished run with other settings ({'; '.join(differences)}); "
                                   f"choose another --output-dir or delete it")
         return run_dir, "reused"
     has_checkpoint = any((run_dir / "checkpoints").glob("step-*"))

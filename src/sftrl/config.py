@@ -42,7 +42,7 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class Config:
     # --- what to train -------------------------------------------------------------------------
-    method: str = _f("sasr", "Training method: sasr, srft, luffy, sft, grpo, sft-then-grpo, grpo-then-sft or static (see README, Methods).")
+    method: str = _f("sasr", "Training method: sasr, srft, luffy, hpt, relift, chord, gac, uft, sft, grpo, sft-then-grpo, grpo-then-sft or static (see README, Methods).")
     model: str = _f("sandbox", "Hugging Face hub id or local directory of a causal LM; 'sandbox' = the prepared sandbox base model.")
     tokenizer: str | None = _f(None, "Tokenizer id or directory; default: the model's.")
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the model repository.")
@@ -73,10 +73,10 @@ class Config:
     # --- optimisation --------------------------------------------------------------------------
     max_steps: int = _f(100, "Optimizer steps to train.")
     batch_size: int = _f(32, "Prompts per optimizer step with a policy-gradient term (each with num_generations rollouts); SFT-only steps take sft_batch_size demonstrations.")
-    sft_batch_size: int | None = _f(None, "Demonstrations per SFT-only step (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability); null = batch_size. The papers' SFT stages use their own batch (e.g. 64).")
+    sft_batch_size: int | None = _f(None, "Demonstrations per SFT-only step (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability) and per ReLIFT SFT update; null = batch_size. The papers' SFT stages use their own batch (e.g. 64).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
     learning_rate: float = _f(1e-4, "Peak AdamW learning rate of every step with a policy-gradient term (GRPO, LUFFY, SRFT, weighted mixtures); SFT-only steps use sft_learning_rate. Sandbox default; the papers use 1e-6 on 7B models.")
-    sft_learning_rate: float | None = _f(None, "Peak learning rate of SFT-only steps (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability); null = learning_rate. SFT tolerates higher rates than RL (the papers: SFT 5e-5, RL 1e-6 at 7B).")
+    sft_learning_rate: float | None = _f(None, "Peak learning rate of SFT-only steps (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability) and of ReLIFT's SFT updates; null = learning_rate. SFT tolerates higher rates than RL (the papers: SFT 5e-5, RL 1e-6 at 7B).")
     lr_scheduler: str = _f("cosine", "Learning-rate schedule after warm-up: constant or cosine.")
     warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
@@ -84,7 +84,14 @@ class Config:
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     max_grad_norm: float = _f(1.0, "Clip the global gradient L2 norm to this value (0 = no clipping).")
     max_nonfinite_steps: int = _f(3, "A step whose loss or gradient is NaN/inf is skipped (no update, counted in skipped_steps); this many in a row stop the run, keeping the last good checkpoint.")
-    sft_steps: int = _f(50, "sft-then-grpo: number of SFT steps before switching to GRPO.")
+    skip_update_grad_norm: float = _f(0.0, "Skip the update (counted in skipped_steps) when the gradient norm before clipping exceeds this; 0 = never (HPT's released scripts: 80).")
+    sft_steps: int = _f(50, "sft-then-grpo: number of SFT steps before switching to GRPO (unless sft_epochs is set).")
+    sft_epochs: float | None = _f(None, "sft-then-grpo: length of the SFT stage in passes over the training rows, ceil(epochs·rows/sft_batch_size) steps (arXiv 2604.23747: 3); null = sft_steps.")
+    rl_steps: int | None = _f(None, "sft-then-grpo: steps of the RL stage; the run then has SFT stage + rl_steps steps in all; null = max_steps in all.")
+    sft_lr_scheduler: str | None = _f(None, "sft-then-grpo: schedule of the SFT stage over its own steps, constant or cosine (arXiv 2604.23747: cosine); null = lr_scheduler. The RL stage restarts lr_scheduler with warmup_steps.")
+    sft_warmup_ratio: float | None = _f(None, "sft-then-grpo: linear warm-up of the SFT stage as a fraction of its steps (arXiv 2604.23747: 0.1); null = warmup_steps steps.")
+    sft_min_lr_ratio: float = _f(0.0, "sft-then-grpo: the SFT stage's cosine decays to this fraction of sft_learning_rate (arXiv 2604.23747: 0.1).")
+    stage_reset_optimizer: bool = _f(True, "sft-then-grpo: start the RL stage with fresh AdamW moments, as the separate RL job of arXiv 2604.23747 does; false carries them over.")
     grpo_steps: int = _f(50, "grpo-then-sft: number of GRPO steps before switching to SFT.")
     sft_kl_coef: float = _f(0.0, "grpo-then-sft: weight λ of the exact KL(π_θ‖π_RL-end) added to the SFT steps (RL→SFT_KL, SRFT Table 1).")
 
@@ -100,6 +107,33 @@ class Config:
     static_grpo_steps: int = _f(1, "static alternate: m, GRPO steps per cycle.")
     static_sft_prob: float = _f(0.5, "static probability: p, chance that a step is SFT.")
     static_sft_weight: float = _f(0.5, "static weighted: μ, weight of the SFT loss (GRPO gets 1-μ).")
+    hpt_gate: int = _f(0, "hpt: γ; a prompt with at most γ correct rollouts (reward >= 1) of G gets SFT on its demonstration, the others GRPO (HPT, arXiv 2509.04419: 0 for Qwen, 2 for Llama).")
+    hpt_sft_coef: float = _f(1.0, "hpt: c, coefficient of the SFT term, L = (|B_RL|/|B|)·L_GRPO + c·(|B_SFT|/|B|)·L_SFT (HPT released scripts: 1; 0.3 for Qwen2.5-Math-1.5B).")
+    relift_sft_weight_decay: float = _f(0.01, "relift: weight decay of the separate AdamW of the SFT updates, which step at sft_learning_rate on sft_batch_size buffered prompts (ReLIFT, arXiv 2506.07527: 0.01).")
+    relift_sft_max_grad_norm: float = _f(1.0, "relift: gradient-norm clip of the SFT updates (ReLIFT: 1.0).")
+    relift_sft_entropy_coef: float = _f(0.001, "relift: the SFT updates minimise L_SFT - coef·(mean token entropy) (ReLIFT: 0.001).")
+    expert_data_ratio: float = _f(0.2, "chord, gac: ρ, share of a step's rows that are demonstrations drawn apart from the RL prompts, round(ρ/(1-ρ)·batch_size·num_generations) of them (CHORD, arXiv 2508.11408: 0.2; Trinity-RFT's name).")
+    chord_phi: bool = _f(True, "chord, gac: weight the SFT term's tokens by φ = sg(p(1-p)) (CHORD-φ, arXiv 2508.11408); false = plain NLL (CHORD-μ).")
+    chord_mu_peak: float = _f(0.1, "chord: μ_p, the SFT weight after warm-up, L = (1-μ)·L_GRPO + μ·L_SFT (CHORD-φ: 0.1 fixed; CHORD-μ: 0.9); gac: its prior's peak.")
+    chord_mu_valley: float = _f(0.1, "chord: μ_v, the SFT weight after the cosine decay (CHORD-φ: 0.1; CHORD-μ: 0.05); gac: its prior's valley.")
+    chord_mu_warmup_steps: int = _f(0, "chord: W, steps of the linear rise of μ from 0 to μ_p (CHORD-μ: 0); gac: its prior's.")
+    chord_mu_decay_steps: int = _f(200, "chord: T_d, steps of the cosine decay of μ from μ_p to μ_v (CHORD §4.3: 200); gac: its prior's.")
+    gac_update_every: int = _f(10, "gac: f, steps between updates of the controller's statistics, from the first step on (GAC, arXiv 2605.26184, code default 10).")
+    gac_mu_init: float = _f(0.5, "gac: μ_0, the SFT weight before the controller has moved it (code default 0.5).")
+    gac_mu_min: float = _f(0.05, "gac: lower bound of μ (code default 0.05).")
+    gac_mu_max: float = _f(0.9, "gac: upper bound of μ (code default 0.9).")
+    gac_mu_change_cap: float = _f(0.01, "gac: c̄, the most μ may change in one step (code default 0.01).")
+    gac_alpha: float = _f(0.5, "gac: α in μ* = (α·Δg² + σ_r²)/(Δg² + σ_s² + σ_r²), kept constant (code default 0.5).")
+    gac_ema: float = _f(0.99, "gac: b, EMA weight on the old value, of the statistics and of μ (code default 0.99).")
+    gac_prior_weight: float = _f(1.0, "gac: λ, μ_c = (1-λ)·prior(t) + λ·μ_adaptive, prior = CHORD's schedule (chord_mu_*); 1 = no prior (code default; README example 0.5).")
+    gac_trim_ratio: float = _f(0.1, "gac: share of the lowest and of the highest demonstration NLLs dropped before σ_s² (code default 0.1).")
+    gac_delta_g2_cap: float = _f(0.0, "gac: κ, cap Δg² <= κ·(σ_s² + σ_r²); 0 = no cap (code default).")
+    uft_hint_steps: int = _f(300, "uft: T_hint, steps over which the hint shrinks by a cosine; none after (UFT, arXiv 2505.16984, released code: 300 of 500).")
+    uft_hint_prob_high: float = _f(0.95, "uft: p_hi, the chance that each hint block is given at step 0 (released code: 0.95).")
+    uft_hint_prob_low: float = _f(0.05, "uft: p_lo, that chance at step T_hint (released code: 0.05).")
+    uft_hint_blocks: int = _f(5, "uft: K, the demonstration's solution steps are grouped into min(K, steps) hint blocks (released code: 5).")
+    uft_hint_coef: float = _f(0.001, "uft: c_h, weight of the token-mean NLL of the hint tokens added to the GRPO loss (released code: 0.001).")
+    uft_step_separator: str = _f("\n", "uft: separator of a demonstration's solution steps; the last segment is the answer and never a hint.")
 
     # --- rollouts and GRPO (names as in TRL) ---------------------------------------------------
     num_generations: int = _f(8, "Rollouts sampled per prompt (G, the GRPO group size).")
@@ -253,15 +287,17 @@ def check_fields(c: Config) -> None:
     check(c.loss_type in LOSS_TYPES, f"loss_type: {c.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
     check(c.scale_rewards in SCALE_REWARDS, f"scale_rewards: {c.scale_rewards!r} is not one of {', '.join(SCALE_REWARDS)}")
     check(c.lr_scheduler in ("constant", "cosine"), f"lr_scheduler: {c.lr_scheduler!r} is not constant or cosine")
+    check(c.sft_lr_scheduler in (None, "constant", "cosine"),
+          f"sft_lr_scheduler: {c.sft_lr_scheduler!r} is not constant, cosine or null")
     check(c.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype: {c.dtype!r} is not auto, float32, bfloat16 or float16")
     check(c.mixed_precision in ("auto", "no", "bf16", "fp16"), f"mixed_precision: {c.mixed_precision!r} is not auto, no, bf16 or fp16")
     for name in ("max_steps", "batch_size", "micro_batch_size", "num_generations", "max_completion_length",
                  "generation_batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
         check(getattr(c, name) >= 1, f"{name}: must be at least 1, got {getattr(c, name)}")
     for name in ("warmup_steps", "sft_steps", "grpo_steps", "static_sft_steps", "static_grpo_steps", "eval_every",
-                 "save_every"):
+                 "save_every", "hpt_gate", "chord_mu_warmup_steps", "chord_mu_decay_steps", "uft_hint_steps"):
         check(getattr(c, name) >= 0, f"{name}: must be 0 or more, got {getattr(c, name)}")
-    for name in ("max_prompt_length", "max_train_examples", "max_eval_examples", "sft_batch_size"):
+    for name in ("max_prompt_length", "max_train_examples", "max_eval_examples", "sft_batch_size", "rl_steps"):
         value = getattr(c, name)
         check(value is None or value >= 1, f"{name}: must be at least 1 or null, got {value}")
     check(0 < c.learning_rate < float("inf"), f"learning_rate: must be positive and finite, got {c.learning_rate}")
@@ -300,6 +336,27 @@ def check_fields(c: Config) -> None:
           "static_sft_steps + static_grpo_steps: a cycle needs at least one step")
     check(0 <= c.static_sft_prob <= 1, f"static_sft_prob: must be in [0, 1], got {c.static_sft_prob}")
     check(0 <= c.static_sft_weight <= 1, f"static_sft_weight: must be in [0, 1], got {c.static_sft_weight}")
+    check(c.sft_epochs is None or c.sft_epochs > 0, f"sft_epochs: must be positive or null, got {c.sft_epochs}")
+    check(c.sft_warmup_ratio is None or 0 <= c.sft_warmup_ratio < 1,
+          f"sft_warmup_ratio: must be in [0, 1) or null, got {c.sft_warmup_ratio}")
+    check(c.method != "hpt" or c.hpt_gate < c.num_generations,
+          f"hpt_gate: must be below num_generations={c.num_generations} (at {c.hpt_gate} every prompt goes to SFT)")
+    check(0 <= c.expert_data_ratio < 1, f"expert_data_ratio: must be in [0, 1), got {c.expert_data_ratio}")
+    for name in ("sft_min_lr_ratio", "chord_mu_peak", "chord_mu_valley", "gac_mu_init", "gac_mu_min", "gac_mu_max",
+                 "gac_alpha", "gac_prior_weight", "uft_hint_prob_high", "uft_hint_prob_low"):
+        check(0 <= getattr(c, name) <= 1, f"{name}: must be in [0, 1], got {getattr(c, name)}")
+    for name in ("skip_update_grad_norm", "hpt_sft_coef", "relift_sft_weight_decay", "relift_sft_max_grad_norm",
+                 "relift_sft_entropy_coef", "gac_mu_change_cap", "gac_delta_g2_cap", "uft_hint_coef"):
+        check(getattr(c, name) >= 0, f"{name}: must be 0 or more, got {getattr(c, name)}")
+    check(c.gac_mu_min <= c.gac_mu_init <= c.gac_mu_max,
+          f"gac_mu_init: must lie in [gac_mu_min, gac_mu_max] = [{c.gac_mu_min}, {c.gac_mu_max}], got {c.gac_mu_init}")
+    check(c.gac_update_every >= 1, f"gac_update_every: must be at least 1, got {c.gac_update_every}")
+    check(0 <= c.gac_ema < 1, f"gac_ema: must be in [0, 1), got {c.gac_ema}")
+    check(0 <= c.gac_trim_ratio < 0.5, f"gac_trim_ratio: must be in [0, 0.5), got {c.gac_trim_ratio}")
+    check(c.uft_hint_prob_low <= c.uft_hint_prob_high,
+          f"uft_hint_prob_low: must not exceed uft_hint_prob_high={c.uft_hint_prob_high}, got {c.uft_hint_prob_low}")
+    check(c.uft_hint_blocks >= 1, f"uft_hint_blocks: must be at least 1, got {c.uft_hint_blocks}")
+    check(c.uft_step_separator != "", "uft_step_separator: must not be empty")
     check(0 <= c.adam_beta1 < 1, f"adam_beta1: must be in [0, 1), got {c.adam_beta1}")
     check(0 <= c.adam_beta2 < 1, f"adam_beta2: must be in [0, 1), got {c.adam_beta2}")
     check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")

@@ -570,10 +570,11 @@ class PromptSampler:
     reaches the end of an epoch is completed from the start of the next epoch's permutation, so all
     batches have ``batch_size`` indices (a batch larger than the dataset spans several epochs).
     ``state_dict()`` / ``load_state_dict()`` record ``(epoch, position)``; a sampler restored from
-    a state draws exactly the batches the original would have drawn next.
+    a state draws exactly the batches the original would have drawn next. A named ``stream`` (CHORD's
+    expert rows) draws its own order, independent of the unnamed (prompt) stream of the same seed.
     """
 
-    def __init__(self, n_examples: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n_examples: int, batch_size: int, seed: int, stream: str = "") -> None:
         if n_examples < 1:
             raise ValueError(f"cannot sample prompts from an empty dataset (n_examples={n_examples})")
         if batch_size < 1:
@@ -581,6 +582,7 @@ class PromptSampler:
         self.n_examples = n_examples
         self.batch_size = batch_size
         self.seed = seed
+        self.stream = stream  # a named stream ("demonstrations") draws an order independent of the prompts'
         self.epoch = 0
         self.position = 0  # how many indices of this epoch's permutation were already drawn
         self._order_epoch: int | None = None
@@ -591,7 +593,9 @@ class PromptSampler:
         if self._order_epoch != self.epoch:
             # A string key hashes seed and epoch together (random.Random seeds from its SHA-512), so
             # seed s at epoch e+1 does not replay seed s+1 at epoch e, as seeding with s+e would.
-            rng = random.Random(f"sftrl.PromptSampler:{self.seed}:{self.epoch}")
+            # The unnamed stream keeps the key it always had, so existing runs draw what they drew.
+            key = f"{self.stream}:" if self.stream else ""
+            rng = random.Random(f"sftrl.PromptSampler:{key}{self.seed}:{self.epoch}")
             order = list(range(self.n_examples))
             rng.shuffle(order)
             self._order, self._order_epoch = order, self.epoch

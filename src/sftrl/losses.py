@@ -229,6 +229,16 @@ def srft_rl_weights(
     return scale * torch.exp(entropy.detach())
 
 
+def chord_phi_weights(
+    logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens
+) -> torch.Tensor:
+    """CHORD's per-token weight φ_t = sg(p_t (1 - p_t)), p_t = π_θ(d_t | x, d_<t), (B, T) (CHORD-φ,
+    arXiv 2508.11408; Trinity-RFT's `phi_function`): largest at p = 0.5, so tokens the policy already
+    predicts (p → 1) or finds implausible (p → 0) pull on it least. A constant: no gradient flows through it."""
+    probs = logps.detach().exp()  # (B, T)
+    return probs * (1.0 - probs)
+
+
 def mixed_policy_token_loss(
     logps: torch.Tensor,  # (B, T) log π_θ (with grad) of rollouts and demonstrations
     old_logps: torch.Tensor,  # (B, T) log π_old at sampling time (no grad); unused on demonstration rows

@@ -1,11 +1,15 @@
 """The one training loop, shared by every method.
 
-Each optimizer step: draw `batch_size` prompts -> the method runs its backward passes through
-`sft_backward` / `grpo_backward` -> global gradient norm, clipping, AdamW step at the step's rate ->
-metrics.jsonl (TRL's metric names) -> periodic evaluation and atomic checkpoints.
+Each optimizer step: the method plans the step's kind -> draw `batch_size` prompts (or `sft_batch_size`
+demonstrations) -> the method runs its backward passes through the primitives of
+`methods.base.Primitives` -> `loss` = the sum of what was back-propagated -> global gradient norm,
+clipping, AdamW step at the method's rate -> the method's after_step -> metrics.jsonl (TRL's metric
+names) -> periodic evaluation and atomic checkpoints.
 A step whose loss or gradient is not finite is skipped (no update, counted in `skipped_steps`);
 `max_nonfinite_steps` of them in a row stop the run with the last good checkpoint kept.
-Runs on `accelerate` (single process, or `accelerate launch` for data parallelism).
+Runs on `accelerate` (single process, or `accelerate launch` / `torchrun` for data parallelism: the
+step's rows are sharded global[rank::world], forwards go through the unwrapped module and gradients
+are all-reduced once per update, so processes whose rows decided differently stay in step).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
 from .evaluate import evaluate_accuracy, reward_columns
 from .methods import METHODS, Placement, StepKind
+from .methods.base import Observer, TokenView
 from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .progress import Progress
 from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
 from .rollout import generate_completions, make_engine
+from .schedules import lr_factor
 from .validate import check_processes
 
 BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
@@ -58,22 +64,24 @@ class Rollouts:
     group_size: int
     metrics: dict[str, float]
 
+    def select(self, groups: list[int]) -> "Rollouts":
+        """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
+        advantages stay as computed over each whole group, and `metrics` describe every rollout sampled."""
+        rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
+        index = torch.tensor(rows, dtype=torch.long)
+        return Rollouts([self.prompt_ids[i] for i in rows], [self.target_ids[i] for i in rows], self.is_demo[index],
+                        self.truncated[index], self.rewards[index], self.advantages[index], self.group_size,
+                        self.metrics)
+
 
 # (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
 TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def lr_lambda(config: Config):
-    """The schedule's factor for a 0-based step: linear warm-up to 1, then constant or cosine decay
-    to 0 at max_steps. The step's peak rate (learning_rate or sft_learning_rate) is multiplied by it."""
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / (config.warmup_steps + 1)
-        if config.lr_scheduler == "constant":
-            return 1.0
-        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
+    """The run's schedule factor for a 0-based step: linear warm-up to 1, then constant or cosine decay
+    to 0 at max_steps (methods.base.run_learning_rate multiplies the step's peak rate by it)."""
+    return lambda step: lr_factor(step, config.max_steps, config.warmup_steps, config.lr_scheduler)
 
 
 class Trainer:
@@ -130,9 +138,20 @@ class Trainer:
                                       betas=(config.adam_beta1, config.adam_beta2))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.rollout_engine = self._start_rollout_engine(model_path) if self.method.needs_rollouts else None
+        spec = self.method.extra_optimizer(config)
+        self.extra_optimizer = None if spec is None else torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=spec.weight_decay,
+            betas=(config.adam_beta1, config.adam_beta2))
+        self.extra_max_grad_norm = 0.0 if spec is None else spec.max_grad_norm
         self.lr_factor = lr_lambda(config)
         self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
-        self.method_state: dict[str, Any] = self.method.init_state(config)
+        # CHORD's expert rows: drawn from the training rows independently of the step's prompts.
+        self.demo_sampler = PromptSampler(len(self.train_examples), 1, config.seed, stream="demonstrations")
+        self._positions = {id(e): i for i, e in enumerate(self.train_examples)}
+        self.method_state: dict[str, Any] = self.method.init_state(config, len(self.train_examples))
+        self.total_steps = self.method.total_steps(config, self.method_state)
+        self._loss = 0.0  # what _backward back-propagated since the last take_loss()
+        self._last_step_finite = True
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.nonfinite_in_a_row = 0
@@ -199,13 +218,78 @@ class Trainer:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(tensor, reduction="sum").item())
 
+    def _global_sums(self, values: list[float]) -> list[float]:
+        """Element-wise sums over every process, in one all-reduce."""
+        if self.world == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return [float(v) for v in self.accelerator.reduce(tensor, reduction="sum").cpu()]
+
+    def _union(self, keys: list[str]) -> list[str]:
+        """The sorted union of every process's keys (so all reduce the same vector); collective."""
+        if self.world == 1:
+            return sorted(keys)
+        everyone: list = [None] * self.world
+        torch.distributed.all_gather_object(everyone, list(keys))
+        return sorted(set().union(*everyone))
+
+    def global_sum(self, value: float) -> float:
+        """`value` summed over every process (collective: every process must call it)."""
+        return self._global_sum(value)
+
+    def global_sums(self, values: list[float]) -> list[float]:
+        """Each value summed over every process, in one all-reduce (collective)."""
+        return self._global_sums(values)
+
+    def gather_rows(self, values: list) -> list:
+        """Every process's per-row values of a list sharded as global[rank::world] (the step's prompts,
+        drawn demonstrations), put back in the global order; collective."""
+        if self.world == 1:
+            return list(values)
+        shards: list = [None] * self.world
+        torch.distributed.all_gather_object(shards, list(values))
+        merged = []
+        for i in range(max(len(shard) for shard in shards)):
+            merged += [shard[i] for shard in shards if i < len(shard)]
+        return merged
+
+    def local_rows(self, values: list) -> list:
+        """This process's share of a global per-row list: values[rank::world], as the step's prompts are sharded."""
+        return list(values)[self.accelerator.process_index::self.world]
+
+    def draw_demonstrations(self, count: int) -> list[Example]:
+        """This process's share of `count` training rows drawn for their demonstrations from a sampler of
+        their own (seeded, checkpointed), independent of the step's prompts (CHORD's expert rows)."""
+        if count == 0:
+            return []
+        return [self.train_examples[i] for i in self.local_rows(self.demo_sampler.next_batch(count))]
+
+    def example_position(self, example: Example) -> int:
+        """The example's position in the training set (what train_example takes back; ReLIFT's buffer)."""
+        return self._positions[id(example)]
+
+    def train_example(self, position: int) -> Example:
+        return self.train_examples[position]
+
+    def take_loss(self) -> float:
+        """The loss back-propagated since the last call, summed over processes (each process's share is
+        normalised by whole-step counts, so the sum is the step's loss); collective."""
+        value, self._loss = self._loss, 0.0
+        return self._global_sum(value)
+
     def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
         return micro_batches(lengths, self.config.micro_batch_size)
 
     def _backward(self, loss: torch.Tensor) -> None:
-        # DDP averages gradients over ranks; our losses are already global sums / global counts.
+        # Gradients are summed over processes in optimizer_step; our losses are global sums / global
+        # counts, and optimizer_step divides by the world size, hence the factor.
+        self._loss += float(loss.detach())  # every loss optimised passes here: the logged `loss` is their sum
         with self.accelerator.no_sync(self.model):
             self.accelerator.backward(loss * self.world)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of a piece of target text, no special tokens (UFT's hints)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
         """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
@@ -217,27 +301,39 @@ class Trainer:
         return ids[:limit], len(ids) > limit
 
     def sft_backward(self, examples: list[Example], weight: float = 1.0,
-                     token_weights: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     kl_coef: float = 0.0) -> dict[str, float]:
+                     token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                     kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
+                     observe: Observer | None = None) -> dict[str, float]:
         """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics.
 
-        token_weights: entropy (B, T) -> per-token weights of the NLL (SRFT's w_SFT), as constants.
+        token_weights: (log-probs, entropy), both (B, T) -> per-token weights of the NLL, as constants
+            (SRFT's w_SFT, CHORD's φ = p(1-p)).
         kl_coef: adds kl_coef · exact KL(π_θ‖π_ref) on the demonstration positions (RL→SFT_KL).
-        With a reference model loaded, the KL to it is measured (`kl_ref`) whether or not it is trained on.
+        targets: token ids trained on instead of the demonstrations, one list per example (UFT's hints).
+        entropy_coef: subtracts entropy_coef · (mean token entropy over the same tokens) (ReLIFT's SFT update).
+        observe: shown every micro-batch (detached), for statistics (GAC).
+        Collective: every process calls it with its own rows (maybe none); the token mean and the metrics
+        are over every process's rows. With a reference model loaded, the KL to it is measured (`kl_ref`)
+        whether or not it is trained on. Returns {} when no process had a row.
         """
         prompts = [self.prompt_ids(e) for e in examples]
-        demos = [self.demonstration_ids(e)[0] for e in examples]
-        step_tokens = self._global_sum(sum(len(d) for d in demos))
+        demos = targets if targets is not None else [self.demonstration_ids(e)[0] for e in examples]
+        local_tokens = sum(len(d) for d in demos)
+        step_tokens = self._global_sum(local_tokens)
         if kl_coef > 0 and self.reference is None:
             raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
         sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
         for rows in self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)]):
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
-            logits = target_logits(self.model, batch)  # (B, T, V)
+            # The unwrapped module: gradients are summed over processes in optimizer_step, so no DDP
+            # hook may start a collective in a backward that another process need not run.
+            logits = target_logits(self.policy, batch)  # (B, T, V)
             logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, 1.0)
-            weights = token_weights(entropy.detach()) if token_weights is not None else None
+            weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
             loss = losses.sft_loss(logps, mask, step_tokens, weights)
+            if entropy_coef:
+                loss = loss - entropy_coef * losses.entropy_bonus(entropy, mask, step_tokens)
             if self.reference is not None:
                 with torch.no_grad():
                     ref_logits = target_logits(self.reference, batch)
@@ -246,22 +342,33 @@ class Trainer:
                     loss = loss + kl_coef * (kl * mask).sum() / max(step_tokens, 1)
                 sums["kl_ref"] += float((kl.detach() * mask).sum())
             self._backward(weight * loss)
+            if observe is not None:
+                observe(TokenView(logps.detach(), entropy.detach(), mask,
+                                  torch.ones(len(rows), dtype=torch.bool, device=mask.device), None))
             sums["nll"] += float(-(logps.detach() * mask).sum())
             sums["entropy"] += float((entropy.detach() * mask).sum())
             if weights is not None:
                 sums["weight"] += float((weights * mask).sum())
-        tokens = sum(len(d) for d in demos)
-        metrics = {"sft/loss": sums["nll"] / tokens, "sft/entropy": sums["entropy"] / tokens,
-                   "sft/mean_length": tokens / len(demos)}
+        sequences, nll, ent, wsum, kl_sum = self._global_sums(
+            [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
+        if step_tokens == 0:
+            return {}
+        metrics = {"sft/loss": nll / step_tokens, "sft/entropy": ent / step_tokens,
+                   "sft/mean_length": step_tokens / sequences}
         if token_weights is not None:
-            metrics["sft/mean_weight"] = sums["weight"] / tokens
+            metrics["sft/mean_weight"] = wsum / step_tokens
         if self.reference is not None:
-            metrics["kl_ref"] = sums["kl_ref"] / tokens
+            metrics["kl_ref"] = kl_sum / step_tokens
         return metrics
 
-    def generate(self, examples: list[Example], num_generations: int, greedy: bool = False):
+    def generate(self, examples: list[Example], num_generations: int, greedy: bool = False,
+                 continuations: list[str] | None = None):
+        """Sample completions; `continuations` (one text per example) are appended to the rendered
+        prompts, so the samples continue them (UFT's hints)."""
         cfg = self.config
         texts = [render_prompt(self.tokenizer, e.prompt) for e in examples]
+        if continuations is not None:
+            texts = [text + extra for text, extra in zip(texts, continuations)]
         with self.accelerator.autocast():
             return generate_completions(
                 self.policy, self.tokenizer, texts, num_generations=num_generations,
@@ -282,7 +389,7 @@ class Trainer:
     def reward_trainer_state(self) -> TrainerState:
         """What TRL passes reward functions as `trainer_state`: global_step counts finished optimizer steps."""
         cfg = self.config
-        return TrainerState(global_step=self.step, max_steps=cfg.max_steps, train_batch_size=cfg.batch_size,
+        return TrainerState(global_step=self.step, max_steps=self.total_steps, train_batch_size=cfg.batch_size,
                             epoch=self.sampler.epochs_done,
                             logging_steps=cfg.logging_steps, save_steps=cfg.save_every)
 
@@ -303,19 +410,28 @@ class Trainer:
             log_metric=lambda name, value: logged[name].append(float(value)), row_names=names)
         return per_function, {name: sum(values) / len(values) for name, values in logged.items()}
 
-    def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE) -> Rollouts:
+    def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
+                 hints: list[str] | None = None) -> Rollouts:
         """Sample, place demonstrations in the groups, score, and compute group advantages.
 
-        placement: NONE (G rollouts per group), REPLACE (G-1 rollouts + the demonstration, LUFFY) or
-        APPEND (G rollouts + the demonstration, SRFT). Demonstrations are scored by the
+        placement: NONE (G rollouts per group), REPLACE (G-1 rollouts + the demonstration, LUFFY),
+        APPEND (G rollouts + the demonstration, SRFT) or PREFIX (G rollouts that continue the prompt's
+        hint, `hints[i]`, a prefix of its demonstration: UFT). Demonstrations are scored by the
         same reward functions as rollouts (a wrong one gets a low reward), and they enter the group's
-        mean and std (LUFFY Eq. 3; SRFT Eq. 6-7).
+        mean and std (LUFFY Eq. 3; SRFT Eq. 6-7). Under PREFIX the hint is part of each row's prompt
+        (the loss trains the sampled tokens only) and the reward functions grade hint + completion,
+        the whole answer (UFT's released code).
         """
         placement = Placement(placement)
+        if (placement is Placement.PREFIX) != (hints is not None):
+            raise ValueError("rollouts: hints are given exactly when placement is PREFIX")
+        if hints is not None and len(hints) != len(examples):
+            raise ValueError(f"rollouts: {len(hints)} hints for {len(examples)} prompts")
         cfg = self.config
         sampled = cfg.num_generations - 1 if placement is Placement.REPLACE else cfg.num_generations
+        in_group = placement in (Placement.REPLACE, Placement.APPEND)
         t0 = time.perf_counter()
-        completions = self.generate(examples, sampled)
+        completions = self.generate(examples, sampled, continuations=hints)
         t_gen = time.perf_counter() - t0
         prompt_ids, target_ids, truncated, texts, is_demo = [], [], [], [], []
         for i, example in enumerate(examples):
@@ -323,16 +439,16 @@ class Trainer:
                 prompt_ids.append(completions.prompt_ids[j])
                 target_ids.append(completions.completion_ids[j])
                 truncated.append(completions.truncated[j])
-                texts.append(completions.texts[j])
+                texts.append(completions.texts[j] if hints is None else hints[i] + completions.texts[j])
                 is_demo.append(False)
-            if placement is not Placement.NONE:
+            if in_group:
                 ids, cut = self.demonstration_ids(example)
                 prompt_ids.append(completions.prompt_ids[i * sampled])
                 target_ids.append(ids)
                 truncated.append(cut)
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
                 is_demo.append(True)
-        group_size = sampled + (placement is not Placement.NONE)
+        group_size = sampled + in_group
         per_function, logged = self.score(examples, texts, target_ids, group_size, is_demo)
         rewards = combine(per_function, self.reward_weights)  # (N,) TRL's weighted nansum; NaN: unscorable
         advantages, group_std = self._advantages(rewards, group_size)
@@ -375,7 +491,8 @@ class Trainer:
                             "demo/mean_length": float(lengths[demo].mean())})
         return Rollouts(prompt_ids, target_ids, demo, cut, rewards, advantages, group_size, metrics)
 
-    def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0) -> dict[str, float]:
+    def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
+                        observe: Observer | None = None) -> dict[str, float]:
         """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
 
         token_loss(logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token
@@ -384,13 +501,15 @@ class Trainer:
         normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus (a token mean
         over every counted token, whatever the loss_type, as TRL does) and logs the stats' means over
         rollout tokens (a stat that is NaN on a token is undefined there and left out of its mean).
+        observe: shown every micro-batch (detached), for statistics (GAC).
+        Collective: every process calls it, with its own rows (maybe none: HPT's gate may send all of a
+        process's prompts to SFT); the normalisers and the token means logged count every process's rows.
         """
         cfg = self.config
         t0 = time.perf_counter()
         n = len(rollouts.target_ids)
         excluded = rollouts.truncated.tolist() if cfg.mask_truncated_completions else [False] * n
-        step_tokens = self._global_sum(counted_tokens(rollouts.target_ids, excluded))
-        step_sequences = self._global_sum(n)
+        step_tokens, step_sequences = self._global_sums([counted_tokens(rollouts.target_ids, excluded), n])
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
@@ -402,10 +521,11 @@ class Trainer:
             mask = batch.target_mask
             if cfg.mask_truncated_completions:
                 mask = mask * (~rollouts.truncated[idx]).float().unsqueeze(1).to(device)
-            logits = target_logits(self.model, batch)  # (B, T, V)
+            logits = target_logits(self.policy, batch)  # (B, T, V); the unwrapped module, as in sft_backward
             logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, cfg.temperature)
+            advantages = rollouts.advantages[idx].to(device)
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
-            per_token, stats = token_loss(logps, logps.detach(), entropy, rollouts.advantages[idx].to(device), is_demo)
+            per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo)
             stats = dict(stats)
             if self.reference is not None:
                 with torch.no_grad():
@@ -421,6 +541,8 @@ class Trainer:
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * losses.entropy_bonus(entropy, mask, step_tokens)
             self._backward(weight * loss)
+            if observe is not None:
+                observe(TokenView(logps.detach(), entropy.detach(), mask, is_demo, advantages))
             loss_total += float(loss.detach())
             stats["entropy"] = entropy.detach()
             real = batch.target_mask
@@ -432,12 +554,15 @@ class Trainer:
             demo_tokens = real * is_demo.float().unsqueeze(1)
             sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
             counts["demo/entropy"] += float(demo_tokens.sum())
-        metrics = {"grpo/loss": loss_total, **rollouts.metrics}
+        keys = self._union(sorted(sums))  # a process with no rows has no stats of its own
+        totals = self._global_sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
+        metrics = {"grpo/loss": totals[0], **rollouts.metrics}
         names = {"low_clipped": "clip_ratio/low_mean", "high_clipped": "clip_ratio/high_mean"}
-        for key in sums:
-            if counts[key] > 0:
-                metrics[names.get(key, key)] = sums[key] / counts[key]
-        if "low_clipped" in sums:
+        for i, key in enumerate(keys):
+            total, count = totals[1 + i], totals[1 + len(keys) + i]
+            if count > 0:
+                metrics[names.get(key, key)] = total / count
+        if "clip_ratio/low_mean" in metrics or "clip_ratio/high_mean" in metrics:
             metrics["clip_ratio/region_mean"] = metrics.get("clip_ratio/low_mean", 0.0) + metrics.get(
                 "clip_ratio/high_mean", 0.0)
         metrics["time/backward"] = time.perf_counter() - t0
@@ -472,29 +597,66 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def step_learning_rate(self, kind: StepKind) -> float:
-        """This step's learning rate: sft_learning_rate for an SFT step, learning_rate for a step with a
-        policy-gradient term, times the schedule's factor."""
-        peak = self.config.sft_lr if kind is StepKind.SFT else self.config.learning_rate
-        return peak * self.lr_factor(self.step)
+        """This step's learning rate, as the method says (by default sft_learning_rate for an SFT step,
+        learning_rate for a step with a policy-gradient term, times the run's schedule)."""
+        return self.method.learning_rate(self.config, self.step, kind, self.method_state)
+
+    def _reduce_and_clip(self, max_grad_norm: float) -> float:
+        """Average gradients over processes (a process that back-propagated nothing into a parameter
+        takes part with zeros, so every process runs the same all-reduces) and clip their global norm;
+        returns the norm before clipping."""
+        if self.world > 1:
+            parameters = list(self.model.parameters())
+            # Which parameters any process has a gradient for (one all-reduce), so that all reduce the
+            # same ones, and one that no process touched stays without a gradient as on one process.
+            touched = torch.tensor([float(p.grad is not None) for p in parameters], device=self.accelerator.device)
+            torch.distributed.all_reduce(touched)
+            for p, count in zip(parameters, touched.tolist()):
+                if count == 0:
+                    continue
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world
+        max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
+        return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
 
     def optimizer_step(self, learning_rate: float, loss: float = 0.0) -> tuple[float, bool]:
         """Average gradients over ranks, clip the global norm, step at `learning_rate`; returns the
         norm before clipping and whether the step was taken. A non-finite loss (on any rank) or
-        gradient norm skips it: gradients are zeroed and neither the weights nor AdamW's moments change."""
-        if self.world > 1:
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= self.world
-        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        gradient norm skips it, as does a norm above `skip_update_grad_norm` when that is set:
+        gradients are zeroed and neither the weights nor AdamW's moments change."""
+        grad_norm = self._reduce_and_clip(self.config.max_grad_norm)
         finite = math.isfinite(grad_norm) and math.isfinite(self._global_sum(loss))
-        if finite:
+        limit = self.config.skip_update_grad_norm
+        taken = finite and not (limit > 0 and grad_norm > limit)
+        if taken:
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm, finite
+        self._last_step_finite = finite
+        return grad_norm, taken
+
+    def extra_optimizer_step(self, learning_rate: float) -> tuple[float, bool]:
+        """Step the method's own optimizer (Method.extra_optimizer) on the gradients accumulated since the
+        last update, clipped at its own max_grad_norm; returns the norm before clipping and whether the
+        update was made (a non-finite norm makes none). Collective."""
+        if self.extra_optimizer is None:
+            raise RuntimeError(f"method {self.config.method} declares no extra optimizer")
+        grad_norm = self._reduce_and_clip(self.extra_max_grad_norm)
+        taken = math.isfinite(grad_norm)
+        if taken:
+            for group in self.extra_optimizer.param_groups:
+                group["lr"] = learning_rate
+            self.extra_optimizer.step()
+        self.extra_optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, taken
+
+    def reset_optimizer_state(self) -> None:
+        """Forget AdamW's moments and step counts, as a new training job would start (SFT→RL's RL stage)."""
+        self.optimizer.state.clear()
 
     def _parameters_finite(self) -> bool:
         norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in self.policy.parameters()])
@@ -538,11 +700,11 @@ class Trainer:
                 self._log({"step": 0, **summary["eval_before"]})
                 self._print(f"accuracy before training: {_accuracy_text(summary['eval_before'])} "
                             f"on {len(self.eval_examples)} eval prompts")
-        bar = Progress(cfg.max_steps, cfg.method, enabled=cfg.progress and main, initial=self.step, unit="step")
+        bar = Progress(self.total_steps, cfg.method, enabled=cfg.progress and main, initial=self.step, unit="step")
         self._bar = bar
         start = time.perf_counter()
         try:
-            while self.step < cfg.max_steps:
+            while self.step < self.total_steps:
                 self._train_step()
         finally:
             bar.close()
@@ -572,24 +734,32 @@ class Trainer:
         indices = self.sampler.next_batch(size)[self.accelerator.process_index::self.world]
         examples = [self.train_examples[i] for i in indices]
         self.model.train()
+        self._loss = 0.0
         metrics = self.method.step(self, self.method_state, examples, kind)
-        metrics.setdefault("loss", metrics.get("sft/loss", 0.0) + metrics.get("grpo/loss", 0.0))
-        metrics["step_type"] = "+".join(name for name in ("sft", "grpo") if f"{name}/loss" in metrics)
+        # The loss logged is the loss optimised: the sum of everything the step back-propagated, with
+        # the weights the method gave each term (SRFT's w_SFT, a weighted mixture's μ, ...).
+        metrics["loss"] = self.take_loss()
         t_opt = time.perf_counter()
         metrics["learning_rate"] = self.step_learning_rate(kind)
         metrics["grad_norm"], stepped = self.optimizer_step(metrics["learning_rate"], metrics["loss"])
+        finite = self._last_step_finite
         self.skipped_steps += not stepped
-        self.nonfinite_in_a_row = 0 if stepped else self.nonfinite_in_a_row + 1
+        self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
         metrics["skipped_steps"] = self.skipped_steps
         metrics["time/optimizer"] = time.perf_counter() - t_opt
         self.step += 1
-        if not stepped:
+        if not finite:
             self._print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite "
                         f"(loss {metrics['loss']}, grad_norm {metrics['grad_norm']}); no update was made")
-        self.method.after_step(self, self.method_state, metrics)  # e.g. SASR reads this step's gradient norm
+        elif not stepped:
+            self._print(f"warning: step {self.step} skipped: its gradient norm {metrics['grad_norm']:.4g} is above "
+                        f"skip_update_grad_norm={cfg.skip_update_grad_norm}; no update was made")
+        # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
+        self.method.after_step(self, self.method_state, metrics)
+        metrics["step_type"] = "+".join(name for name in ("sft", "grpo") if f"{name}/loss" in metrics)
         metrics["epoch"] = self.sampler.epochs_done
         metrics["time/step"] = time.perf_counter() - t0
-        if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
             metrics.update(self.evaluate())
         if self.step % cfg.logging_steps == 0 or not stepped:
             self._log({"step": self.step, **metrics})
@@ -602,7 +772,7 @@ class Trainer:
         postfix = {short: f"{metrics[k]:.3g}" for k, short in BAR_METRICS.items()
                    if isinstance(metrics.get(k), (int, float))}
         self._bar.update(1, step=metrics["step_type"], **postfix)
-        if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+        if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
             self.save_checkpoint()
 
     # ------------------------------------------------------------------ logging and checkpoints
@@ -629,6 +799,8 @@ class Trainer:
             "warned_unscorable": self._warned_unscorable,
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
+            "demo_sampler": self.demo_sampler.state_dict(),
+            "extra_optimizer": self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
             "method_state": self.method_state,
             "reference_step": self.reference_step,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
@@ -669,7 +841,12 @@ class Trainer:
         self.policy.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
+        if "demo_sampler" in state:
+            self.demo_sampler.load_state_dict(state["demo_sampler"])
+        if self.extra_optimizer is not None:
+            self.extra_optimizer.load_state_dict(state["extra_optimizer"])
         self.method_state = state["method_state"]
+        self.total_steps = self.method.total_steps(self.config, self.method_state)
         self.reference_step = state.get("reference_step")
         if reference is not None:
             self.reference = frozen_copy(reference).to(self.accelerator.device)

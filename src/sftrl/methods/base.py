@@ -1,21 +1,32 @@
-"""The method interface: what a method tells the trainer, and when the trainer asks.
+"""The method interface: what a method tells the trainer, what it may ask of it, and when.
 
 Each optimizer step the trainer
 1. asks ``plan(config, step, state) -> StepKind``: what kind of step comes next (SASR draws its coin
-   here). The kind picks the step's data and learning rate: an ``SFT`` step draws ``sft_batch_size``
-   demonstrations and uses ``sft_learning_rate``; a ``POLICY`` step (any step with a
-   policy-gradient term, with or without SFT terms) draws ``batch_size`` prompts and uses
-   ``learning_rate``;
+   here). The kind picks the step's data: an ``SFT`` step draws ``sft_batch_size`` demonstrations, a
+   ``POLICY`` step (any step with a policy-gradient term, with or without SFT terms) draws
+   ``batch_size`` prompts; and its learning rate, ``learning_rate(config, step, kind, state)``
+   (by default ``sft_learning_rate`` for SFT steps and ``learning_rate`` for policy steps, times the
+   run's schedule);
 2. calls ``step(trainer, state, examples, kind) -> metrics``, which runs the step's backward passes
-   through the trainer's primitives (``sft_backward``, ``rollouts``, ``policy_backward``,
-   ``grpo_backward``, ``snapshot_reference``) and returns its metrics;
+   through the primitives listed in :class:`Primitives` and returns its metrics (floats or strings,
+   logged as they are; ``loss`` is not the method's to set: the trainer logs the sum of every loss
+   it back-propagated, which is the loss optimised);
 3. clips, steps the optimizer (or skips a non-finite step), then calls ``after_step(trainer, state,
-   metrics)`` with ``metrics["grad_norm"]`` (SASR reads its gradient norms there).
+   metrics)`` with ``metrics["grad_norm"]`` (SASR reads its gradient norms there; ReLIFT takes its
+   extra SFT update there); what it adds to ``metrics`` is logged.
 
-``state`` is the method's own dict, made by ``init_state(config)``; it must hold only picklable
-values, and it is saved in every checkpoint and restored on resume, so a resumed run makes the
-same choices. Every method module defines ``METHOD = Method(...)``; ``sftrl.methods.METHODS`` lists
-them by name.
+Several processes: the step's prompts (and demonstrations) are sharded ``global[rank::world]``, so
+``examples`` holds this process's share. A method must make every process call the same collective
+primitives in the same order, whatever its own rows decided (``sft_backward``, ``policy_backward``,
+``rollouts``, ``global_sum``, ``gather_rows`` and ``draw_demonstrations`` are collective); a process
+with no rows of a term still calls it with an empty list, and the term's normaliser counts every
+process's rows. Decisions that skip a term must be taken on global counts, the same on every process.
+
+``state`` is the method's own dict, made by ``init_state(config, train_size)``; it must hold only
+picklable values, and it is saved in every checkpoint and restored on resume, so a resumed run makes
+the same choices. A method that needs an optimizer of its own declares it with ``extra_optimizer``;
+the trainer builds it, checkpoints its state with the run's and steps it on request. Every method
+module defines ``METHOD = Method(...)``; ``sftrl.methods.METHODS`` lists them by name.
 """
 
 from __future__ import annotations
@@ -23,7 +34,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
+
+import torch
+
+from ..schedules import lr_factor
 
 
 class StepKind(str, Enum):
@@ -39,12 +54,83 @@ class Placement(str, Enum):
     NONE = "none"  # G rollouts, no demonstration (GRPO)
     REPLACE = "replace"  # G-1 rollouts + the demonstration (LUFFY)
     APPEND = "append"  # G rollouts + the demonstration (SRFT)
+    PREFIX = "prefix"  # G rollouts, each continuing a prefix (hint) of the demonstration the method gives (UFT)
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """One micro-batch as a method's observer sees it (detached: no gradient flows through what it
+    computes). Rows with ``advantages`` None are demonstrations trained by an SFT term."""
+
+    logps: torch.Tensor  # (B, T) log π_θ of the target tokens (temperature-scaled for policy rows)
+    entropy: torch.Tensor  # (B, T) full-vocabulary entropy at each target position
+    mask: torch.Tensor  # (B, T) 1.0 on tokens the loss counts
+    is_demo: torch.Tensor  # (B,) bool: a demonstration row
+    advantages: torch.Tensor | None  # (B,) for policy-gradient rows; None in an SFT term
+
+
+Observer = Callable[[TokenView], None]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A second AdamW over the policy's parameters that a method steps itself (ReLIFT's SFT optimizer).
+    Its betas are the run's (`adam_beta1`, `adam_beta2`); its state is checkpointed with the run's."""
+
+    weight_decay: float
+    max_grad_norm: float  # clip of the global gradient norm of its updates; 0 = none
+
+
+class Primitives(Protocol):
+    """What a method may call on the trainer (``sftrl.trainer.Trainer`` implements it)."""
+
+    config: Any
+    step: int  # optimizer steps finished before this one
+
+    def sft_backward(self, examples: list, weight: float = 1.0,
+                     token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                     kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
+                     observe: Observer | None = None) -> dict[str, float]: ...
+
+    def rollouts(self, examples: list, placement: Placement = Placement.NONE,
+                 hints: list[str] | None = None) -> Any: ...
+
+    def policy_backward(self, rollouts: Any, token_loss: Callable, weight: float = 1.0,
+                        observe: Observer | None = None) -> dict[str, float]: ...
+
+    def grpo_backward(self, examples: list, weight: float = 1.0) -> dict[str, float]: ...
+
+    def snapshot_reference(self) -> None: ...
+
+    def reset_optimizer_state(self) -> None: ...
+
+    def extra_optimizer_step(self, learning_rate: float) -> tuple[float, bool]: ...
+
+    def take_loss(self) -> float: ...
+
+    def global_sum(self, value: float) -> float: ...
+
+    def global_sums(self, values: list[float]) -> list[float]: ...
+
+    def gather_rows(self, values: list) -> list: ...
+
+    def local_rows(self, values: list) -> list: ...
+
+    def draw_demonstrations(self, count: int) -> list: ...
+
+    def example_position(self, example: Any) -> int: ...
+
+    def train_example(self, position: int) -> Any: ...
+
+    def demonstration_ids(self, example: Any) -> tuple[list[int], bool]: ...
+
+    def text_ids(self, text: str) -> list[int]: ...
 
 
 LEARNING_RATE_FIELDS = {StepKind.SFT: "sft_learning_rate", StepKind.POLICY: "learning_rate"}
 
 
-def _no_state(config) -> dict[str, Any]:
+def _no_state(config, train_size: int) -> dict[str, Any]:
     return {}
 
 
@@ -56,23 +142,47 @@ def _nothing(trainer, state: dict[str, Any], metrics: dict[str, Any]) -> None:
     return None
 
 
+def _max_steps(config, state: dict[str, Any]) -> int:
+    return config.max_steps
+
+
+def _no_optimizer(config) -> OptimizerSpec | None:
+    return None
+
+
+def peak_learning_rate(config, kind: StepKind) -> float:
+    """sft_learning_rate for an SFT step, learning_rate for a step with a policy-gradient term."""
+    return config.sft_lr if kind is StepKind.SFT else config.learning_rate
+
+
+def run_learning_rate(config, step: int, kind: StepKind, state: dict[str, Any]) -> float:
+    """The default: the kind's peak rate times one schedule over the whole run (warmup_steps, then
+    lr_scheduler to 0 at max_steps)."""
+    return peak_learning_rate(config, kind) * lr_factor(step, config.max_steps, config.warmup_steps,
+                                                        config.lr_scheduler)
+
+
 @dataclass(frozen=True)
 class Method:
     """A training method, as the trainer sees it (see the module docstring for the call order).
 
-    kinds(config) lists every StepKind the method can take with this config: `sftrl compare --tune`
-    tunes the learning rates of exactly those kinds.
+    kinds(config) lists every StepKind whose learning rate the method uses with this config:
+    `sftrl compare --tune` tunes the learning rates of exactly those kinds.
+    total_steps(config, state) is the run's length (max_steps unless the method derives it).
     """
 
     name: str
     plan: Callable[[Any, int, dict[str, Any]], StepKind]
-    step: Callable[[Any, dict[str, Any], list, StepKind], dict[str, Any]]
+    step: Callable[[Primitives, dict[str, Any], list, StepKind], dict[str, Any]]
     kinds: Callable[[Any], frozenset[StepKind]]
     needs_demonstrations: bool
     needs_rollouts: bool
-    init_state: Callable[[Any], dict[str, Any]] = _no_state
+    init_state: Callable[[Any, int], dict[str, Any]] = _no_state
     needs_reference: Callable[[Any], bool] = _reference_for_kl
-    after_step: Callable[[Any, dict[str, Any], dict[str, Any]], None] = _nothing
+    after_step: Callable[[Primitives, dict[str, Any], dict[str, Any]], None] = _nothing
+    learning_rate: Callable[[Any, int, StepKind, dict[str, Any]], float] = run_learning_rate
+    total_steps: Callable[[Any, dict[str, Any]], int] = _max_steps
+    extra_optimizer: Callable[[Any], OptimizerSpec | None] = _no_optimizer
     preset: dict[str, Any] = field(default_factory=dict)  # config defaults; a recipe or override wins
 
     def learning_rate_fields(self, config) -> tuple[str, ...]:

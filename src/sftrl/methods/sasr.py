@@ -46,7 +46,7 @@ def needs_reference(config) -> bool:
     return config.sasr_reference == "initial"  # "warmup": snapshot_reference() at the end of warm-up
 
 
-def init_state(config) -> dict:
+def init_state(config, train_size: int) -> dict:
     load_rule(config.sasr_rule)  # a bad rule fails before training starts
     return {"g_warmup": None, "g_sft": None, "rng": random.Random(config.seed).getstate(), "mode": None, "p": None}
 

@@ -21,7 +21,7 @@ RELEASED_CODE_SHAPING = 0.1
 
 def step(trainer, state, examples, kind):
     cfg = trainer.config
-    sft = trainer.sft_backward(examples, token_weights=lambda h: losses.srft_sft_weights(h, cfg.srft_variant))
+    sft = trainer.sft_backward(examples, token_weights=lambda logps, h: losses.srft_sft_weights(h, cfg.srft_variant))
     shaping = RELEASED_CODE_SHAPING if cfg.srft_variant == "released-code" else None
 
     def srft_loss(logps, old_logps, entropy, advantages, is_demo):

@@ -10,7 +10,7 @@ import random
 from .base import Method, StepKind
 
 
-def init_state(config) -> dict:
+def init_state(config, train_size: int) -> dict:
     return {"rng": random.Random(config.seed).getstate(), "mode": None}
 
 

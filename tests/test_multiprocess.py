@@ -1,0 +1,101 @@
+"""Two CPU processes (`torchrun --nproc_per_node 2 -m sftrl.cli train`, gloo): methods whose prompts decide
+per prompt (HPT's gate, ReLIFT's buffer), or that draw and gather rows (GAC, UFT), finish without a
+deadlock, and decide and train exactly as one process does.
+
+The reward (`even_answer`) is fixed by the prompt, so a prompt's decision does not depend on what was
+sampled, and every group's advantage is 0: the policy-gradient terms contribute nothing and the weights
+move through the SFT terms only, which depend on the data alone. So the per-step decisions must be
+equal, and the SFT losses and final weights equal up to float summation order, in 1 and 2 processes.
+A batch of 4 prompts gives each process 2, so in most steps one process sends all its prompts one way
+while the other does not: the case that deadlocked before the collectives were made unconditional.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sftrl.trainer import Trainer
+from sftrl.validate import load_config
+
+from test_trainer import read_metrics
+
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+SETTINGS = {
+    "hpt": dict(hpt_gate=0, entropy_coef=0.0, seed=7),  # seed 7: in step 2 one process's prompts all go to SFT
+    "relift": dict(sft_batch_size=2),
+    "gac": dict(gac_update_every=1),
+    "uft": dict(beta=0.0, entropy_coef=0.0),
+}
+# What must agree step by step between 1 and 2 processes (exactly, or to float precision).
+EXACT = {"hpt": ["step_type", "hpt/sft_prompts", "hpt/rl_prompts", "hpt/k0_prompts", "hpt/kG_prompts"],
+         "relift": ["step_type", "relift/added", "relift/sft_update", "relift/buffer_size", "relift/sft_updates"],
+         "gac": ["step_type", "chord/expert_rows", "gac/updated"],
+         "uft": ["step_type", "uft/hinted_prompts", "uft/hint_share"]}
+CLOSE = {"hpt": ["sft/loss", "loss"], "relift": ["sft/loss", "relift/sft_objective"], "gac": [], "uft": ["sft/loss"]}
+
+
+def overrides(method, model_dir, reward, run_dir):
+    values = dict(method=method, model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None,
+                  max_steps=4, batch_size=4, num_generations=2, max_completion_length=8, progress=False,
+                  output_dir=str(run_dir), save_every=0, reward_funcs=[reward], learning_rate=1e-3,
+                  sft_learning_rate=1e-3, **{"seed": 1, **SETTINGS[method]})
+    return values
+
+
+def cli_args(values):
+    return [f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in values.items()]
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_two_processes_decide_and_train_as_one(tmp_path, tiny_model_dir, even_answer_spec, method):
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    single = Trainer(load_config(overrides=overrides(method, tiny_model_dir, even_answer_spec, one_dir)))
+    sampler = dict(single.sampler.state_dict())
+    single.train()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "sftrl.cli", "train",
+               *cli_args(overrides(method, tiny_model_dir, even_answer_spec, two_dir))]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:  # a process waiting in a collective the other never joined
+        raise AssertionError(f"2-process {method} run did not finish (deadlock?): {exc.stderr}") from exc
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = [r for r in read_metrics(one_dir) if "step_type" in r]
+    two = [r for r in read_metrics(two_dir) if "step_type" in r]
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for key in EXACT[method]:
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+        for key in CLOSE[method]:
+            assert (key in a) == (key in b), (a["step"], key)
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    if method == "hpt":  # in some step one process sent all its prompts to SFT and the other did not
+        single.sampler.load_state_dict(sampler)
+        odd = [[int(single.train_examples[i].answer) % 2 for i in single.sampler.next_batch(4)] for _ in range(4)]
+        assert any(all(batch[0::2]) != all(batch[1::2]) for batch in odd), odd
+        assert [r["hpt/sft_prompts"] for r in one] == [sum(batch) for batch in odd]
+    if method == "relift":
+        assert one[-1]["relift/sft_updates"] >= 1
+    if method == "gac":
+        # σ_s² comes from the demonstrations gathered from both processes; at step 1 the weights are the
+        # initial ones, so it must agree. Later μ depends on Δg², which the sampled rollouts' φ enter, so the
+        # runs part: only the statistics' cadence and μ's bounds are compared.
+        assert one[0]["gac/measured_sigma_s2"] == pytest.approx(two[0]["gac/measured_sigma_s2"], rel=1e-4)
+        assert one[0]["sft/loss"] == pytest.approx(two[0]["sft/loss"], rel=1e-4)
+        assert all(0.05 <= r["gac/mu"] <= 0.9 for r in two)
+        return
+    w_one = load_file(one_dir / "model" / "model.safetensors")
+    w_two = load_file(two_dir / "model" / "model.safetensors")
+    for name in w_one:
+        torch.testing.assert_close(w_one[name], w_two[name], atol=2e-5, rtol=1e-4)
