@@ -1,11 +1,11 @@
 """The `torch` backend: sftrl's own decode loop over the training model's forward.
 
-What it saves over `model.generate` (measured in benchmarks/README.md):
+What it saves over `model.generate` (timed in the README's Speed section):
 - each prompt is prefilled once and its KV cache copied to its `num_generations` rows, where
   `generate` prefills every copy of the prompt;
 - the KV cache is allocated once for the whole generation and each step writes one column of it;
   `generate`'s DynamicCache concatenates, so copies the whole cache of every layer, at every step
-  (the largest cost of generation on a CPU, see the profile in benchmarks/README.md);
+  (the largest cost of the loop before this buffer, in a torch.profiler trace on the sandbox model);
 - rows that finished (EOS) leave the batch once they are a quarter of it, so later steps compute
   mostly rows still running;
 - no logits processors, stopping criteria or per-step generation bookkeeping: one forward, one
