@@ -12,10 +12,17 @@ averaged over ``--steps`` timed steps after ``--warmup`` untimed ones, split int
 - **other**: the step minus the above (batch sampling, bookkeeping, metrics).
 
 plus generated tokens per second (completion tokens of the step / generation time, completion lengths
-counted up to and including EOS by both engines) and peak memory (CPU: peak RSS of the engine's process,
-``resource.getrusage``; CUDA: ``torch.cuda.max_memory_allocated``).
+counted up to and including EOS by both engines), trained tokens per second (the same completion tokens /
+loss+backward time) and peak memory (CPU: peak RSS of the engine's process, ``resource.getrusage``; CUDA:
+``torch.cuda.max_memory_allocated``).
 
-- sftrl: ``Trainer(Config(method=grpo, ...)).train()``; phases are the ``time/*`` entries that the trainer
+``--fixed-length`` makes the two engines do identical work: both sample exactly ``max_completion_length``
+tokens for every rollout, EOS masked out of the sampling distribution until then (sftrl:
+``min_completion_length = max_completion_length``; TRL: ``generation_kwargs={"min_new_tokens": ...}``, or
+``min_tokens`` for vLLM), so every step generates and trains on the same number of tokens in both and the
+ratio compares the engines, not the completion lengths they happened to sample.
+
+- sftrl: ``Trainer(Config(method=grpo, rollout_backend=--sftrl-backend, ...)).train()``; phases are the ``time/*`` entries that the trainer
   writes to ``metrics.jsonl`` every step (``time/step``, ``time/generate``, ``time/score``,
   ``time/backward``, ``time/optimizer``).
 - TRL: ``GRPOTrainer(...).train()`` on the same model directory, the sandbox train prompts in TRL's
@@ -42,10 +49,18 @@ Run
     python benchmarks/grpo_step.py [--steps N] [--warmup K] [--batch-size 16] [--num-generations 8]
         [--max-completion-length 64] [--micro-batch-size 64] [--model sandbox|PATH] [--engines sftrl,trl]
         [--device cpu|cuda] [--threads N] [--learning-rate 1e-3] [--seed 0] [--json out.json]
-        [--profile DIR]
+        [--profile DIR] [--fixed-length] [--sftrl-backend torch|generate|vllm] [--rollout hf|vllm]
+    python benchmarks/grpo_step.py --fixed-length --threads 2                       # the README's table
+    python benchmarks/grpo_step.py --fixed-length --threads 2 --model sandbox-10m   # a 10M-parameter model
+    python benchmarks/grpo_step.py --device cuda --rollout vllm --model Qwen/Qwen2.5-0.5B-Instruct  # GPU, vLLM colocate
 
 ``--model sandbox`` (default) is the prepared sandbox base model (``sftrl.models.resolve_model_path``;
-trained and cached on first use, before any engine starts). ``--profile DIR`` runs each engine under
+trained and cached on first use, before any engine starts); ``sandbox-10m`` is an untrained Llama of the
+sandbox's vocabulary with 10.7M parameters (hidden 384, 6 layers, 6 heads, MLP 1024), built with seed 0 and
+saved to a temporary directory that both engines load (use it with ``--fixed-length``: untrained, its
+completion lengths mean nothing). ``--rollout vllm`` (GPU) samples with vLLM colocated in both engines,
+sleep mode on (sftrl: ``rollout_backend=vllm``; TRL: ``use_vllm``, ``vllm_mode="colocate"``,
+``vllm_enable_sleep_mode``), each with 0.3 of the GPU's memory. ``--profile DIR`` runs each engine under
 cProfile, writes ``DIR/<engine>.prof`` and prints the top functions (timings then include the profiler's
 overhead). Needs ``trl`` (``pip install -e '.[bench]'``) for the TRL engine. Set ``HF_HUB_OFFLINE=1``
 on machines without internet.
@@ -65,6 +80,9 @@ from pathlib import Path
 
 ENGINES = ("sftrl", "trl")
 PHASES = ("generate", "score", "loss_backward", "optimizer", "other")
+VLLM_MEMORY = 0.3  # share of the GPU each engine's colocated vLLM takes (--rollout vllm)
+# --model sandbox-10m: the sandbox's architecture and vocabulary at 10.7M parameters
+SIZES_10M = {"hidden_size": 384, "num_layers": 6, "num_attention_heads": 6, "intermediate_size": 1024}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -102,7 +120,9 @@ def _summarise(steps: list[dict], warmup: int, batch_sequences: int) -> dict:
     tokens = sum(s["mean_length"] * batch_sequences for s in timed)
     gen_seconds = sum(s["generate"] for s in timed)
     summary["mean_length"] = _mean([s["mean_length"] for s in timed])
+    train_seconds = sum(s["loss_backward"] for s in timed)
     summary["gen_tokens_per_s"] = tokens / gen_seconds if gen_seconds > 0 else float("nan")
+    summary["train_tokens_per_s"] = tokens / train_seconds if train_seconds > 0 else float("nan")
     summary["steps_per_s"] = 1.0 / summary["step"] if summary["step"] > 0 else float("nan")
     return summary
 
@@ -159,6 +179,8 @@ def run_sftrl(args, workdir: Path) -> dict:
         "max_completion_length": args.max_completion_length,
         "micro_batch_size": args.micro_batch_size,
         "generation_batch_size": sequences,  # one generate() call per step, as TRL does
+        "rollout_backend": args.sftrl_backend,
+        "min_completion_length": args.max_completion_length if args.fixed_length else 0,
         "learning_rate": args.learning_rate,
         "lr_scheduler": "constant",
         "warmup_steps": 0,
@@ -172,6 +194,7 @@ def run_sftrl(args, workdir: Path) -> dict:
         "logging_steps": 1,
         "seed": args.seed,
         "mixed_precision": "no" if args.device == "cpu" else "auto",
+        "vllm_gpu_memory_utilization": VLLM_MEMORY,
     })
     t0 = time.perf_counter()
     trainer = Trainer(config)
@@ -192,7 +215,8 @@ def run_sftrl(args, workdir: Path) -> dict:
         steps.append({"step": r["step"], "step_time": r["time/step"], **phases,
                       "mean_length": r["completions/mean_length"], "reward": r.get("reward")})
     return {"engine": "sftrl", "steps": steps, "setup_s": setup_s, "train_s": train_s,
-            "rss_before_train_mib": rss_before, "mixed_precision": trainer.accelerator.mixed_precision}
+            "rss_before_train_mib": rss_before, "mixed_precision": trainer.accelerator.mixed_precision,
+            "rollout_backend": args.sftrl_backend}
 
 
 def run_trl(args, workdir: Path) -> dict:
@@ -210,6 +234,10 @@ def run_trl(args, workdir: Path) -> dict:
     sequences = args.batch_size * args.num_generations
     micro = args.micro_batch_size
     bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()  # sftrl's mixed_precision=auto
+    vllm = args.rollout == "vllm"
+    generation_kwargs = None
+    if args.fixed_length:  # EOS masked until max_completion_length, as sftrl's min_completion_length does
+        generation_kwargs = {("min_tokens" if vllm else "min_new_tokens"): args.max_completion_length}
     rows = make_split("train")
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
                                  for r in rows])
@@ -247,6 +275,10 @@ def run_trl(args, workdir: Path) -> dict:
         bf16=bf16,
         fp16=False,
         gradient_checkpointing=False,
+        generation_kwargs=generation_kwargs,
+        use_vllm=vllm,
+        **({"vllm_mode": "colocate", "vllm_enable_sleep_mode": True, "vllm_gpu_memory_utilization": VLLM_MEMORY}
+           if vllm else {}),
     )
     t0 = time.perf_counter()
     model = load_model(args.model)
@@ -314,7 +346,7 @@ def run_trl(args, workdir: Path) -> dict:
     train_s = time.perf_counter() - t0
     return {"engine": "trl", "steps": [steps[k] for k in sorted(steps)], "setup_s": setup_s, "train_s": train_s,
             "rss_before_train_mib": rss_before, "mixed_precision": "bf16" if bf16 else "no",
-            "trl_version": trl.__version__,
+            "trl_version": trl.__version__, "rollout_backend": "vllm" if vllm else "generate",
             "trl_settings": {"per_device_train_batch_size": config.per_device_train_batch_size,
                              "gradient_accumulation_steps": config.gradient_accumulation_steps,
                              "generation_batch_size": config.generation_batch_size,
@@ -359,7 +391,10 @@ def _run_engine(args, engine: str, tmp: Path) -> dict:
            "--batch-size", str(args.batch_size), "--num-generations", str(args.num_generations),
            "--max-completion-length", str(args.max_completion_length),
            "--micro-batch-size", str(args.micro_batch_size), "--device", args.device,
-           "--learning-rate", str(args.learning_rate), "--seed", str(args.seed)]
+           "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
+           "--sftrl-backend", args.sftrl_backend, "--rollout", args.rollout]
+    if args.fixed_length:
+        cmd.append("--fixed-length")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.profile:
@@ -388,14 +423,16 @@ def render(results: dict, settings: dict) -> str:
     device = settings["device"]
     mem_col = "peak RSS (MiB)" if device == "cpu" else "peak CUDA alloc (MiB)"
     lines = [f"| engine | step (s) | generate | score | loss+backward | optimizer | other | gen tok/s "
-             f"| {mem_col} | mean len | median step (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| train tok/s | {mem_col} | mean len | median step (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         s = r["summary"]
         mem = r["peak_rss_mib"] if device == "cpu" else r.get("cuda_peak_allocated_mib")
-        lines.append(f"| {name} | {_fmt(s['step'])} | {_fmt(s['generate'])} | {_fmt(s['score'])} "
+        label = f"{name} ({r.get('rollout_backend', '?')})"
+        lines.append(f"| {label} | {_fmt(s['step'])} | {_fmt(s['generate'])} | {_fmt(s['score'])} "
                      f"| {_fmt(s['loss_backward'])} | {_fmt(s['optimizer'])} | {_fmt(s['other'])} "
-                     f"| {_fmt(s['gen_tokens_per_s'], 0)} | {_fmt(mem, 0)} | {_fmt(s['mean_length'], 1)} "
+                     f"| {_fmt(s['gen_tokens_per_s'], 0)} | {_fmt(s['train_tokens_per_s'], 0)} "
+                     f"| {_fmt(mem, 0)} | {_fmt(s['mean_length'], 1)} "
                      f"| {_fmt(s['step_median'])} |")
     out = "\n".join(lines)
     if "sftrl" in results and "trl" in results:
@@ -405,6 +442,19 @@ def render(results: dict, settings: dict) -> str:
                 f"from median step times: {median_ratio:.2f})")
     out += ("\n\nsettings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     return out
+
+
+def _build_10m_model(directory: Path) -> str:
+    """An untrained 10.7M-parameter Llama with the sandbox tokenizer, saved to `directory`."""
+    from sftrl.sandbox.model import build_model
+    from sftrl.sandbox.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed=0, **SIZES_10M)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    print(f"sandbox-10m: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", file=sys.stderr)
+    return str(directory)
 
 
 def _sandbox_model_path() -> str:
@@ -438,8 +488,16 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write settings, per-step timings and summaries here")
     p.add_argument("--profile", metavar="DIR", help="run each engine under cProfile; write DIR/<engine>.prof")
     p.add_argument("--verbose", action="store_true", help="show each engine's own output")
+    p.add_argument("--fixed-length", action="store_true",
+                   help="both engines sample exactly --max-completion-length tokens (EOS masked until then): identical work")
+    p.add_argument("--rollout", choices=("hf", "vllm"), default="hf",
+                   help="hf: sftrl's --sftrl-backend and TRL's transformers generate; vllm: both with vLLM colocated (GPU)")
+    p.add_argument("--sftrl-backend", choices=("torch", "generate", "vllm"),
+                   help="sftrl's rollout_backend (default: torch, or vllm with --rollout vllm)")
     p.add_argument("--engine-only", choices=ENGINES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.sftrl_backend is None:
+        args.sftrl_backend = "vllm" if args.rollout == "vllm" else "torch"
     sequences = args.batch_size * args.num_generations
     args.micro_batch_size = min(args.micro_batch_size, sequences)
     if sequences % args.micro_batch_size:
@@ -472,6 +530,8 @@ def main(argv=None) -> None:
         args.model = str(Path(_sandbox_model_path()).resolve())
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
+        if args.model == "sandbox-10m":
+            args.model = _build_10m_model(Path(tmp) / "sandbox-10m")
         for engine in engines:
             results[engine] = _run_engine(args, engine, Path(tmp))
 
@@ -489,6 +549,7 @@ def main(argv=None) -> None:
         "sequences_per_step": args.batch_size * args.num_generations,
         "max_completion_length": args.max_completion_length, "micro_batch_size": args.micro_batch_size,
         "learning_rate": args.learning_rate, "warmup": args.warmup, "steps": args.steps, "seed": args.seed,
+        "fixed_length": args.fixed_length, "rollout": args.rollout,
         "mixed_precision": first.get("mixed_precision"),
         "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
         "python": platform.python_version(), "cpus": os.cpu_count(),

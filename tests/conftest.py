@@ -49,3 +49,11 @@ def reward_spec(tmp_path_factory):
 @pytest.fixture(scope="session")
 def even_answer_spec(reward_spec):
     return reward_spec.replace(":odd_length", ":even_answer")
+
+
+@pytest.fixture(scope="session")
+def sandbox_base_model():
+    """The shipped sandbox base model's directory (read-only: tests load it, never write to it)."""
+    from sftrl.models import resolve_model_path
+
+    return resolve_model_path("sandbox")

@@ -308,8 +308,8 @@ def test_sft_then_grpo_stage_lengths_schedules_and_fresh_optimizer(tmp_path, tin
 def test_sft_accumulation_gives_the_same_parameters_after_a_step(tmp_path, tiny_model_dir):
     """2604.23747's first required test: k accumulated micro-batches equal one batch of the same rows, in the
     gradient and in the parameters and AdamW moments after one step (demonstrations of unequal lengths).
-    AdamW's first update is lr·g/(|g| + eps), so where |g| is at float-noise level (< 1e-6) the two may
-    differ; everywhere else they must agree."""
+    AdamW's first update is lr·g/(|g| + eps), whose sensitivity to g is lr·eps/g²: the gradients agree to
+    ~1e-8 absolute (summation order differs), so weights are compared where |g| > 1e-5 (error < 1e-9)."""
     runs = []
     for micro in (64, 3):
         trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", micro_batch_size=micro,
@@ -329,8 +329,8 @@ def test_sft_accumulation_gives_the_same_parameters_after_a_step(tmp_path, tiny_
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-5)
     compared = 0
     for g, a, b in zip(g1, w1, w2):
-        solid = g.abs() > 1e-6
-        torch.testing.assert_close(a[solid], b[solid], atol=1e-7, rtol=0)
+        solid = g.abs() > 1e-5
+        torch.testing.assert_close(a[solid], b[solid], atol=1e-7, rtol=1e-6)  # rtol: a float32 ulp at |w| ~ 1
         compared += int(solid.sum())
     assert compared > 0.5 * sum(g.numel() for g in g1)  # most parameters were compared
 

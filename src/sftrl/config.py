@@ -25,10 +25,12 @@ LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 SRFT_VARIANTS = ("paper", "released-code")
 DEMO_TRUNCATIONS = ("cut", "drop", "keep")
+ROLLOUT_BACKENDS = ("torch", "generate", "vllm")
 # Fields that cannot change what a run computes (memory knobs, logging, checkpoint cadence, the
 # resume switch itself): a resumed run may set them differently. Every other field must match.
 RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
-                         "micro_batch_size", "generation_batch_size", "eval_batch_size")
+                         "micro_batch_size", "generation_batch_size", "eval_batch_size", "vllm_gpu_memory_utilization",
+                         "vllm_sleep_mode")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -139,7 +141,11 @@ class Config:
     max_completion_length: int = _f(64, "Maximum tokens per completion; longer ones are truncated.")
     temperature: float = _f(1.0, "Sampling temperature of rollouts (also scales the logits of the GRPO loss, as in TRL).")
     top_p: float = _f(1.0, "Nucleus sampling threshold of rollouts.")
-    generation_batch_size: int = _f(256, "Sequences per generate() call (memory knob; results do not depend on it on CPU).")
+    generation_batch_size: int = _f(256, "Sequences sampled together (memory knob; results do not depend on it on CPU).")
+    rollout_backend: str = _f("torch", "How rollouts are sampled: torch (sftrl's decode loop on the training model: each prompt prefilled once per group, finished rows leave the batch), generate (transformers' generate) or vllm (a vLLM engine colocated on the GPU, the policy's weights loaded into it before each generation; pip install 'sftrl[vllm]'). All draw from the same distribution.")
+    min_completion_length: int = _f(0, "Tokens sampled before an EOS may end a completion (EOS masked until then, as transformers' min_new_tokens). Above 0 the samples no longer follow the loss's softmax; benchmarks/grpo_step.py --fixed-length sets it to max_completion_length.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "rollout_backend=vllm: share of the GPU's memory vLLM takes for its weights and KV cache (TRL's colocate default).")
+    vllm_sleep_mode: bool = _f(True, "rollout_backend=vllm: release vLLM's GPU memory (weights and KV cache) between generations, so training has it (TRL's vllm_enable_sleep_mode).")
     beta: float = _f(0.0, "KL(π_θ‖π_ref) coefficient, k3 estimator (DeepSeekMath Eq. 4); 0 loads no reference model.")
     epsilon: float = _f(0.2, "Lower clipping range ε of the ratio (PPO/GRPO).")
     epsilon_high: float | None = _f(None, "Upper clipping range (DAPO's clip-higher, arXiv 2503.14476); default = epsilon.")
@@ -297,6 +303,12 @@ def check_fields(c: Config) -> None:
     check(0 < c.learning_rate < float("inf"), f"learning_rate: must be positive and finite, got {c.learning_rate}")
     check(c.sft_learning_rate is None or 0 < c.sft_learning_rate < float("inf"),
           f"sft_learning_rate: must be positive and finite or null, got {c.sft_learning_rate}")
+    check(c.rollout_backend in ROLLOUT_BACKENDS,
+          f"rollout_backend: {c.rollout_backend!r} is not one of {', '.join(ROLLOUT_BACKENDS)}")
+    check(0 <= c.min_completion_length <= c.max_completion_length,
+          f"min_completion_length: must be in [0, max_completion_length={c.max_completion_length}], got {c.min_completion_length}")
+    check(0 < c.vllm_gpu_memory_utilization <= 1,
+          f"vllm_gpu_memory_utilization: must be in (0, 1], got {c.vllm_gpu_memory_utilization}")
     check(c.temperature > 0, f"temperature: must be positive, got {c.temperature}")
     check(0 < c.top_p <= 1, f"top_p: must be in (0, 1], got {c.top_p}")
     check(c.beta >= 0, f"beta: must be 0 or more, got {c.beta}")

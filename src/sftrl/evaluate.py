@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from . import registry
 from .data import Example, render_prompt
 from .rewards import as_completions, load_rewards, score_completions
-from .rollout import generate_completions
+from .rollout import Engine, generate_completions
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def evaluate_accuracy(
     batch_size: int = 128,
     temperature: float = 0.0,
     progress=None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Share of examples solved by one completion each (greedy at temperature 0).
 
@@ -55,12 +56,13 @@ def evaluate_accuracy(
     option letters, or math-verify), never by a training reward, which may be shaped or noisy;
     ``grader`` names one reward function to grade them all instead. Returns the accuracy, the
     accuracy per ``data_source`` (when there are several), the mean completion length, the share of
-    truncated completions, and the completions themselves under "completions".
+    truncated completions, and the completions themselves under "completions". `engine` samples them
+    (the training run's rollout engine; default sftrl's decode loop).
     """
     texts = [render_prompt(tokenizer, e.prompt) for e in examples]
     completions = generate_completions(model, tokenizer, texts, num_generations=1, max_new_tokens=max_new_tokens,
                                        temperature=temperature or 1.0, batch_size=batch_size,
-                                       greedy=temperature == 0.0, progress=progress)
+                                       greedy=temperature == 0.0, progress=progress, engine=engine)
     questions = build_questions(examples, "eval", k=1, reward=grader)
     grades = [g[0] for g in grade_samples(questions, [[text] for text in completions.texts])]
     by_source: dict[str, list[float]] = {}

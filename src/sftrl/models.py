@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import logging
 from pathlib import Path
 
@@ -104,6 +105,21 @@ def load_model(name: str, dtype: str = "auto", trust_remote_code: bool = False,
     if device is not None:
         model.to(device)
     return model
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The forward's name for the KV cache argument (transformers 5 renamed past_key_values to cache);
+    a DDP-wrapped model is asked through the model it wraps."""
+    forward = inspect.signature(getattr(model, "module", model).forward).parameters
+    return "cache" if "cache" in forward else "past_key_values"
+
+
+def activation_checkpointing(model: PreTrainedModel) -> bool:
+    """Whether the model recomputes activations in backward (transformers 5 name, then the older one)."""
+    model = getattr(model, "module", model)
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

@@ -42,7 +42,7 @@ from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
 from .progress import Progress
 from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
-from .rollout import generate_completions
+from .rollout import generate_completions, make_engine
 from .schedules import lr_factor
 from .validate import check_processes
 
@@ -137,6 +137,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                       betas=(config.adam_beta1, config.adam_beta2))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.rollout_engine = self._start_rollout_engine(model_path) if self.method.needs_rollouts else None
         spec = self.method.extra_optimizer(config)
         self.extra_optimizer = None if spec is None else torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=spec.weight_decay,
@@ -156,6 +157,17 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self._warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
+
+    def _start_rollout_engine(self, model_path: str):
+        """The engine that samples rollouts (`rollout_backend`); vLLM starts here, once per run."""
+        cfg = self.config
+        max_model_len = cfg.max_prompt_length + cfg.max_completion_length if cfg.max_prompt_length else None
+        try:
+            return make_engine(cfg.rollout_backend, model_path, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                               sleep_mode=cfg.vllm_sleep_mode, max_model_len=max_model_len,
+                               dtype=cfg.dtype, seed=cfg.seed)
+        except ImportError as error:
+            raise ConfigError(str(error)) from error
 
     def _check_demonstration_lengths(self) -> dict[str, Any]:
         """Count demonstrations longer than max_completion_length (EOS included), say so, and apply
@@ -265,8 +277,8 @@ class Trainer:
         value, self._loss = self._loss, 0.0
         return self._global_sum(value)
 
-    def _micro_batches(self, n: int):
-        return micro_batches(n, self.config.micro_batch_size)
+    def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
+        return micro_batches(lengths, self.config.micro_batch_size)
 
     def _backward(self, loss: torch.Tensor) -> None:
         # Gradients are summed over processes in optimizer_step; our losses are global sums / global
@@ -311,7 +323,7 @@ class Trainer:
         if kl_coef > 0 and self.reference is None:
             raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
         sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
-        for rows in self._micro_batches(len(examples)):
+        for rows in self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)]):
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
             # The unwrapped module: gradients are summed over processes in optimizer_step, so no DDP
@@ -361,7 +373,8 @@ class Trainer:
             return generate_completions(
                 self.policy, self.tokenizer, texts, num_generations=num_generations,
                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
-                batch_size=cfg.generation_batch_size, max_prompt_length=cfg.max_prompt_length, greedy=greedy)
+                batch_size=cfg.generation_batch_size, max_prompt_length=cfg.max_prompt_length, greedy=greedy,
+                min_new_tokens=cfg.min_completion_length, engine=self.rollout_engine)
 
     def reward_kwargs_columns(self, examples: list[Example], repeat: int) -> dict[str, list]:
         """The dataset columns reward functions get, one value per completion: `answer`, every other
@@ -500,8 +513,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
-        for rows in self._micro_batches(n):
-            idx = list(rows)
+        for idx in self._micro_batches([len(t) for t in rollouts.target_ids]):
             batch = pack([rollouts.prompt_ids[i] for i in idx], [rollouts.target_ids[i] for i in idx],
                          self.pad_id, self.accelerator.device)
             device = batch.target_mask.device
@@ -656,7 +668,7 @@ class Trainer:
         with self.accelerator.autocast():
             result = evaluate_accuracy(self.policy, self.tokenizer, self.eval_examples, self.config.eval_reward,
                                        max_new_tokens=self.config.max_completion_length,
-                                       batch_size=self.config.eval_batch_size)
+                                       batch_size=self.config.eval_batch_size, engine=self.rollout_engine)
         return {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"],
                 **{f"eval/accuracy/{source}": value for source, value in result["by_source"].items()}}
 

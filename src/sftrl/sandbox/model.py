@@ -22,19 +22,22 @@ INTERMEDIATE_SIZE = 512  # SwiGLU MLP width
 MAX_POSITION_EMBEDDINGS = 256
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedModel:
-    """A freshly initialised float32 Llama sized for the sandbox, its vocab matching ``tokenizer``.
+def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, hidden_size: int = HIDDEN_SIZE,
+                num_layers: int = NUM_LAYERS, num_attention_heads: int = NUM_ATTENTION_HEADS,
+                intermediate_size: int = INTERMEDIATE_SIZE) -> PreTrainedModel:
+    """A freshly initialised float32 Llama sized for the sandbox (or as asked: benchmarks time larger
+    ones), its vocab matching ``tokenizer``.
 
     ``seed`` fixes the initial weights. Special-token ids are written into both the model config and
     its generation config, so ``generate`` stops at eos and pads with the tokenizer's pad token.
     """
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=HIDDEN_SIZE,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=NUM_ATTENTION_HEADS,
-        num_key_value_heads=NUM_ATTENTION_HEADS,
-        intermediate_size=INTERMEDIATE_SIZE,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
         max_position_embeddings=MAX_POSITION_EMBEDDINGS,
         tie_word_embeddings=True,  # ~20k fewer parameters, and the usual choice for tiny LMs
         bos_token_id=tokenizer.bos_token_id,
