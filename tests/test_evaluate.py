@@ -252,6 +252,33 @@ def test_eval_samples_are_keyed_by_the_model_files_so_a_retrained_model_is_evalu
     assert json.loads(again.splitlines()[0])["settings"]["model_sha256"] == model_fingerprint(str(model))
 
 
+def test_the_same_model_files_at_another_path_reuse_their_samples(tiny_model_dir, tmp_path):
+    """A moved run directory or another checkout of the shipped model: the files decide, not the path;
+    another model at that path is still evaluated anew."""
+    import shutil
+
+    from sftrl.data import load_examples
+    from sftrl.evaluate import build_questions, read_samples, run_benchmark
+    from sftrl.models import load_model, load_tokenizer, model_fingerprint
+
+    first, moved = tmp_path / "a" / "model", tmp_path / "b" / "model"
+    shutil.copytree(tiny_model_dir, first)
+    shutil.copytree(tiny_model_dir, moved)
+    samples = tmp_path / "samples.jsonl"
+    questions = build_questions(load_examples("sandbox:test", limit=3), "sandbox:test", k=1)
+    model, tokenizer = load_model(str(first)), load_tokenizer(str(first))
+    settings = {"model": str(first), "k": 1, "shuffle_choices": False, "model_sha256": model_fingerprint(str(first))}
+    run_benchmark(model, tokenizer, questions, samples, settings, max_new_tokens=8)
+    written = samples.read_text()
+    same = {**settings, "model": str(moved), "model_sha256": model_fingerprint(str(moved))}
+    assert len(read_samples(samples, {**same, "temperature": 0.6, "top_p": 1.0, "max_new_tokens": 8, "seed": 0})) == 3
+    run_benchmark(model, tokenizer, questions, samples, same, max_new_tokens=8)
+    assert samples.read_text() == written  # nothing evaluated again
+    with pytest.raises(FileExistsError, match="model"):
+        read_samples(samples, {**same, "model_sha256": "another", "temperature": 0.6, "top_p": 1.0,
+                               "max_new_tokens": 8, "seed": 0})
+
+
 def test_compare_evaluations_follow_the_model_files(tiny_model_dir, tmp_path):
     import shutil
 

@@ -237,8 +237,13 @@ def read_samples(path: Path, settings: dict[str, Any]) -> dict[str, dict]:
         return {}
     header = json.loads(lines[0])
     old = header.get("settings", {})
-    if any(old.get(key) != settings.get(key) for key in SETTINGS_KEYS):
-        diff = {key: (old.get(key), settings.get(key)) for key in SETTINGS_KEYS if old.get(key) != settings.get(key)}
+    keys = SETTINGS_KEYS
+    if old.get("model_sha256") is not None and old.get("model_sha256") == settings.get("model_sha256"):
+        # The same model files at another path (a moved run directory, another checkout of the shipped
+        # sandbox model): the content decides, not where it lies.
+        keys = tuple(key for key in SETTINGS_KEYS if key != "model")
+    if any(old.get(key) != settings.get(key) for key in keys):
+        diff = {key: (old.get(key), settings.get(key)) for key in keys if old.get(key) != settings.get(key)}
         raise FileExistsError(f"{path} holds samples made with other settings {diff} (old, new); "
                               f"choose another --output-dir, or pass --overwrite")
     records = {}
