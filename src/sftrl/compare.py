@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError
+from .errors import RunError, SftrlError
 from .validate import load_config
 from .methods import METHODS
 
@@ -294,7 +295,10 @@ def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, d
                 for other in futures:
                     other.cancel()
                 log = tasks[i].get("log")
-                raise RuntimeError(f"{describe(tasks[i], {})} failed: {exc}" + (f" (log: {log})" if log else "")) from exc
+                message = f"{describe(tasks[i], {})} failed: {exc}" + (f" (log: {log})" if log else "")
+                # The user's problem (their input, their run directory) in one line; a bug keeps its traceback.
+                kind = RunError if isinstance(exc, (SftrlError, FileExistsError, FileNotFoundError)) else RuntimeError
+                raise kind(message) from exc
             done += 1
             print(f"  [{done}/{len(tasks)}] {describe(tasks[i], results[i])}", flush=True)
     return results  # type: ignore[return-value]
