@@ -197,3 +197,15 @@ def test_compare_tunes_on_the_validation_split_in_parallel_processes(tmp_path, t
         assert run["learning_rate"] == first_best and run["seed"] == seed
     assert [(r["method"], r["seed"]) for r in results] == [("base", 0), ("base", 1), ("grpo", 0), ("grpo", 1)]
     assert "Learning rates chosen on sandbox:val" in (tmp_path / "comparison.md").read_text()
+
+
+def test_a_phase_only_one_method_reads_is_set_for_that_method_alone(tmp_path):
+    """Adding UFT to a comparison must not change the configs of the other methods' finished runs."""
+    from sftrl.config import Config
+
+    shared = compare_module.budget_overrides(compare_module.DEFAULT_BUDGET)
+    uft = compare_module.run_config("uft", 0, tmp_path / "u", shared, 10)
+    sft = compare_module.run_config("sft", 0, tmp_path / "s", shared, 10)
+    assert uft.uft_hint_steps == round(0.6 * compare_module.DEFAULT_BUDGET["max_steps"])
+    assert sft.uft_hint_steps == Config().uft_hint_steps
+    assert compare_module.run_config("uft", 0, tmp_path / "u", {**shared, "uft_hint_steps": 7}, 10).uft_hint_steps == 7

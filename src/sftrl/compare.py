@@ -59,12 +59,21 @@ def budget_overrides(budget: dict[str, Any]) -> dict[str, Any]:
     """The config values every run shares; phase lengths are fractions of the steps."""
     steps = budget["max_steps"]
     return {"model": "sandbox", "train_data": "sandbox", **budget, "sft_steps": steps // 2, "grpo_steps": steps // 2,
-            "sasr_warmup_steps": max(1, steps // 5), "uft_hint_steps": round(0.6 * steps)}  # UFT: 300 of 500
+            "sasr_warmup_steps": max(1, steps // 5)}
+
+
+def method_overrides(method: str, budget: dict[str, Any]) -> dict[str, Any]:
+    """Phase lengths only one method reads, set for that method alone, so that a finished run of
+    another method is still reused when they are added (a run's config records every field)."""
+    if method == "uft":
+        return {"uft_hint_steps": round(0.6 * budget["max_steps"])}  # UFT: hints for 300 of 500 steps
+    return {}
 
 
 def run_config(method: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int) -> Config:
     """One run's config: the method's defaults and preset, then the shared budget, then seed and paths."""
-    return load_config(None, {"method": method, **shared, "seed": seed, "output_dir": str(run_dir),
+    return load_config(None, {"method": method, **method_overrides(method, shared), **shared, "seed": seed,
+                              "output_dir": str(run_dir),
                               "save_every": checkpoint_every, "save_total_limit": 1000})
 
 
