@@ -332,7 +332,9 @@ class Trainer:
     def _target_logits(self, batch) -> torch.Tensor:
         """A training forward (B, T, V), through the module sftrl.parallel says; one forward per
         micro-batch where the backend needs every process to run as many."""
-        return target_logits(self._train_module, batch, share_prompts=not self.parallel.sharded)
+        if self.parallel.sharded:
+            return target_logits(self._train_module, batch, share_prompts=False)
+        return target_logits(self._train_module, batch)
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
