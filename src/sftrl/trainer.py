@@ -445,7 +445,7 @@ class Trainer:
     def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
               is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, float]]:
         """Each reward function's rewards, (N, F), NaN for None, called as TRL calls them (see
-        :mod:`sftrl.rewards.contract`); and the means of what the functions logged with log_metric."""
+        :mod:`sftrl.rewards.contract`); and every value the functions logged with log_metric, by name."""
         prompts = [examples[row // group_size].prompt for row in range(len(texts))]
         logged: dict[str, list[float]] = defaultdict(list)
         names = []
