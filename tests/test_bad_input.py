@@ -187,3 +187,29 @@ def test_sandbox_prepare_never_replaces_what_is_not_a_sandbox_model(tmp_path, no
     monkeypatch.setattr(prepare, "SHIPPED_DIR", tmp_path / "not-shipped")
     fails_cleanly(capsys, tmp_path, ["sandbox", "prepare"], "the sandbox base model is missing")
     shutil.rmtree(not_a_model)
+
+
+def test_train_fsdp_asked_for_on_cpu(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """accelerate shards only on accelerators: on CPU it would silently run plain data parallelism."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    fails_cleanly(capsys, tmp_path, train_args(tmp_path, tiny_model_dir), "ACCELERATE_USE_FSDP: FSDP was asked for")
+
+
+@pytest.mark.parametrize("deepspeed, overrides, expected", [
+    ({"gradient_accumulation_steps": 4}, {}, "deepspeed gradient_accumulation_steps: sftrl accumulates"),
+    ({"gradient_clipping": 0.5}, {"max_grad_norm": 1.0}, "max_grad_norm: 1.0, but the DeepSpeed config's gradient_clipping"),
+    ({"optimizer": {"type": "AdamW"}}, {}, "deepspeed optimizer: remove it"),
+    ({}, {"skip_update_grad_norm": 80.0}, "skip_update_grad_norm: 80.0 cannot apply under DeepSpeed"),
+    ({}, {"method": "relift"}, "method: relift steps a second optimizer"),
+    ({}, {"save_every": 5}, "save_every: 5, but resumable checkpoints are not written under DeepSpeed"),
+])
+def test_deepspeed_settings_sftrl_cannot_honour(deepspeed, overrides, expected):
+    from sftrl.errors import ConfigError
+    from sftrl.validate import check_processes, load_config
+
+    config = load_config(overrides={"save_every": 0, "batch_size": 4, **overrides})
+    accepted = {"gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero_optimization": {"stage": 2}}
+    check_processes(load_config(overrides={"save_every": 0, "batch_size": 4}), 2, "deepspeed", {}, accepted)
+    with pytest.raises(ConfigError) as error:
+        check_processes(config, 2, "deepspeed", {}, {**accepted, **deepspeed})
+    assert expected in str(error.value) and "\n" not in str(error.value)

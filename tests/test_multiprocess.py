@@ -1,6 +1,9 @@
-"""Two CPU processes (`torchrun --nproc_per_node 2 -m sftrl.cli train`, gloo): methods whose prompts decide
-per prompt (HPT's gate, ReLIFT's buffer), or that draw and gather rows (GAC, UFT), finish without a
-deadlock, and decide and train exactly as one process does.
+"""Two CPU processes (`torchrun --nproc_per_node 2 -m sftrl.cli train`, gloo, accelerate's DDP): SFT
+logs the same per-step loss and gradient norm and ends with the same weights as one process; GRPO logs
+the whole step's reward statistics; methods whose prompts decide per prompt (HPT's gate, ReLIFT's
+buffer), or that draw and gather rows (GAC, UFT), finish without a deadlock, and decide and train
+exactly as one process does. FSDP cannot run here: accelerate shards only on GPUs (see test_validate's
+check that asking for it on CPU fails).
 
 The reward (`even_answer`) is fixed by the prompt, so a prompt's decision does not depend on what was
 sampled, and every group's advantage is 0: the policy-gradient terms contribute nothing and the weights
@@ -11,6 +14,7 @@ while the other does not: the case that deadlocked before the collectives were m
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -55,21 +59,64 @@ def cli_args(values):
     return [f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in values.items()]
 
 
+def run_two_processes(values, what):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "sftrl.cli", "train", *cli_args(values)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:  # a process waiting in a collective the other never joined
+        raise AssertionError(f"2-process {what} run did not finish (deadlock?): {exc.stderr}") from exc
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_sft_on_two_processes_is_sft_on_one(tmp_path, tiny_model_dir, even_answer_spec):
+    """Micro-batches of 1 row: each process accumulates 2 unsynchronised backwards, then DDP averages in
+    the step's one synchronised backward; the losses are whole-step token means either way."""
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    values = dict(overrides("hpt", tiny_model_dir, even_answer_spec, one_dir), method="sft", micro_batch_size=1,
+                  learning_rate=1e-2, sft_learning_rate=1e-2, max_grad_norm=0.5)
+    Trainer(load_config(overrides=values)).train()
+    run_two_processes({**values, "output_dir": str(two_dir)}, "sft")
+    one = [r for r in read_metrics(one_dir) if "step_type" in r]
+    two = [r for r in read_metrics(two_dir) if "step_type" in r]
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for key in ("loss", "sft/loss", "grad_norm", "sft/entropy", "sft/mean_length"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=5e-5), (a["step"], key, a[key], b[key])
+    assert any(r["grad_norm"] > 0.5 for r in one)  # clipping took part, so the norm compared is the global one
+    w_one = load_file(one_dir / "model" / "model.safetensors")
+    w_two = load_file(two_dir / "model" / "model.safetensors")
+    assert any(not torch.equal(w_one[name], w_0) for name, w_0 in load_file(
+        tiny_model_dir / "model.safetensors").items())  # the weights moved
+    for name in w_one:
+        torch.testing.assert_close(w_one[name], w_two[name], atol=5e-5, rtol=1e-4)
+
+
+def test_grpo_on_two_processes_logs_the_whole_steps_rewards(tmp_path, tiny_model_dir, even_answer_spec):
+    """The reward is fixed by the prompt, so the step's reward statistics do not depend on what was sampled:
+    logged over both processes' rollouts they equal one process's (process 0's share would differ)."""
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    values = dict(overrides("hpt", tiny_model_dir, even_answer_spec, one_dir), method="grpo", micro_batch_size=3)
+    Trainer(load_config(overrides=values)).train()
+    run_two_processes({**values, "output_dir": str(two_dir)}, "grpo")
+    one = [r for r in read_metrics(one_dir) if "step_type" in r]
+    two = [r for r in read_metrics(two_dir) if "step_type" in r]
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    assert len({r["reward"] for r in one}) > 1  # steps differ, so a share would show
+    for a, b in zip(one, two):
+        for key in ("reward", "reward_std", "frac_reward_zero_std", "frac_reward_unscorable"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (a["step"], key, a[key], b[key])
+        assert all(math.isfinite(b[key]) for key in ("loss", "entropy", "grad_norm", "completions/mean_length"))
+
+
 @pytest.mark.parametrize("method", list(SETTINGS))
 def test_two_processes_decide_and_train_as_one(tmp_path, tiny_model_dir, even_answer_spec, method):
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
     single = Trainer(load_config(overrides=overrides(method, tiny_model_dir, even_answer_spec, one_dir)))
     sampler = dict(single.sampler.state_dict())
     single.train()
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "sftrl.cli", "train",
-               *cli_args(overrides(method, tiny_model_dir, even_answer_spec, two_dir))]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as exc:  # a process waiting in a collective the other never joined
-        raise AssertionError(f"2-process {method} run did not finish (deadlock?): {exc.stderr}") from exc
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(overrides(method, tiny_model_dir, even_answer_spec, two_dir), method)
     one = [r for r in read_metrics(one_dir) if "step_type" in r]
     two = [r for r in read_metrics(two_dir) if "step_type" in r]
     assert [r["step"] for r in two] == [1, 2, 3, 4]

@@ -95,10 +95,11 @@ def _shared_prompts(model, batch: TokenBatch) -> torch.Tensor:
     return torch.cat([first[batch.prompt_of], rest], dim=1)  # (B, T, V)
 
 
-def target_logits(model, batch: TokenBatch) -> torch.Tensor:
-    """Logits (B, T, V) that predict each target token (unscaled)."""
+def target_logits(model, batch: TokenBatch, share_prompts: bool = True) -> torch.Tensor:
+    """Logits (B, T, V) that predict each target token (unscaled). share_prompts=False makes it one
+    forward pass whatever the batch holds (sharded models need every process to run as many)."""
     # Activation checkpointing switches the cache off in training, so it would drop the shared prompt.
-    if batch.shares_prompts and not activation_checkpointing(model):
+    if share_prompts and batch.shares_prompts and not activation_checkpointing(model):
         return _shared_prompts(model, batch)
     return _whole_rows(model, batch)
 

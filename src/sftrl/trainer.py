@@ -7,9 +7,10 @@ clipping, AdamW step at the method's rate -> the method's after_step -> metrics.
 names) -> periodic evaluation and atomic checkpoints.
 A step whose loss or gradient is not finite is skipped (no update, counted in `skipped_steps`);
 `max_nonfinite_steps` of them in a row stop the run with the last good checkpoint kept.
-Runs on `accelerate` (single process, or `accelerate launch` / `torchrun` for data parallelism: the
-step's rows are sharded global[rank::world], forwards go through the unwrapped module and gradients
-are all-reduced once per update, so processes whose rows decided differently stay in step).
+Runs on `accelerate` (single process, or `accelerate launch` / `torchrun` for DDP, FSDP or DeepSpeed
+data parallelism): the step's rows are sharded global[rank::world], and :mod:`sftrl.parallel` averages
+the gradients once per update in one synchronised backward that every process runs, so processes whose
+rows decided differently stay in step.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .evaluate import evaluate_accuracy, reward_columns
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
 from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from .parallel import Parallel
 from .progress import Progress
 from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
@@ -96,7 +98,10 @@ class Trainer:
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
         self.world = self.accelerator.num_processes
-        check_processes(config, self.world)
+        self.parallel = Parallel(self.accelerator)
+        plugin = self.accelerator.state.deepspeed_plugin if self.parallel.backend == "deepspeed" else None
+        check_processes(config, self.world, self.parallel.backend,
+                        deepspeed_config=plugin.deepspeed_config if plugin is not None else None)
         # What the run directory allows (finished, other settings, resume): decided before anything loads.
         self.plan = checkpoint.plan_run(config)
         self._bar: Progress | None = None
@@ -136,7 +141,14 @@ class Trainer:
         self.reference_step: int | None = None  # set when the reference is a snapshot taken during training
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                       betas=(config.adam_beta1, config.adam_beta2))
+        # Under FSDP and ZeRO-3 each process holds a shard: generation, evaluation and saving use this
+        # whole local copy, refreshed after each update (whole_policy).
+        self._replica = frozen_copy(model).to(self.accelerator.device) if self.parallel.needs_replica else None
+        self._replica_updates = -1
+        self.parallel.configure(config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self._train_module = self.parallel.forward_module(self.model, self.policy)
+        self._idle_token = self.pad_id if self.pad_id is not None else self.eos_id
         self.rollout_engine = self._start_rollout_engine(model_path) if self.method.needs_rollouts else None
         spec = self.method.extra_optimizer(config)
         self.extra_optimizer = None if spec is None else torch.optim.AdamW(
@@ -225,6 +237,26 @@ class Trainer:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
         return [float(v) for v in self.accelerator.reduce(tensor, reduction="sum").cpu()]
 
+    def _gather_tensors(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Each tensor concatenated (dim 0) over every process in rank order; collective."""
+        if self.world == 1:
+            return list(tensors)
+        everyone: list = [None] * self.world
+        torch.distributed.all_gather_object(everyone, [t.detach().cpu() for t in tensors])
+        return [torch.cat([shard[i] for shard in everyone]) for i in range(len(tensors))]
+
+    def _gather_lists(self, values: dict[str, list]) -> dict[str, list]:
+        """Per key, every process's lists concatenated; collective."""
+        if self.world == 1:
+            return dict(values)
+        everyone: list = [None] * self.world
+        torch.distributed.all_gather_object(everyone, dict(values))
+        merged: dict[str, list] = defaultdict(list)
+        for shard in everyone:
+            for key, items in shard.items():
+                merged[key] += items
+        return dict(merged)
+
     def _union(self, keys: list[str]) -> list[str]:
         """The sorted union of every process's keys (so all reduce the same vector); collective."""
         if self.world == 1:
@@ -281,11 +313,28 @@ class Trainer:
         return micro_batches(lengths, self.config.micro_batch_size)
 
     def _backward(self, loss: torch.Tensor) -> None:
-        # Gradients are summed over processes in optimizer_step; our losses are global sums / global
-        # counts, and optimizer_step divides by the world size, hence the factor.
+        """Accumulate a loss's gradient on this process, unsynchronised: `optimizer_step` averages the
+        step's gradients over processes (sftrl.parallel)."""
         self._loss += float(loss.detach())  # every loss optimised passes here: the logged `loss` is their sum
-        with self.accelerator.no_sync(self.model):
-            self.accelerator.backward(loss * self.world)
+        self.parallel.backward(self.model, loss)
+
+    def whole_policy(self):
+        """The policy with all its weights on this process, for generation, evaluation and saving: the
+        policy itself, or under FSDP / ZeRO-3 a local copy refreshed from the shards after each update
+        (collective there: every process calls it at the same points)."""
+        if self._replica is None:
+            return self.policy
+        if self._replica_updates != self.parallel.updates:
+            self._replica.load_state_dict(self.parallel.full_state_dict(self.model, self.policy))
+            self._replica_updates = self.parallel.updates
+        return self._replica
+
+    def _target_logits(self, batch) -> torch.Tensor:
+        """A training forward (B, T, V), through the module sftrl.parallel says; one forward per
+        micro-batch where the backend needs every process to run as many."""
+        if self.parallel.sharded:
+            return target_logits(self._train_module, batch, share_prompts=False)
+        return target_logits(self._train_module, batch)
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
@@ -323,12 +372,11 @@ class Trainer:
         if kl_coef > 0 and self.reference is None:
             raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
         sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
-        for rows in self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)]):
+        plan = self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)])
+        for rows in plan:
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
-            # The unwrapped module: gradients are summed over processes in optimizer_step, so no DDP
-            # hook may start a collective in a backward that another process need not run.
-            logits = target_logits(self.policy, batch)  # (B, T, V)
+            logits = self._target_logits(batch)  # (B, T, V)
             logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, 1.0)
             weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
             loss = losses.sft_loss(logps, mask, step_tokens, weights)
@@ -349,6 +397,7 @@ class Trainer:
             sums["entropy"] += float((entropy.detach() * mask).sum())
             if weights is not None:
                 sums["weight"] += float((weights * mask).sum())
+        self.parallel.even_out(self.model, len(plan), self._idle_token)
         sequences, nll, ent, wsum, kl_sum = self._global_sums(
             [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
         if step_tokens == 0:
@@ -371,7 +420,7 @@ class Trainer:
             texts = [text + extra for text, extra in zip(texts, continuations)]
         with self.accelerator.autocast():
             return generate_completions(
-                self.policy, self.tokenizer, texts, num_generations=num_generations,
+                self.whole_policy(), self.tokenizer, texts, num_generations=num_generations,
                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                 batch_size=cfg.generation_batch_size, max_prompt_length=cfg.max_prompt_length, greedy=greedy,
                 min_new_tokens=cfg.min_completion_length, engine=self.rollout_engine)
@@ -396,7 +445,7 @@ class Trainer:
     def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
               is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, float]]:
         """Each reward function's rewards, (N, F), NaN for None, called as TRL calls them (see
-        :mod:`sftrl.rewards.contract`); and the means of what the functions logged with log_metric."""
+        :mod:`sftrl.rewards.contract`); and every value the functions logged with log_metric, by name."""
         prompts = [examples[row // group_size].prompt for row in range(len(texts))]
         logged: dict[str, list[float]] = defaultdict(list)
         names = []
@@ -408,7 +457,7 @@ class Trainer:
             self.reward_fns, prompts, as_completions(prompts, texts), self.reward_kwargs_columns(examples, group_size),
             completion_ids=target_ids, trainer_state=self.reward_trainer_state(),
             log_metric=lambda name, value: logged[name].append(float(value)), row_names=names)
-        return per_function, {name: sum(values) / len(values) for name, values in logged.items()}
+        return per_function, dict(logged)
 
     def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
                  hints: list[str] | None = None) -> Rollouts:
@@ -451,6 +500,7 @@ class Trainer:
         group_size = sampled + in_group
         per_function, logged = self.score(examples, texts, target_ids, group_size, is_demo)
         rewards = combine(per_function, self.reward_weights)  # (N,) TRL's weighted nansum; NaN: unscorable
+        rewards_local = rewards
         advantages, group_std = self._advantages(rewards, group_size)
         demo = torch.tensor(is_demo)
         cut = torch.tensor(truncated)
@@ -461,12 +511,19 @@ class Trainer:
                         f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
                         "from every reward function; they are left out of the group means and stds and get "
                         "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
-        if self.config.scale_rewards == "batch":  # TRL: zero std means the batch's
-            zero_std = float(torch.isclose(losses.nanstd(rewards), torch.tensor(0.0)))
-        else:
-            zero_std = float(torch.isclose(group_std, torch.zeros_like(group_std)).float().mean())
-        names = [name for name, _ in self.reward_fns]
         lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
+        # The metrics are the whole step's, over every process's rollouts (as TRL logs them); the
+        # advantages stay this process's.
+        rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = self._gather_tensors(
+            rewards, per_function, demo, cut, lengths, group_std)
+        logged = {name: sum(values) / len(values) for name, values in self._gather_lists(logged).items()}
+        if self.config.scale_rewards == "batch":  # TRL: zero std means the batch's
+            zero_std = float(torch.isclose(losses.nanstd(rewards_all), torch.tensor(0.0)))
+        else:
+            zero_std = float(torch.isclose(group_std_all, torch.zeros_like(group_std_all)).float().mean())
+        names = [name for name, _ in self.reward_fns]
+        rewards, per_function, demo, cut, lengths = rewards_all, per_function_all, demo_all, cut_all, lengths_all
+        unscorable = rewards.isnan()
         own = lengths[~demo]
         terminated = lengths[~demo & ~cut]
         # TRL's reward metrics, over the rollouts only; the demonstrations' are under demo/.
@@ -486,10 +543,12 @@ class Trainer:
             "time/score": time.perf_counter() - t0 - t_gen,
         }
         if demo.any():
+            advantages_all, = self._gather_tensors(advantages)
             metrics.update({"demo/reward": nanmean(rewards[demo]), **function_metrics(per_function[demo], names, "demo/"),
-                            "demo/advantage": float(advantages[demo].mean()),
+                            "demo/advantage": float(advantages_all[demo].mean()),
                             "demo/mean_length": float(lengths[demo].mean())})
-        return Rollouts(prompt_ids, target_ids, demo, cut, rewards, advantages, group_size, metrics)
+        return Rollouts(prompt_ids, target_ids, torch.tensor(is_demo), torch.tensor(truncated),
+                        rewards_local, advantages, group_size, metrics)
 
     def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
                         observe: Observer | None = None) -> dict[str, float]:
@@ -513,7 +572,8 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
-        for idx in self._micro_batches([len(t) for t in rollouts.target_ids]):
+        plan = self._micro_batches([len(t) for t in rollouts.target_ids])
+        for idx in plan:
             batch = pack([rollouts.prompt_ids[i] for i in idx], [rollouts.target_ids[i] for i in idx],
                          self.pad_id, self.accelerator.device)
             device = batch.target_mask.device
@@ -521,7 +581,7 @@ class Trainer:
             mask = batch.target_mask
             if cfg.mask_truncated_completions:
                 mask = mask * (~rollouts.truncated[idx]).float().unsqueeze(1).to(device)
-            logits = target_logits(self.policy, batch)  # (B, T, V); the unwrapped module, as in sft_backward
+            logits = self._target_logits(batch)  # (B, T, V)
             logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, cfg.temperature)
             advantages = rollouts.advantages[idx].to(device)
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
@@ -554,6 +614,7 @@ class Trainer:
             demo_tokens = real * is_demo.float().unsqueeze(1)
             sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
             counts["demo/entropy"] += float(demo_tokens.sum())
+        self.parallel.even_out(self.model, len(plan), self._idle_token)
         keys = self._union(sorted(sums))  # a process with no rows has no stats of its own
         totals = self._global_sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
         metrics = {"grpo/loss": totals[0], **rollouts.metrics}
@@ -592,7 +653,7 @@ class Trainer:
     def snapshot_reference(self) -> None:
         """Make the current policy the frozen reference (SASR after warm-up; the end of RL in RL→SFT_KL).
         Checkpoints then carry its weights, so a resumed run measures against the same model."""
-        self.reference = frozen_copy(self.policy).to(self.accelerator.device)
+        self.reference = frozen_copy(self.whole_policy()).to(self.accelerator.device)
         self.reference_step = self.step
 
     # ------------------------------------------------------------------ the loop
@@ -602,22 +663,9 @@ class Trainer:
         return self.method.learning_rate(self.config, self.step, kind, self.method_state)
 
     def _reduce_and_clip(self, max_grad_norm: float) -> float:
-        """Average gradients over processes (a process that back-propagated nothing into a parameter
-        takes part with zeros, so every process runs the same all-reduces) and clip their global norm;
-        returns the norm before clipping."""
-        if self.world > 1:
-            parameters = list(self.model.parameters())
-            # Which parameters any process has a gradient for (one all-reduce), so that all reduce the
-            # same ones, and one that no process touched stays without a gradient as on one process.
-            touched = torch.tensor([float(p.grad is not None) for p in parameters], device=self.accelerator.device)
-            torch.distributed.all_reduce(touched)
-            for p, count in zip(parameters, touched.tolist()):
-                if count == 0:
-                    continue
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.world
+        """Average the step's gradients over processes (one synchronised backward on every process,
+        sftrl.parallel) and clip their global norm; returns the norm before clipping."""
+        self.parallel.sync(self.model, self._idle_token)
         max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
         return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
 
@@ -625,7 +673,16 @@ class Trainer:
         """Average gradients over ranks, clip the global norm, step at `learning_rate`; returns the
         norm before clipping and whether the step was taken. A non-finite loss (on any rank) or
         gradient norm skips it, as does a norm above `skip_update_grad_norm` when that is set:
-        gradients are zeroed and neither the weights nor AdamW's moments change."""
+        gradients are zeroed and neither the weights nor AdamW's moments change. Under DeepSpeed the
+        engine clips and steps (validate refuses skip_update_grad_norm there), and only a non-finite
+        loss skips."""
+        if self.parallel.backend == "deepspeed":
+            finite = math.isfinite(self._global_sum(loss))
+            self.parallel.sync(self.model, self._idle_token)
+            grad_norm = self.parallel.deepspeed_step(self.model, self.optimizer, learning_rate, finite)
+            self.parallel.updates += finite
+            self._last_step_finite = finite
+            return grad_norm, finite
         grad_norm = self._reduce_and_clip(self.config.max_grad_norm)
         finite = math.isfinite(grad_norm) and math.isfinite(self._global_sum(loss))
         limit = self.config.skip_update_grad_norm
@@ -634,6 +691,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate
             self.optimizer.step()
+            self.parallel.updates += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._last_step_finite = finite
         return grad_norm, taken
@@ -650,6 +708,7 @@ class Trainer:
             for group in self.extra_optimizer.param_groups:
                 group["lr"] = learning_rate
             self.extra_optimizer.step()
+            self.parallel.updates += 1
         self.extra_optimizer.zero_grad(set_to_none=True)
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, taken
@@ -659,14 +718,14 @@ class Trainer:
         self.optimizer.state.clear()
 
     def _parameters_finite(self) -> bool:
-        norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in self.policy.parameters()])
+        norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in self.whole_policy().parameters()])
         return bool(torch.isfinite(norms).all())
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval_examples:
             return {}
         with self.accelerator.autocast():
-            result = evaluate_accuracy(self.policy, self.tokenizer, self.eval_examples, self.config.eval_reward,
+            result = evaluate_accuracy(self.whole_policy(), self.tokenizer, self.eval_examples, self.config.eval_reward,
                                        max_new_tokens=self.config.max_completion_length,
                                        batch_size=self.config.eval_batch_size, engine=self.rollout_engine)
         return {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"],
@@ -797,7 +856,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "warned_unscorable": self._warned_unscorable,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
             "sampler": self.sampler.state_dict(),
             "demo_sampler": self.demo_sampler.state_dict(),
             "extra_optimizer": self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
@@ -819,10 +878,11 @@ class Trainer:
         self._refuse_nonfinite_weights("a checkpoint")
         self.accelerator.wait_for_everyone()
         path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+        state = self._trainer_state()  # collective under FSDP (the optimizer's shards), so on every process
         if self.accelerator.is_main_process:
             reference = self.reference if self.reference_step is not None else None
-            path = checkpoint.save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer,
-                                              self._trainer_state(), reference, self.config.save_total_limit)
+            path = checkpoint.save_checkpoint(self.run_dir, self.step, self.whole_policy(), self.tokenizer,
+                                              state, reference, self.config.save_total_limit)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -830,7 +890,7 @@ class Trainer:
         self._refuse_nonfinite_weights("the final model")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            checkpoint.save_model(self.run_dir, self.policy, self.tokenizer)
+            checkpoint.save_model(self.run_dir, self.whole_policy(), self.tokenizer)
 
     def _resume(self, checkpoints: list) -> None:
         """Continue from the newest checkpoint that loads (newest first in `checkpoints`); a damaged
@@ -838,8 +898,9 @@ class Trainer:
         cfg = self.config
         latest, (state, weights, reference) = checkpoint.load_newest_readable(
             checkpoints, lambda path: load_model(path, cfg.dtype, cfg.trust_remote_code), self._print)
-        self.policy.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_full_state_dict(self.model, self.policy, weights)
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
         self.sampler.load_state_dict(state["sampler"])
         if "demo_sampler" in state:
             self.demo_sampler.load_state_dict(state["demo_sampler"])

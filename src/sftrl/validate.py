@@ -7,6 +7,8 @@ not in config, live the checks that need the methods (names, presets), so config
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +49,42 @@ def check_config(c: Config) -> None:
         raise ConfigError(f"plugins: {exc}") from exc
 
 
-def check_processes(c: Config, processes: int) -> None:
-    """The step's prompts (and an SFT step's demonstrations) split evenly over data-parallel processes."""
+def check_processes(c: Config, processes: int, backend: str = "ddp", environ: Mapping[str, str] | None = None,
+                    deepspeed_config: Mapping[str, Any] | None = None) -> None:
+    """The step's prompts (and an SFT step's demonstrations) split evenly over data-parallel processes,
+    the backend accelerate chose is the one asked for, and a DeepSpeed config leaves sftrl the
+    accumulation, the learning rate and the skip rules (see sftrl.parallel)."""
     for name, value, what in (("batch_size", c.batch_size, "prompts"), ("sft_batch_size", c.sft_batch, "demonstrations")):
         if value % processes:
             raise ConfigError(f"{name}: {value} {what} do not split evenly over {processes} processes; "
                               f"use a multiple of {processes}")
+    environ = os.environ if environ is None else environ
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and backend != "fsdp":
+        raise ConfigError(f"ACCELERATE_USE_FSDP: FSDP was asked for but accelerate runs {backend} (accelerate "
+                          "shards only on GPUs and other accelerators, not on CPU); use the ddp config there")
+    if backend != "deepspeed" or deepspeed_config is None:
+        return
+    ds = deepspeed_config
+    if ds.get("gradient_accumulation_steps", "auto") not in ("auto", 1):
+        raise ConfigError(f"deepspeed gradient_accumulation_steps: sftrl accumulates each step's micro-batches itself; "
+                          f"set it to 1 or auto, got {ds['gradient_accumulation_steps']}")
+    clipping = ds.get("gradient_clipping", "auto")
+    if clipping != "auto" and float(clipping) != c.max_grad_norm:
+        raise ConfigError(f"max_grad_norm: {c.max_grad_norm}, but the DeepSpeed config's gradient_clipping is {clipping} "
+                          "and DeepSpeed clips; make them equal or set gradient_clipping to auto")
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(f"deepspeed {key}: remove it from the DeepSpeed config; sftrl builds AdamW and sets "
+                              "each step's learning rate")
+    if c.skip_update_grad_norm > 0:
+        raise ConfigError(f"skip_update_grad_norm: {c.skip_update_grad_norm} cannot apply under DeepSpeed (its engine "
+                          "clips and steps in one call); set it to 0")
+    if METHODS[c.method].extra_optimizer(c) is not None:
+        raise ConfigError(f"method: {c.method} steps a second optimizer, which DeepSpeed's engine does not allow; "
+                          "use DDP or FSDP")
+    if c.save_every > 0:
+        raise ConfigError(f"save_every: {c.save_every}, but resumable checkpoints are not written under DeepSpeed "
+                          "(its optimizer state is partitioned); set save_every=0 (the final model is saved)")
 
 
 def check_range(option: str, value: float | int | None, low: float | None = None, high: float | None = None,
