@@ -209,3 +209,11 @@ def test_a_phase_only_one_method_reads_is_set_for_that_method_alone(tmp_path):
     assert uft.uft_hint_steps == round(0.6 * compare_module.DEFAULT_BUDGET["max_steps"])
     assert sft.uft_hint_steps == Config().uft_hint_steps
     assert compare_module.run_config("uft", 0, tmp_path / "u", {**shared, "uft_hint_steps": 7}, 10).uft_hint_steps == 7
+
+
+def test_compare_help_names_every_compared_method():
+    from sftrl.cli import build_parser
+
+    compare_parser = build_parser()._subparsers._group_actions[0].choices["compare"]
+    help_text = next(a.help for a in compare_parser._actions if "--methods" in a.option_strings)
+    assert help_text.split("(")[1].rstrip(")").split() == compare_module.METHOD_ORDER

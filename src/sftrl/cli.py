@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and 95%% confidence interval over seeds, paired differences), "
                                      "final_accuracy.png and the training-dynamics report.")
     cmp.add_argument("--methods", nargs="+", default=None, help="default: all (sft grpo sft-then-grpo "
-                                                                 "grpo-then-sft static luffy srft sasr)")
+                     "grpo-then-sft static luffy srft hpt relift chord uft sasr gac)")
     cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     cmp.add_argument("--jobs", "-j", type=int, default=min(8, os.cpu_count() or 1),
                      help="runs at once, in separate processes sharing the CPU threads (default: the cores, at most 8)")
