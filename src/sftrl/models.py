@@ -207,6 +207,21 @@ def cache_keyword(model: PreTrainedModel) -> str:
     return "cache" if "cache" in forward else "past_key_values"
 
 
+def set_activation_checkpointing(model: PreTrainedModel, on: bool) -> None:
+    """Recompute each layer's activations in backward (non-reentrant: it needs no input that requires a
+    gradient, which a LoRA model's frozen embeddings would not give), or stop; transformers 5 name first."""
+    model = base_model(model)
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def activation_checkpointing(model: PreTrainedModel) -> bool:
     """Whether the model recomputes activations in backward (transformers 5 name, then the older one)."""
     if isinstance(model, AdapterFreeReference):

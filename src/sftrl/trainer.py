@@ -38,7 +38,8 @@ from .errors import ConfigError, RunError
 from .evaluate import evaluate_accuracy, reward_columns
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
-from .models import AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer, resolve_model_path
+from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer,
+                     resolve_model_path, set_activation_checkpointing)
 from .progress import Progress
 from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
@@ -134,8 +135,8 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id
         self.demo_report = self._check_demonstration_lengths() if needs_demo else {}
         model = load_model(model_path, config.dtype, config.trust_remote_code)
-        if config.gradient_checkpointing:  # non-reentrant: needs no input that requires grad (PEFT's frozen embeddings)
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.gradient_checkpointing:
+            set_activation_checkpointing(model, True)
         if config.use_peft:
             model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
         wants_ref = self.method.needs_reference(config)
