@@ -49,6 +49,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{name} = {json.dumps(defaults[name])}\n{textwrap.indent(textwrap.fill(text, 96), '    ')}")
         return 0
     config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from .memory import report
+        from .methods import METHODS
+        from .validate import check_range
+
+        check_range("--gpus", args.gpus, 1)
+        check_range("--gpu-memory", args.gpu_memory, 0, low_open=True)
+        method = METHODS[config.method]
+        print(report(config, method.needs_reference(config), method.needs_rollouts, args.gpus, args.gpu_memory))
+        return 0
     from .trainer import train
 
     train(config)
@@ -302,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train with a recipe and key=value overrides; no arguments trains the sandbox.")
     train.add_argument("--config", "-c", help="recipe YAML (a mapping of config fields)")
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the config and print an estimate of the memory per GPU, then exit (see README, Memory)")
+    train.add_argument("--gpus", type=int, default=8, help="with --dry-run: GPUs the run is sharded over (default 8)")
+    train.add_argument("--gpu-memory", type=float, default=80.0, help="with --dry-run: GiB per GPU (default 80)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=50")
     train.set_defaults(func=cmd_train)
 
