@@ -1,6 +1,7 @@
 """Checkpoints and run directories: atomic saves, what a run directory allows, resuming.
 
-A checkpoint is ``checkpoints/step-NNNNNN`` with the model and tokenizer (``from_pretrained`` loads it),
+A checkpoint is ``checkpoints/step-NNNNNN`` with the model and tokenizer (``from_pretrained`` loads it;
+a LoRA run's holds the adapter, which ``PeftModel.from_pretrained`` loads onto the base model),
 ``trainer_state.pt`` (optimizer, sampler, method state, random generators) and, when the reference
 model is a snapshot taken during training, ``reference/``. It is written to a temporary directory and
 renamed into place, so a crash never leaves a half-written checkpoint.
