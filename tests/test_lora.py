@@ -54,6 +54,10 @@ def test_lora_trains_the_adapters_only_against_the_base_with_adapters_off(tmp_pa
         theirs = score_targets(trainer.policy, batch, reference=base, ref_logps=True)
     torch.testing.assert_close(ours.ref_logps, theirs.ref_logps, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ours.kl, theirs.kl, atol=1e-7, rtol=1e-5)
+    with torch.no_grad():  # chunked log-probabilities run the reference's LM head with the adapters off too
+        chunked = score_targets(trainer.policy, batch, reference=trainer.reference, ref_logps=True, chunk_size=2)
+    torch.testing.assert_close(chunked.ref_logps, ours.ref_logps, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(chunked.kl, ours.kl, atol=1e-7, rtol=1e-5)
     assert float(ours.kl.max()) > 1e-6  # the adapters moved the policy away from the base
     assert trainer.policy.training  # the reference's eval mode does not leak into training
 
