@@ -4,6 +4,7 @@ compute the same losses and gradients, on fixed rollouts, as one forward over ev
 import pytest
 import torch
 
+import sftrl.batching
 import sftrl.trainer
 from sftrl.batching import _whole_rows, micro_batches, pack, target_logits
 from sftrl.sandbox.model import build_model
@@ -81,7 +82,7 @@ def old_layout(monkeypatch):
     monkeypatch.setattr(sftrl.trainer, "micro_batches",
                         lambda lengths, size: [list(range(i, min(len(lengths), i + size)))
                                                for i in range(0, len(lengths), size)])
-    monkeypatch.setattr(sftrl.trainer, "target_logits", _whole_rows)
+    monkeypatch.setattr(sftrl.batching, "target_logits", _whole_rows)
 
 
 def make_trainer(tmp_path, model_dir, reward_spec, **overrides):

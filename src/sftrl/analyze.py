@@ -34,22 +34,23 @@ def probe_pairs(source: str, limit: int, split: str = "test") -> list[tuple[Any,
     return [(e.prompt, e.demonstration) for e in examples]
 
 
-def load_scorer(name: str):
-    """(model, tokenizer) for a hub id, directory or 'sandbox', in eval mode."""
+def load_scorer(name: str, trust_remote_code: bool = False):
+    """(model, tokenizer) for a hub id, directory (a LoRA adapter's too) or 'sandbox', in eval mode."""
     from .models import load_model, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(name)
-    model = load_model(path)
+    model = load_model(path, trust_remote_code=trust_remote_code)
     model.eval()
-    return model, load_tokenizer(path)
+    return model, load_tokenizer(path, trust_remote_code)
 
 
 @torch.no_grad()
-def response_token_probs(model, tokenizer, pairs: list[tuple[Any, str]], batch_size: int = 64
-                         ) -> list[list[tuple[str, float]]]:
+def response_token_probs(model, tokenizer, pairs: list[tuple[Any, str]], batch_size: int = 64,
+                         chat_template_kwargs: dict | None = None) -> list[list[tuple[str, float]]]:
     """For each pair, every response token (its text) and the probability the model gives it."""
     eos = tokenizer.eos_token_id
-    prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p, _ in pairs]
+    prompts = [tokenizer(render_prompt(tokenizer, p, chat_template_kwargs), add_special_tokens=False)["input_ids"]
+               for p, _ in pairs]
     responses = [tokenizer(r, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
                  for _, r in pairs]
     device = next(model.parameters()).device
@@ -106,7 +107,8 @@ def _token_html(before, after, rows: int = 12) -> str:
     return "\n".join(lines)
 
 
-def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out_dir: str | Path) -> dict[str, Any]:
+def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out_dir: str | Path,
+                   trust_remote_code: bool = False, chat_template_kwargs: dict | None = None) -> dict[str, Any]:
     """Score the probe responses under `before` and every `afters` model; write tokens.json,
     tokens.png (histogram of shifts; p_before vs p_after) and tokens.html (coloured responses)."""
     import matplotlib
@@ -116,15 +118,17 @@ def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_scorer(before)
-    base = response_token_probs(model, tokenizer, pairs)
+    def scores(name: str):
+        model, tokenizer = load_scorer(name, trust_remote_code)
+        return response_token_probs(model, tokenizer, pairs, chat_template_kwargs=chat_template_kwargs)
+
+    base = scores(before)
     results, page = {}, [f"<!doctype html><meta charset='utf-8'><title>token shifts</title><h1>Token probability "
                          f"shifts from {html.escape(before)}</h1><p>Hover a token for p before → after.</p>"]
     fig, (hist, scatter) = plt.subplots(1, 2, figsize=(11, 4))
     colors = matplotlib.colormaps["tab10"]
     for i, (after, label) in enumerate(zip(afters, labels)):
-        model, tokenizer = load_scorer(after)
-        probs = response_token_probs(model, tokenizer, pairs)
+        probs = scores(after)
         stats = probability_shift_stats(base, probs)
         results[label] = {"model": after, **stats}
         deltas = [p1 - p0 for r0, r1 in zip(base, probs) for (_, p0), (_, p1) in zip(r0, r1)]
@@ -200,7 +204,8 @@ def run_models(run_dir: Path) -> list[tuple[int, str]]:
 
 
 def analyze_map(references: list[str], reference_labels: list[str], run_dirs: list[str], run_labels: list[str],
-                pairs, out_dir: str | Path) -> dict[str, Any]:
+                pairs, out_dir: str | Path, trust_remote_code: bool = False,
+                chat_template_kwargs: dict | None = None) -> dict[str, Any]:
     """Place every model of every run relative to three references; write map.json and map.png."""
     import matplotlib
 
@@ -216,8 +221,8 @@ def analyze_map(references: list[str], reference_labels: list[str], run_dirs: li
 
     def scores(name: str):
         if name not in cache:
-            model, tokenizer = load_scorer(name)
-            cache[name] = response_token_probs(model, tokenizer, pairs)
+            model, tokenizer = load_scorer(name, trust_remote_code)
+            cache[name] = response_token_probs(model, tokenizer, pairs, chat_template_kwargs=chat_template_kwargs)
         return cache[name]
 
     refs = [scores(r) for r in references]

@@ -1,6 +1,7 @@
 """Checkpoints and run directories: atomic saves, what a run directory allows, resuming.
 
-A checkpoint is ``checkpoints/step-NNNNNN`` with the model and tokenizer (``from_pretrained`` loads it),
+A checkpoint is ``checkpoints/step-NNNNNN`` with the model and tokenizer (``from_pretrained`` loads it;
+a LoRA run's holds the adapter, which ``PeftModel.from_pretrained`` loads onto the base model),
 ``trainer_state.pt`` (optimizer, sampler, method state, random generators) and, when the reference
 model is a snapshot taken during training, ``reference/``. It is written to a temporary directory and
 renamed into place, so a crash never leaves a half-written checkpoint.
@@ -125,9 +126,9 @@ def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, trainer_state: 
     return final
 
 
-def save_model(run_dir: Path, policy, tokenizer) -> Path:
-    """Write the final model to run_dir/model atomically."""
-    tmp, final = run_dir / ".tmp-model", run_dir / "model"
+def save_model(run_dir: Path, policy, tokenizer, name: str = "model") -> Path:
+    """Write the final model to run_dir/`name` atomically (a LoRA policy writes its adapter)."""
+    tmp, final = run_dir / f".tmp-{name}", run_dir / name
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -136,23 +137,26 @@ def save_model(run_dir: Path, policy, tokenizer) -> Path:
     return final
 
 
-def load_checkpoint(path: Path, load_model: Callable[[str], Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
-    """(trainer state, model weights, reference model or None) of one checkpoint; `load_model(path)`
-    loads a model directory."""
+def load_checkpoint(path: Path, load_weights: Callable[[str], dict[str, torch.Tensor]], load_model: Callable[[str], Any]
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+    """(trainer state, policy weights, reference model or None) of one checkpoint; `load_weights(path)`
+    reads the policy's weights (the whole model's, or a LoRA run's adapter), `load_model(path)` loads a
+    model directory."""
     state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
-    weights = load_model(str(path)).state_dict()
+    weights = load_weights(str(path))
     reference = load_model(str(path / "reference")) if state.get("reference_step") is not None else None
     return state, weights, reference
 
 
-def load_newest_readable(checkpoints: list[Path], load_model: Callable[[str], Any], warn: Callable[[str], None]
+def load_newest_readable(checkpoints: list[Path], load_weights: Callable[[str], dict[str, torch.Tensor]],
+                         load_model: Callable[[str], Any], warn: Callable[[str], None]
                          ) -> tuple[Path, tuple[dict[str, Any], dict[str, torch.Tensor], Any]]:
     """The first of `checkpoints` (newest first) that loads, and what it holds; each damaged one on the
     way is reported through `warn`. A RunError when none loads."""
     damaged = []
     for path in checkpoints:
         try:
-            return path, load_checkpoint(path, load_model)
+            return path, load_checkpoint(path, load_weights, load_model)
         except Exception as exc:  # noqa: BLE001: a truncated or missing file shows up as many error types
             reason = f"{type(exc).__name__}: {one_line(exc)[:200]}"
             damaged.append(f"{path.name} ({reason})")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{name} = {json.dumps(defaults[name])}\n{textwrap.indent(textwrap.fill(text, 96), '    ')}")
         return 0
     config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from .memory import report
+        from .methods import METHODS
+        from .validate import check_range
+
+        check_range("--gpus", args.gpus, 1)
+        check_range("--gpu-memory", args.gpu_memory, 0, low_open=True)
+        method = METHODS[config.method]
+        print(report(config, method.needs_reference(config), method.needs_rollouts, args.gpus, args.gpu_memory))
+        return 0
     from .trainer import train
 
     train(config)
@@ -67,7 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .validate import check_output_dir, check_range
     from .data import load_examples
     from .evaluate import VLLMSampler, build_questions, format_summary, run_benchmark, sample_with_generate, summarize
-    from .models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
+    from .models import is_adapter_dir, load_model, load_tokenizer, model_fingerprint, resolve_model_path
 
     check_range("--k", args.k, 1)
     check_range("--limit", args.limit, 1, allow_none=True)
@@ -96,11 +107,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples_path = out_dir / "samples.jsonl"
     settings = {"model": args.model, "k": args.k, "k_by_source": k_by_source, "shuffle_choices": args.shuffle_choices,
                 "model_sha256": model_fingerprint(path)}  # samples are keyed by the model's content
-    tokenizer = load_tokenizer(path)
+    template = _chat_template_kwargs(args.chat_template_kwargs)
+    if template is not None:
+        settings["chat_template_kwargs"] = template  # samples are keyed by how prompts were rendered
+    tokenizer = load_tokenizer(path, args.trust_remote_code)
     if args.backend == "vllm":
-        sampler, model = VLLMSampler(path, dtype=args.dtype), None
+        if is_adapter_dir(path):
+            raise ConfigError(f"--model: {args.model} is a LoRA adapter, which --backend vllm does not load; train "
+                              "with merge_lora_on_save=true and pass its model-merged directory, or use --backend hf")
+        sampler = VLLMSampler(path, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                              chat_template_kwargs=template)
+        model = None
     else:
-        sampler, model = sample_with_generate, load_model(path, args.dtype)
+        sampler = functools.partial(sample_with_generate, chat_template_kwargs=template)
+        model = load_model(path, args.dtype, args.trust_remote_code)
         if args.device:
             model.to(args.device)
     if args.overwrite and samples_path.exists():  # only once everything else is known to be usable
@@ -167,6 +187,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat_template_kwargs(text: str | None) -> dict | None:
+    """--chat-template-kwargs: a JSON object, e.g. '{"enable_thinking": false}'."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--chat-template-kwargs: not valid JSON ({exc.msg}): {text!r}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"--chat-template-kwargs: expected a JSON object such as '{{\"enable_thinking\": false}}', "
+                          f"got {text!r}")
+    return value
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options every command that loads models and renders prompts takes, as `sftrl train` has them as fields."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow custom modelling code from the model repositories (config: trust_remote_code)")
+    parser.add_argument("--chat-template-kwargs", default=None, metavar="JSON",
+                        help="extra arguments of the chat template, as in training (config: chat_template_kwargs), "
+                             "e.g. '{\"enable_thinking\": false}'")
+
+
 def _path_label(path: str) -> str:
     """A run's directory name: runs/sft-seed0 and runs/sft-seed0/model are both 'sft-seed0'."""
     p = Path(path.rstrip("/"))
@@ -191,7 +234,8 @@ def cmd_analyze_tokens(args: argparse.Namespace) -> int:
     for model in args.after:
         resolve_model_path(model, "--after")
     results = analyze_tokens(args.before, args.after, _labels(args.label, args.after, "--label"),
-                             probe_pairs(args.probe, args.limit, args.split), args.output_dir)
+                             probe_pairs(args.probe, args.limit, args.split), args.output_dir,
+                             args.trust_remote_code, _chat_template_kwargs(args.chat_template_kwargs))
     for label, stats in results.items():
         print(f"{label}: mean |dp| {stats['mean_abs_shift']:.3f}, {stats['share_moved_0.2']:.1%} of "
               f"{stats['tokens']} tokens moved > 0.2 ({stats['share_up']:.1%} up, {stats['share_down']:.1%} down "
@@ -212,7 +256,8 @@ def cmd_analyze_map(args: argparse.Namespace) -> int:
         resolve_model_path(model, "--references")
     result = analyze_map(args.references, _labels(args.reference_label, args.references, "--reference-label"),
                          args.runs, _labels(args.label, args.runs, "--label"),
-                         probe_pairs(args.probe, args.limit, args.split), args.output_dir)
+                         probe_pairs(args.probe, args.limit, args.split), args.output_dir,
+                         args.trust_remote_code, _chat_template_kwargs(args.chat_template_kwargs))
     for run in result["runs"]:
         path = " -> ".join(f"{p['step']}:({p['xy'][0]:.3f},{p['xy'][1]:.3f})" for p in run["points"])
         print(f"{run['label']}: {path}")
@@ -267,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train with a recipe and key=value overrides; no arguments trains the sandbox.")
     train.add_argument("--config", "-c", help="recipe YAML (a mapping of config fields)")
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the config and print an estimate of the memory per GPU, then exit (see README, Memory)")
+    train.add_argument("--gpus", type=int, default=8, help="with --dry-run: GPUs the run is sharded over (default 8)")
+    train.add_argument("--gpu-memory", type=float, default=80.0, help="with --dry-run: GiB per GPU (default 80)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=50")
     train.set_defaults(func=cmd_train)
 
@@ -303,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir", "-o", default=None,
                     help="where samples.jsonl and summary.json go (default: runs/eval/<model>)")
     ev.add_argument("--overwrite", action="store_true", help="discard samples already in --output-dir")
+    _add_model_options(ev)
     ev.set_defaults(func=cmd_eval)
 
     cmp = sub.add_parser("compare", help="every method x seeds on the sandbox under one budget: table and plots",
@@ -357,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--split", default="test")
     tok.add_argument("--limit", type=int, default=100, help="probe pairs to score")
     tok.add_argument("--output-dir", "-o", default="analysis")
+    _add_model_options(tok)
     tok.set_defaults(func=cmd_analyze_tokens)
     mp = ana_sub.add_parser("map", help="place checkpoints of runs relative to three reference models",
                             description="Each model is a point whose distances to three reference models (mean "
@@ -371,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--split", default="test")
     mp.add_argument("--limit", type=int, default=100, help="probe pairs to score")
     mp.add_argument("--output-dir", "-o", default="analysis")
+    _add_model_options(mp)
     mp.set_defaults(func=cmd_analyze_map)
 
     sandbox = sub.add_parser("sandbox", help="the built-in sandbox task")

@@ -21,6 +21,7 @@ final_accuracy.png and the training-dynamics report (report.md / report.html and
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -112,21 +113,25 @@ def train_or_reuse(config: Config) -> tuple[Path, str]:
 
 
 def evaluate_run(model_dir: Path, eval_dir: Path, k: int, temperature: float, limit: int, seed: int,
-                 max_new_tokens: int) -> dict[str, dict]:
+                 max_new_tokens: int, trust_remote_code: bool = False,
+                 chat_template_kwargs: dict | None = None) -> dict[str, dict]:
     """avg@k and pass@k of one model on each split, overall and per family (`<split>/<family>`);
-    samples go to eval_dir/<split>.jsonl (resumable)."""
+    samples go to eval_dir/<split>.jsonl (resumable). Prompts are rendered as in training."""
     from .data import load_examples
-    from .evaluate import build_questions, run_benchmark, summarize
+    from .evaluate import build_questions, run_benchmark, sample_with_generate, summarize
     from .models import load_model, load_tokenizer, model_fingerprint
 
-    tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir))
+    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+    model = load_model(str(model_dir), trust_remote_code=trust_remote_code)
+    sampler = functools.partial(sample_with_generate, chat_template_kwargs=chat_template_kwargs)
     fingerprint = model_fingerprint(str(model_dir))  # a retrained model is evaluated again, never served old samples
     results = {}
     for name, source in SPLITS.items():
         questions = build_questions(load_examples(source, limit=limit), source, k=k)
-        settings = {"model": str(model_dir), "k": k, "shuffle_choices": False, "model_sha256": fingerprint}
+        settings = {"model": str(model_dir), "k": k, "shuffle_choices": False, "model_sha256": fingerprint,
+                    "chat_template_kwargs": chat_template_kwargs}
         records = run_benchmark(model, tokenizer, questions, eval_dir / f"{name}.jsonl", settings,
-                                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+                                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, sampler=sampler)
         summary = summarize(records)
         results[name] = summary["overall"]
         for source_name, stats in summary["by_source"].items():
@@ -278,7 +283,7 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
         if task.get("eval") is not None:
             e = task["eval"]
             out["evals"] = evaluate_run(Path(e["model"]), Path(e["dir"]), e["k"], e["temperature"], e["limit"],
-                                        e["seed"], e["max_new_tokens"])
+                                        e["seed"], e["max_new_tokens"], e["trust_remote_code"], e["chat_template_kwargs"])
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -396,7 +401,8 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
     configs = [run_config(m, s, out_dir / f"{m}-seed{s}", {**shared, **rates.get(m, {}), "progress": jobs <= 1},
                           checkpoint_every) for s in seeds for m in methods]
     max_new_tokens = configs[0].max_completion_length
-    evaluation = {"k": k, "temperature": temperature, "limit": eval_limit, "max_new_tokens": max_new_tokens}
+    evaluation = {"k": k, "temperature": temperature, "limit": eval_limit, "max_new_tokens": max_new_tokens,
+                  "trust_remote_code": configs[0].trust_remote_code, "chat_template_kwargs": configs[0].chat_template_kwargs}
     from .models import resolve_model_path
 
     base = resolve_model_path(shared["model"])

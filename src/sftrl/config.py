@@ -30,7 +30,9 @@ ROLLOUT_BACKENDS = ("torch", "generate", "vllm")
 # resume switch itself): a resumed run may set them differently. Every other field must match.
 RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
                          "micro_batch_size", "generation_batch_size", "eval_batch_size", "vllm_gpu_memory_utilization",
-                         "vllm_sleep_mode")
+                         "vllm_sleep_mode", "gradient_checkpointing", "merge_lora_on_save", "logprob_chunk_size", "report_to", "push_to_hub",
+                         "hub_model_id")
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -59,6 +61,7 @@ class Config:
     answer_field: str = _f("answer", "Column holding the gold answer; verl's reward_model.ground_truth is found automatically.")
     demo_field: str = _f("demonstration", "Column holding the demonstration (a reference solution) for SFT terms.")
     system_prompt: str | None = _f(None, "System prompt added to plain-text prompts.")
+    chat_template_kwargs: dict[str, Any] | None = _f(None, "Extra arguments of tokenizer.apply_chat_template wherever prompts are rendered (training, evaluation), e.g. {enable_thinking: false} for Qwen3.")
     max_train_examples: int | None = _f(None, "Use only the first N training rows.")
     max_eval_examples: int | None = _f(200, "Evaluate on the first N rows of eval_data.")
     eval_reward: str | None = _f(None, "Grader of evaluations during training; null = the task's verifier (sandbox, option letter when the gold is one, math-verify otherwise), never the training reward. A name or module:function forces one.")
@@ -94,6 +97,16 @@ class Config:
     stage_reset_optimizer: bool = _f(True, "sft-then-grpo: start the RL stage with fresh AdamW moments, as the separate RL job of arXiv 2604.23747 does; false carries them over.")
     grpo_steps: int = _f(50, "grpo-then-sft: number of GRPO steps before switching to SFT.")
     sft_kl_coef: float = _f(0.0, "grpo-then-sft: weight λ of the exact KL(π_θ‖π_RL-end) added to the SFT steps (RL→SFT_KL, SRFT Table 1).")
+
+    # --- memory: LoRA, checkpointing, chunking (names as in TRL) -------------------------------
+    use_peft: bool = _f(False, "Train LoRA adapters (PEFT) instead of every weight; the KL's reference is the base with the adapters switched off, no second copy (pip install 'sftrl[peft]').")
+    lora_r: int = _f(16, "use_peft: LoRA rank.")
+    lora_alpha: int = _f(32, "use_peft: LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = _f(0.05, "use_peft: dropout on the LoRA branch's input.")
+    lora_target_modules: list[str] | None = _f(None, "use_peft: module names to adapt, or [all-linear]; null = PEFT's default for the architecture (q_proj, v_proj for Llama/Qwen).")
+    merge_lora_on_save: bool = _f(False, "use_peft: besides the adapter in output_dir/model, write the base with the adapter merged in to output_dir/model-merged (what vLLM and plain from_pretrained load).")
+    gradient_checkpointing: bool = _f(False, "Recompute each layer's activations in backward instead of keeping them: much less activation memory for about a third more compute; use it on GPUs for long completions or large micro-batches (rows then run whole, without the shared-prompt forward).")
+    logprob_chunk_size: int = _f(0, "Target tokens whose logits exist at once when computing log-probabilities and entropies (the LM head runs per chunk and is recomputed in backward); 0 = the whole (B, T, V) logits at once, fine for small vocabularies (the sandbox); the paper recipes use 1024.")
 
     # --- hybrid methods (see docs/ALGORITHMS.md) -----------------------------------------------
     sasr_warmup_steps: int = _f(20, "sasr: SFT warm-up steps W; the last one's gradient norm is G_warmup (SASR, arXiv 2505.13026; paper value unknown).")
@@ -163,6 +176,9 @@ class Config:
     save_every: int = _f(50, "Write a checkpoint every N steps (0 = only the final model).")
     save_total_limit: int = _f(2, "Keep the newest N checkpoints.")
     resume: bool = _f(False, "Continue from the newest checkpoint in output_dir.")
+    report_to: list[str] = _f(["none"], "Trackers that also get the logged metrics (through accelerate): none, tensorboard, wandb, trackio; their files go under output_dir/trackers.")
+    push_to_hub: bool = _f(False, "Upload the final model (model-merged when merge_lora_on_save) to the Hugging Face hub after training.")
+    hub_model_id: str | None = _f(None, "push_to_hub: the hub repository, user/name; null = the run directory's name under your account.")
     progress: bool = _f(True, "Show a progress bar.")
 
     @property
@@ -198,6 +214,10 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name}: expected a mapping of names to values, got {value!r}")
+        return dict(value)
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -360,6 +380,16 @@ def check_fields(c: Config) -> None:
     check(0 <= c.adam_beta1 < 1, f"adam_beta1: must be in [0, 1), got {c.adam_beta1}")
     check(0 <= c.adam_beta2 < 1, f"adam_beta2: must be in [0, 1), got {c.adam_beta2}")
     check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")
+    check(c.lora_r >= 1, f"lora_r: must be at least 1, got {c.lora_r}")
+    check(c.lora_alpha >= 1, f"lora_alpha: must be at least 1, got {c.lora_alpha}")
+    check(0 <= c.lora_dropout < 1, f"lora_dropout: must be in [0, 1), got {c.lora_dropout}")
+    check(c.lora_target_modules is None or (len(c.lora_target_modules) >= 1 and all(c.lora_target_modules)),
+          f"lora_target_modules: name at least one module (or null for PEFT's default), got {c.lora_target_modules}")
+    check(c.logprob_chunk_size >= 0, f"logprob_chunk_size: must be 0 (off) or more, got {c.logprob_chunk_size}")
+    check(all(name in REPORT_TO for name in c.report_to) and c.report_to,
+          f"report_to: {c.report_to} is not a list of {', '.join(REPORT_TO)}")
+    check(c.hub_model_id is None or c.hub_model_id.count("/") <= 1 and c.hub_model_id.strip("/") != "",
+          f"hub_model_id: {c.hub_model_id!r} is not of the form name or user/name")
     check(c.demo_truncation in DEMO_TRUNCATIONS,
           f"demo_truncation: {c.demo_truncation!r} is not one of {', '.join(DEMO_TRUNCATIONS)}")
     check(all(isinstance(p, str) and p.strip() for p in c.plugins), f"plugins: module names must be non-empty, got {c.plugins}")

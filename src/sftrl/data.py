@@ -537,11 +537,12 @@ def load_examples(
     )
 
 
-def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> str:
+def render_prompt(tokenizer: Any, prompt: str | list[dict], chat_template_kwargs: dict | None = None) -> str:
     """The text a model is conditioned on for ``prompt``; its completion is generated after it.
 
     With a chat template on the tokenizer: ``apply_chat_template(messages,
-    add_generation_prompt=True, tokenize=False)``, a plain-text prompt being one user message.
+    add_generation_prompt=True, tokenize=False, **chat_template_kwargs)``, a plain-text prompt being
+    one user message (the kwargs reach the template, e.g. Qwen3's ``enable_thinking``).
     Without one (base models, the sandbox's character tokenizer): a plain-text prompt as it is, and
     chat messages as their contents joined by newlines (roles dropped, nothing appended), so the
     same data works for models that were never chat-tuned.
@@ -555,7 +556,8 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> str:
         messages = list(prompt)
         if not has_chat_template:
             return "\n".join(message["content"] for message in messages)
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         **(chat_template_kwargs or {}))
 
 
 # --------------------------------------------------------------------------------------------------

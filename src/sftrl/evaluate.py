@@ -49,6 +49,7 @@ def evaluate_accuracy(
     temperature: float = 0.0,
     progress=None,
     engine: Engine | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> dict[str, Any]:
     """Share of examples solved by one completion each (greedy at temperature 0).
 
@@ -59,7 +60,7 @@ def evaluate_accuracy(
     truncated completions, and the completions themselves under "completions". `engine` samples them
     (the training run's rollout engine; default sftrl's decode loop).
     """
-    texts = [render_prompt(tokenizer, e.prompt) for e in examples]
+    texts = [render_prompt(tokenizer, e.prompt, chat_template_kwargs) for e in examples]
     completions = generate_completions(model, tokenizer, texts, num_generations=1, max_new_tokens=max_new_tokens,
                                        temperature=temperature or 1.0, batch_size=batch_size,
                                        greedy=temperature == 0.0, progress=progress, engine=engine)
@@ -101,7 +102,8 @@ def avg_at_k(grades: list[float]) -> float:
 # everything already graded and a second run with the same settings picks up where it left off.
 
 DEFAULT_TEMPERATURE = 0.6  # the papers' evaluation protocol (ALGORITHMS.md, "Shared ... protocol")
-SETTINGS_KEYS = ("model", "k", "k_by_source", "temperature", "top_p", "max_new_tokens", "shuffle_choices", "seed")
+SETTINGS_KEYS = ("model", "k", "k_by_source", "temperature", "top_p", "max_new_tokens", "shuffle_choices", "seed",
+                 "chat_template_kwargs")
 
 _OPTION_LINE = re.compile(r"^([A-J])[).:]\s+(.*\S)\s*$")
 
@@ -257,12 +259,14 @@ def read_samples(path: Path, settings: dict[str, Any]) -> dict[str, dict]:
 
 
 def sample_with_generate(model, tokenizer, questions: list[Question], temperature: float, top_p: float,
-                         max_new_tokens: int, batch_size: int) -> list[tuple[list[str], list[int], list[bool]]]:
-    """(texts, lengths, truncated) of each question's k samples with Hugging Face `generate`."""
+                         max_new_tokens: int, batch_size: int, chat_template_kwargs: dict | None = None
+                         ) -> list[tuple[list[str], list[int], list[bool]]]:
+    """(texts, lengths, truncated) of each question's k samples with Hugging Face `generate`
+    (functools.partial sets chat_template_kwargs for run_benchmark)."""
     results = []
     for k in sorted({q.k for q in questions}):
         group = [q for q in questions if q.k == k]
-        texts = [render_prompt(tokenizer, q.example.prompt) for q in group]
+        texts = [render_prompt(tokenizer, q.example.prompt, chat_template_kwargs) for q in group]
         out = generate_completions(model, tokenizer, texts, num_generations=k, max_new_tokens=max_new_tokens,
                                    temperature=temperature or 1.0, top_p=top_p, batch_size=batch_size,
                                    greedy=temperature == 0.0)
@@ -278,18 +282,20 @@ class VLLMSampler:
     """Samples with vLLM (``pip install sftrl[vllm]``, a GPU): one engine, `n=k` samples per prompt."""
 
     def __init__(self, model_path: str, dtype: str = "auto", max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9):
+                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False,
+                 chat_template_kwargs: dict | None = None):
         try:
             from vllm import LLM
         except ImportError as error:
             raise ImportError("--backend vllm needs vLLM: pip install 'sftrl[vllm]' (on a machine with a GPU)") from error
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization)
+                       gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code)
+        self.chat_template_kwargs = chat_template_kwargs
 
     def __call__(self, model, tokenizer, questions, temperature, top_p, max_new_tokens, batch_size):
         from vllm import SamplingParams
 
-        texts = [render_prompt(tokenizer, q.example.prompt) for q in questions]
+        texts = [render_prompt(tokenizer, q.example.prompt, self.chat_template_kwargs) for q in questions]
         params = [SamplingParams(n=q.k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
                   for q in questions]
         outputs = self.llm.generate(texts, params, use_tqdm=False)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 # A local tokenizer directory holds at least one of these (saved by save_pretrained).
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
+ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -34,15 +37,31 @@ def resolve_model_path(name: str, what: str = "model") -> str:
 
 
 def check_model_dir(name: str, what: str = "model") -> None:
-    """A local model directory exists and holds a model (config.json); one line otherwise."""
+    """A local model directory exists and holds a model (config.json) or a LoRA adapter
+    (adapter_config.json, loaded onto its base model); one line otherwise."""
     path = Path(name).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{what}: model path not found: {name}")
     if not path.is_dir():
         raise ConfigError(f"{what}: {name} is a file, not a model directory (one written by save_pretrained)")
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not is_adapter_dir(path):
         raise ConfigError(f"{what}: {name} is not a model directory: it has no config.json "
                           "(expected a directory written by save_pretrained, or a hub id)")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """A local directory holding a PEFT adapter only (what a use_peft run saves), not a full model."""
+    path = Path(path).expanduser()
+    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model an adapter directory was trained on (PEFT's base_model_name_or_path)."""
+    config_file = Path(path).expanduser() / ADAPTER_CONFIG
+    base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{config_file}: names no base_model_name_or_path, so the adapter cannot be loaded")
+    return base
 
 
 # Files whose content decides what a model generates: weights, configs, tokenizer, remote code.
@@ -63,6 +82,8 @@ def model_fingerprint(path: str) -> str | None:
         except Exception:  # noqa: BLE001: not cached (or not a hub id): nothing to fingerprint
             return None
     digest = hashlib.sha256()
+    if is_adapter_dir(directory):  # an adapter's outputs depend on its base model too
+        digest.update(f"base:{model_fingerprint(adapter_base(directory))}".encode() + b"\0")
     for file in sorted(directory.iterdir()):
         if file.is_file() and file.suffix in MODEL_FILE_SUFFIXES and file.name not in NOT_MODEL_FILES:
             digest.update(file.name.encode() + b"\0")
@@ -96,9 +117,16 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
 def load_model(name: str, dtype: str = "auto", trust_remote_code: bool = False,
                device: torch.device | str | None = None) -> PreTrainedModel:
     """A causal LM in the asked dtype; "auto" is float32 (bf16 compute comes from autocast, and
-    transformers 5 would otherwise keep a bf16 checkpoint in bf16, ~150x slower on CPUs)."""
+    transformers 5 would otherwise keep a bf16 checkpoint in bf16, ~150x slower on CPUs).
+    An adapter directory (a use_peft run's model or checkpoint) is its base model with the adapter
+    merged in, so evaluation and analysis see one plain model."""
     if _looks_local(name) and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"model path not found: {name}")
+    if _looks_local(name) and is_adapter_dir(name):
+        peft = import_peft(f"loading the adapter in {name}")
+        base = load_model(adapter_base(name), dtype, trust_remote_code)
+        model = peft.PeftModel.from_pretrained(base, str(Path(name).expanduser())).merge_and_unload()
+        return model.to(device) if device is not None else model
     torch_dtype = torch.float32 if dtype == "auto" else DTYPES[dtype]
     model = AutoModelForCausalLM.from_pretrained(str(Path(name).expanduser()) if _looks_local(name) else name,
                                                  dtype=torch_dtype, trust_remote_code=trust_remote_code)
@@ -107,16 +135,98 @@ def load_model(name: str, dtype: str = "auto", trust_remote_code: bool = False,
     return model
 
 
+def import_peft(why: str):
+    """The peft module, or one line saying how to install it."""
+    try:
+        import peft
+    except ImportError as error:
+        raise ImportError(f"{why} needs PEFT: pip install 'sftrl[peft]'") from error
+    return peft
+
+
+def add_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
+    """The model wrapped by PEFT with fresh LoRA adapters; only the adapters train, the base is frozen.
+    target_modules None = PEFT's default for the architecture (q_proj, v_proj for Llama and Qwen), as TRL."""
+    peft = import_peft("use_peft")
+    targets = target_modules[0] if target_modules == ["all-linear"] else target_modules
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                             task_type="CAUSAL_LM", bias="none")
+    return peft.get_peft_model(model, config)
+
+
+def is_peft(model) -> bool:
+    return hasattr(getattr(model, "module", model), "disable_adapter")
+
+
+def base_model(model) -> PreTrainedModel:
+    """The transformers model under any DDP and PEFT wrapping (PEFT's LoRA layers stay inside it)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if is_peft(model) else model
+
+
+class AdapterFreeReference:
+    """π_ref of a LoRA run: the policy itself with its adapters switched off (and in eval mode), so
+    the KL needs no second copy of the model. Callable like a model; `backbone` and `head` give the
+    pieces the chunked log-probabilities use, each running with the adapters off."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    @contextmanager
+    def adapters_off(self):
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                yield base_model(self.policy)
+        finally:
+            self.policy.train(was_training)
+
+    def __call__(self, **kwargs):
+        with self.adapters_off() as model:
+            return model(**kwargs)
+
+    def backbone(self, **kwargs):
+        with self.adapters_off() as model:
+            return model.get_decoder()(**kwargs)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self.adapters_off() as model:
+            return model.get_output_embeddings()(hidden)
+
+    @property
+    def forward(self):  # what cache_keyword inspects
+        return base_model(self.policy).forward
+
+
 def cache_keyword(model: PreTrainedModel) -> str:
     """The forward's name for the KV cache argument (transformers 5 renamed past_key_values to cache);
-    a DDP-wrapped model is asked through the model it wraps."""
-    forward = inspect.signature(getattr(model, "module", model).forward).parameters
+    a DDP- or PEFT-wrapped model is asked through the model it wraps."""
+    model = model if isinstance(model, AdapterFreeReference) else base_model(model)
+    forward = inspect.signature(model.forward).parameters
     return "cache" if "cache" in forward else "past_key_values"
+
+
+def set_activation_checkpointing(model: PreTrainedModel, on: bool) -> None:
+    """Recompute each layer's activations in backward (non-reentrant: it needs no input that requires a
+    gradient, which a LoRA model's frozen embeddings would not give), or stop; transformers 5 name first."""
+    model = base_model(model)
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def activation_checkpointing(model: PreTrainedModel) -> bool:
     """Whether the model recomputes activations in backward (transformers 5 name, then the older one)."""
-    model = getattr(model, "module", model)
+    if isinstance(model, AdapterFreeReference):
+        return False  # it runs in eval mode, where nothing is recomputed
+    model = base_model(model)
     if hasattr(type(model), "is_activation_checkpointing"):
         return bool(model.is_activation_checkpointing)
     return bool(getattr(model, "is_gradient_checkpointing", False))

@@ -31,15 +31,16 @@ from accelerate import Accelerator
 
 from transformers import TrainerState
 
-from . import checkpoint, losses, registry, runlog
-from .batching import counted_tokens, micro_batches, pack, target_logits
+from . import checkpoint, hub, losses, registry, runlog
+from .batching import counted_tokens, micro_batches, pack, score_targets
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
 from .evaluate import evaluate_accuracy, reward_columns
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
-from .models import frozen_copy, load_model, load_tokenizer, resolve_model_path
+from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer,
+                     resolve_model_path, set_activation_checkpointing)
 from .parallel import Parallel
 from .progress import Progress
 from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
@@ -96,7 +97,10 @@ class Trainer:
         mixed = config.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+        trackers = [name for name in config.report_to if name != "none"]
+        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+                                       log_with=trackers or None,
+                                       project_dir=str(self.run_dir / "trackers") if trackers else None)
         self.world = self.accelerator.num_processes
         self.parallel = Parallel(self.accelerator)
         plugin = self.accelerator.state.deepspeed_plugin if self.parallel.backend == "deepspeed" else None
@@ -136,10 +140,16 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id
         self.demo_report = self._check_demonstration_lengths() if needs_demo else {}
         model = load_model(model_path, config.dtype, config.trust_remote_code)
+        if config.gradient_checkpointing:
+            set_activation_checkpointing(model, True)
+        if config.use_peft:
+            model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
         wants_ref = self.method.needs_reference(config)
-        self.reference = frozen_copy(model).to(self.accelerator.device) if wants_ref else None
+        # A LoRA run's reference is its own base (adapters off, set up below); otherwise a frozen copy.
+        self.reference = frozen_copy(model).to(self.accelerator.device) if wants_ref and not config.use_peft else None
         self.reference_step: int | None = None  # set when the reference is a snapshot taken during training
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                       betas=(config.adam_beta1, config.adam_beta2))
         # Under FSDP and ZeRO-3 each process holds a shard: generation, evaluation and saving use this
         # whole local copy, refreshed after each update (whole_policy).
@@ -149,10 +159,12 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self._train_module = self.parallel.forward_module(self.model, self.policy)
         self._idle_token = self.pad_id if self.pad_id is not None else self.eos_id
+        if wants_ref and config.use_peft:
+            self.reference = AdapterFreeReference(self.policy)
         self.rollout_engine = self._start_rollout_engine(model_path) if self.method.needs_rollouts else None
         spec = self.method.extra_optimizer(config)
         self.extra_optimizer = None if spec is None else torch.optim.AdamW(
-            self.model.parameters(), lr=config.learning_rate, weight_decay=spec.weight_decay,
+            self.trainable, lr=config.learning_rate, weight_decay=spec.weight_decay,
             betas=(config.adam_beta1, config.adam_beta2))
         self.extra_max_grad_norm = 0.0 if spec is None else spec.max_grad_norm
         self.lr_factor = lr_lambda(config)
@@ -217,7 +229,7 @@ class Trainer:
     def prompt_ids(self, example: Example) -> list[int]:
         key = id(example)
         if key not in self._prompt_cache:
-            text = render_prompt(self.tokenizer, example.prompt)
+            text = render_prompt(self.tokenizer, example.prompt, self.config.chat_template_kwargs)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if self.config.max_prompt_length:
                 ids = ids[-self.config.max_prompt_length:]
@@ -329,12 +341,12 @@ class Trainer:
             self._replica_updates = self.parallel.updates
         return self._replica
 
-    def _target_logits(self, batch) -> torch.Tensor:
-        """A training forward (B, T, V), through the module sftrl.parallel says; one forward per
-        micro-batch where the backend needs every process to run as many."""
-        if self.parallel.sharded:
-            return target_logits(self._train_module, batch, share_prompts=False)
-        return target_logits(self._train_module, batch)
+    def _score(self, batch, temperature: float, **kwargs):
+        """The targets' log-probabilities and entropies (batching.score_targets, chunked by
+        logprob_chunk_size) from a training forward through the module sftrl.parallel says; one
+        forward per micro-batch where the backend needs every process to run as many."""
+        return score_targets(self._train_module, batch, temperature, chunk_size=self.config.logprob_chunk_size,
+                             share_prompts=not self.parallel.sharded, **kwargs)
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
@@ -376,16 +388,14 @@ class Trainer:
         for rows in plan:
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
-            logits = self._target_logits(batch)  # (B, T, V)
-            logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, 1.0)
+            scores = self._score(batch, 1.0, reference=self.reference, kl_grad=kl_coef > 0)
+            logps, entropy = scores.logps, scores.entropy
             weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
             loss = losses.sft_loss(logps, mask, step_tokens, weights)
             if entropy_coef:
                 loss = loss - entropy_coef * losses.entropy_bonus(entropy, mask, step_tokens)
             if self.reference is not None:
-                with torch.no_grad():
-                    ref_logits = target_logits(self.reference, batch)
-                kl = losses.exact_kl(logits if kl_coef > 0 else logits.detach(), ref_logits)  # (B, T)
+                kl = scores.kl  # (B, T) exact KL(π_θ‖π_ref), differentiable when trained on
                 if kl_coef > 0:
                     loss = loss + kl_coef * (kl * mask).sum() / max(step_tokens, 1)
                 sums["kl_ref"] += float((kl.detach() * mask).sum())
@@ -415,7 +425,7 @@ class Trainer:
         """Sample completions; `continuations` (one text per example) are appended to the rendered
         prompts, so the samples continue them (UFT's hints)."""
         cfg = self.config
-        texts = [render_prompt(self.tokenizer, e.prompt) for e in examples]
+        texts = [render_prompt(self.tokenizer, e.prompt, cfg.chat_template_kwargs) for e in examples]
         if continuations is not None:
             texts = [text + extra for text, extra in zip(texts, continuations)]
         with self.accelerator.autocast():
@@ -581,19 +591,16 @@ class Trainer:
             mask = batch.target_mask
             if cfg.mask_truncated_completions:
                 mask = mask * (~rollouts.truncated[idx]).float().unsqueeze(1).to(device)
-            logits = self._target_logits(batch)  # (B, T, V)
-            logps, entropy = losses.token_logprobs_and_entropy(logits, batch.targets, cfg.temperature)
+            scores = self._score(batch, cfg.temperature, reference=self.reference, ref_logps=cfg.beta > 0)
+            logps, entropy = scores.logps, scores.entropy
             advantages = rollouts.advantages[idx].to(device)
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
             per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo)
             stats = dict(stats)
             if self.reference is not None:
-                with torch.no_grad():
-                    ref_logits = target_logits(self.reference, batch)
-                    stats["kl_ref"] = losses.exact_kl(logits.detach(), ref_logits)
+                stats["kl_ref"] = scores.kl  # detached: measured, not trained on
                 if cfg.beta > 0:
-                    ref_logps, _ = losses.token_logprobs_and_entropy(ref_logits, batch.targets, cfg.temperature, False)
-                    kl = losses.k3_kl(logps, ref_logps)  # (B, T)
+                    kl = losses.k3_kl(logps, scores.ref_logps)  # (B, T)
                     per_token = per_token + cfg.beta * kl * (~is_demo).float().unsqueeze(1)  # rollout rows only
                     stats["kl"] = kl.detach()
             loss = losses.reduce_token_loss(per_token, mask, cfg.loss_type, step_sequences, step_tokens,
@@ -653,6 +660,8 @@ class Trainer:
     def snapshot_reference(self) -> None:
         """Make the current policy the frozen reference (SASR after warm-up; the end of RL in RL→SFT_KL).
         Checkpoints then carry its weights, so a resumed run measures against the same model."""
+        if self.config.use_peft:  # validate.check_config refuses such configs before training
+            raise RuntimeError("snapshot_reference: a LoRA run's reference is its base model")
         self.reference = frozen_copy(self.whole_policy()).to(self.accelerator.device)
         self.reference_step = self.step
 
@@ -727,7 +736,8 @@ class Trainer:
         with self.accelerator.autocast():
             result = evaluate_accuracy(self.whole_policy(), self.tokenizer, self.eval_examples, self.config.eval_reward,
                                        max_new_tokens=self.config.max_completion_length,
-                                       batch_size=self.config.eval_batch_size, engine=self.rollout_engine)
+                                       batch_size=self.config.eval_batch_size, engine=self.rollout_engine,
+                                       chat_template_kwargs=self.config.chat_template_kwargs)
         return {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"],
                 **{f"eval/accuracy/{source}": value for source, value in result["by_source"].items()}}
 
@@ -745,8 +755,17 @@ class Trainer:
             self._resume(self.plan.checkpoints)
         if main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        if self.accelerator.log_with:
+            self.accelerator.init_trackers(self.run_dir.name, config=_tracker_config(self.config))
 
     def train(self) -> dict[str, Any]:
+        try:
+            return self._train()
+        finally:
+            if self.accelerator.log_with:
+                self.accelerator.end_training()  # flushes and closes the trackers' files
+
+    def _train(self) -> dict[str, Any]:
         cfg = self.config
         main = self.accelerator.is_main_process
         self._start()
@@ -781,7 +800,14 @@ class Trainer:
                 self._print((f"accuracy before training: {_accuracy_text(before)}\n" if before else "")
                             + f"accuracy after training:  {_accuracy_text(summary['eval_after'])} ({cfg.method}, "
                             f"{self.step} steps, {summary['train_seconds']:.0f} s)")
-            self._print(f"model saved to {self.run_dir / 'model'}")
+            self._print(f"model saved to {self.run_dir / 'model'}"
+                        + (f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})"
+                           if cfg.use_peft and cfg.merge_lora_on_save else " (LoRA adapter)" if cfg.use_peft else ""))
+            if cfg.push_to_hub:
+                folder = self.run_dir / ("model-merged" if cfg.use_peft and cfg.merge_lora_on_save else "model")
+                url = hub.push_model(folder, cfg.hub_model_id or self.run_dir.name,
+                                     f"sftrl {cfg.method}, {self.step} steps")
+                self._print(f"pushed {folder} to {url}")
         return summary
 
     def _train_step(self) -> None:
@@ -845,6 +871,10 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             runlog.append(self.run_dir / "metrics.jsonl", record)
+            if self.accelerator.log_with:  # the same numbers, for TensorBoard / W&B / Trackio
+                numbers = {key: value for key, value in record.items() if key != "step"
+                           and isinstance(value, (int, float)) and not isinstance(value, bool)}
+                self.accelerator.log(numbers, step=record["step"])
 
     def _logged_eval(self, step: int) -> dict[str, float]:
         """Evaluation metrics already in metrics.jsonl for `step` (a resumed run does not repeat them)."""
@@ -890,15 +920,30 @@ class Trainer:
         self._refuse_nonfinite_weights("the final model")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            checkpoint.save_model(self.run_dir, self.whole_policy(), self.tokenizer)
+            checkpoint.save_model(self.run_dir, self.whole_policy(), self.tokenizer)  # a LoRA run: the adapter
+            if self.config.use_peft and self.config.merge_lora_on_save:
+                # In place (no second copy of the weights): the last thing a run does with its policy.
+                merged = self.policy.merge_and_unload()
+                checkpoint.save_model(self.run_dir, merged, self.tokenizer, name="model-merged")
 
     def _resume(self, checkpoints: list) -> None:
         """Continue from the newest checkpoint that loads (newest first in `checkpoints`); a damaged
         one is reported and the one before it is used."""
         cfg = self.config
-        latest, (state, weights, reference) = checkpoint.load_newest_readable(
-            checkpoints, lambda path: load_model(path, cfg.dtype, cfg.trust_remote_code), self._print)
-        self.parallel.load_full_state_dict(self.model, self.policy, weights)
+        def model_at(path: str):
+            return load_model(path, cfg.dtype, cfg.trust_remote_code)
+
+        if cfg.use_peft:  # a checkpoint holds the adapter only
+            peft = import_peft("resuming a use_peft run")
+            weights_at = lambda path: peft.utils.load_peft_weights(path, device="cpu")  # noqa: E731
+        else:
+            weights_at = lambda path: model_at(path).state_dict()  # noqa: E731
+        latest, (state, weights, reference) = checkpoint.load_newest_readable(checkpoints, weights_at, model_at,
+                                                                             self._print)
+        if cfg.use_peft:
+            peft.set_peft_model_state_dict(self.policy, weights)
+        else:
+            self.parallel.load_full_state_dict(self.model, self.policy, weights)
         self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
         self.sampler.load_state_dict(state["sampler"])
@@ -930,6 +975,13 @@ def _accuracy_text(metrics: dict[str, float]) -> str:
     prefix = "eval/accuracy/"
     parts = [f"{key[len(prefix):]} {value:.1%}" for key, value in metrics.items() if key.startswith(prefix)]
     return f"{metrics['eval/accuracy']:.1%}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _tracker_config(config: Config) -> dict[str, Any]:
+    """The config as trackers take hyperparameters: numbers, strings and booleans (TensorBoard's hparams
+    refuse lists and None)."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+            for key, value in config.to_dict().items()}
 
 
 def _seed_everything(seed: int) -> None:

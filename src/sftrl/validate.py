@@ -43,6 +43,15 @@ def check_config(c: Config) -> None:
         raise ConfigError(f"method: unknown {c.method!r}; choose one of {', '.join(METHODS)}")
     if METHODS[c.method].needs_rollouts and c.num_generations < 2:
         raise ConfigError(f"num_generations: GRPO needs at least 2 rollouts per prompt, got {c.num_generations}")
+    if c.use_peft and METHODS[c.method].snapshots_reference(c):
+        # The reference of a LoRA run is the base with its adapters off; a snapshot of the policy taken
+        # during training is not, and a second adapter copy is not implemented.
+        raise ConfigError(f"use_peft: {c.method} with these settings makes the policy of mid-training its KL "
+                          "reference, which a LoRA run does not support (its reference is the base model); use "
+                          "sasr_reference=initial / sft_kl_coef=0, or train without use_peft")
+    if c.use_peft and c.rollout_backend == "vllm":
+        raise ConfigError("use_peft: rollout_backend=vllm does not load LoRA adapters yet; use rollout_backend=torch "
+                          "or generate")
     try:
         registry.load_plugins(c.plugins)
     except registry.RegistryError as exc:

@@ -138,6 +138,10 @@ def _reference_for_kl(config) -> bool:
     return config.beta > 0  # the policy-gradient term's β·KL(π_θ‖π_ref) needs π_ref
 
 
+def _never(config) -> bool:
+    return False
+
+
 def _nothing(trainer, state: dict[str, Any], metrics: dict[str, Any]) -> None:
     return None
 
@@ -179,6 +183,8 @@ class Method:
     needs_rollouts: bool
     init_state: Callable[[Any, int], dict[str, Any]] = _no_state
     needs_reference: Callable[[Any], bool] = _reference_for_kl
+    # Whether the method makes the policy of mid-training its reference (Primitives.snapshot_reference)
+    snapshots_reference: Callable[[Any], bool] = _never
     after_step: Callable[[Primitives, dict[str, Any], dict[str, Any]], None] = _nothing
     learning_rate: Callable[[Any, int, StepKind, dict[str, Any]], float] = run_learning_rate
     total_steps: Callable[[Any, dict[str, Any]], int] = _max_steps

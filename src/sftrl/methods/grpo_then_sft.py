@@ -23,4 +23,5 @@ def after_step(trainer, state, metrics):
 
 
 METHOD = Method(name="grpo-then-sft", plan=plan, step=step, kinds=only(StepKind.POLICY, StepKind.SFT),
-                needs_demonstrations=True, needs_rollouts=True, after_step=after_step)
+                needs_demonstrations=True, needs_rollouts=True, after_step=after_step,
+                snapshots_reference=lambda config: config.sft_kl_coef > 0)

@@ -92,4 +92,5 @@ def after_step(trainer, state, metrics):
 
 METHOD = Method(name="sasr", plan=plan, step=step, kinds=only(StepKind.SFT, StepKind.POLICY),
                 needs_demonstrations=True, needs_rollouts=True, init_state=init_state,
-                needs_reference=needs_reference, after_step=after_step, preset=PRESET)
+                needs_reference=needs_reference, after_step=after_step, preset=PRESET,
+                snapshots_reference=lambda config: config.sasr_reference == "warmup")
