@@ -195,6 +195,19 @@ def test_train_fsdp_asked_for_on_cpu(tmp_path, tiny_model_dir, capsys, monkeypat
     fails_cleanly(capsys, tmp_path, train_args(tmp_path, tiny_model_dir), "ACCELERATE_USE_FSDP: FSDP was asked for")
 
 
+def test_chunked_logprobs_are_refused_under_fsdp():
+    """FSDP2 gathers shards in the root module's forward; the chunked path runs outside it (it raised
+    "FSDP requires a single root module" on 2 CPU processes through tests/fsdp_on_cpu.py)."""
+    from sftrl.errors import ConfigError
+    from sftrl.validate import check_processes, load_config
+
+    check_processes(load_config(overrides={"batch_size": 4, "logprob_chunk_size": 0}), 2, "fsdp", {})
+    check_processes(load_config(overrides={"batch_size": 4, "logprob_chunk_size": 64}), 2, "ddp", {})
+    with pytest.raises(ConfigError) as error:
+        check_processes(load_config(overrides={"batch_size": 4, "logprob_chunk_size": 64}), 2, "fsdp", {})
+    assert str(error.value).startswith("logprob_chunk_size: 64 is not supported under FSDP") and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("deepspeed, overrides, expected", [
     ({"gradient_accumulation_steps": 4}, {}, "deepspeed gradient_accumulation_steps: sftrl accumulates"),
     ({"gradient_clipping": 0.5}, {"max_grad_norm": 1.0}, "max_grad_norm: 1.0, but the DeepSpeed config's gradient_clipping"),

@@ -60,4 +60,6 @@ def test_dry_run_prints_the_estimate_and_trains_nothing(tmp_path, capsys):
     assert cli.main(["train", "--dry-run", "--config", str(RECIPES / "paper-sasr.yaml"), f"output_dir={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out
     assert "Qwen/Qwen2.5-Math-7B (7.62B parameters" in out and "ZeRO-3/FSDP over 8 fits" in out
+    # the recipe chunks log-probs, which FSDP refuses: its own line gives the whole logits' peak
+    assert "FSDP needs logprob_chunk_size=0 (the sharded column is ZeRO-3's): logits 73." in out
     assert not (tmp_path / "run").exists()

@@ -2,8 +2,8 @@
 logs the same per-step loss and gradient norm and ends with the same weights as one process; GRPO logs
 the whole step's reward statistics; methods whose prompts decide per prompt (HPT's gate, ReLIFT's
 buffer), or that draw and gather rows (GAC, UFT), finish without a deadlock, and decide and train
-exactly as one process does. FSDP cannot run here: accelerate shards only on GPUs (see test_validate's
-check that asking for it on CPU fails).
+exactly as one process does. FSDP2 runs too, through tests/fsdp_on_cpu.py: accelerate turns FSDP on only
+for GPUs, so that script sets the state accelerate sets there, and torch shards over gloo.
 
 The reward (`even_answer`) is fixed by the prompt, so a prompt's decision does not depend on what was
 sampled, and every group's advantage is 0: the policy-gradient terms contribute nothing and the weights
@@ -59,15 +59,21 @@ def cli_args(values):
     return [f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in values.items()]
 
 
-def run_two_processes(values, what):
+def run_two_processes(values, what, fsdp=False):
+    """`torchrun` 2 processes of `sftrl.cli train`; with fsdp=True through tests/fsdp_on_cpu.py (FSDP2).
+    Returns the processes' stderr."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "sftrl.cli", "train", *cli_args(values)]
+    entry = [str(Path(__file__).with_name("fsdp_on_cpu.py"))] if fsdp else ["-m", "sftrl.cli"]
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", *entry, "train", *cli_args(values)]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired as exc:  # a process waiting in a collective the other never joined
         raise AssertionError(f"2-process {what} run did not finish (deadlock?): {exc.stderr}") from exc
     assert done.returncode == 0, done.stderr[-3000:]
+    if fsdp:  # the parameters were sharded (DTensors), on both processes
+        assert done.stderr.count("parameters DTensor\n") == 2, done.stderr[-3000:]
+    return done.stderr
 
 
 def test_sft_on_two_processes_is_sft_on_one(tmp_path, tiny_model_dir, even_answer_spec):
@@ -142,6 +148,49 @@ def test_two_processes_decide_and_train_as_one(tmp_path, tiny_model_dir, even_an
         assert one[0]["sft/loss"] == pytest.approx(two[0]["sft/loss"], rel=1e-4)
         assert all(0.05 <= r["gac/mu"] <= 0.9 for r in two)
         return
+    w_one = load_file(one_dir / "model" / "model.safetensors")
+    w_two = load_file(two_dir / "model" / "model.safetensors")
+    for name in w_one:
+        torch.testing.assert_close(w_one[name], w_two[name], atol=2e-5, rtol=1e-4)
+
+
+def test_fsdp_on_two_processes_matches_ddp_and_one_process(tmp_path, tiny_model_dir, even_answer_spec):
+    """FSDP2 (sharded parameters, gradients and AdamW moments; forwards through the wrapped module) gives
+    DDP's and one process's per-step SFT loss, gradient norm and final weights."""
+    runs = {name: tmp_path / name for name in ("one", "ddp", "fsdp")}
+    values = dict(overrides("hpt", tiny_model_dir, even_answer_spec, runs["one"]), method="sft", micro_batch_size=1,
+                  learning_rate=1e-2, sft_learning_rate=1e-2, max_grad_norm=0.5, save_every=2)
+    Trainer(load_config(overrides=values)).train()
+    run_two_processes({**values, "output_dir": str(runs["ddp"])}, "sft (DDP)")
+    run_two_processes({**values, "output_dir": str(runs["fsdp"])}, "sft (FSDP)", fsdp=True)
+    logs = {name: [r for r in read_metrics(path) if "step_type" in r] for name, path in runs.items()}
+    assert [r["step"] for r in logs["fsdp"]] == [1, 2, 3, 4]
+    for other in ("one", "ddp"):
+        for a, b in zip(logs[other], logs["fsdp"]):
+            for key in ("loss", "sft/loss", "grad_norm", "sft/entropy"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=5e-5), (other, a["step"], key, a[key], b[key])
+    weights = {name: load_file(path / "model" / "model.safetensors") for name, path in runs.items()}
+    for name in weights["one"]:
+        torch.testing.assert_close(weights["fsdp"][name], weights["one"][name], atol=5e-5, rtol=1e-4)
+        torch.testing.assert_close(weights["fsdp"][name], weights["ddp"][name], atol=5e-5, rtol=1e-4)
+
+
+def test_fsdp_per_prompt_method_decides_and_trains_as_one(tmp_path, tiny_model_dir, even_answer_spec):
+    """HPT under FSDP: the processes run different numbers of SFT and GRPO passes (their prompts decide),
+    which sharded forwards must even out; no deadlock, the same decisions and weights as one process."""
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    Trainer(load_config(overrides=overrides("hpt", tiny_model_dir, even_answer_spec, one_dir))).train()
+    run_two_processes(overrides("hpt", tiny_model_dir, even_answer_spec, two_dir), "hpt (FSDP)", fsdp=True)
+    one = [r for r in read_metrics(one_dir) if "step_type" in r]
+    two = [r for r in read_metrics(two_dir) if "step_type" in r]
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for key in EXACT["hpt"]:
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+        for key in CLOSE["hpt"]:
+            assert (key in a) == (key in b), (a["step"], key)
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
     w_one = load_file(one_dir / "model" / "model.safetensors")
     w_two = load_file(two_dir / "model" / "model.safetensors")
     for name in w_one:

@@ -28,7 +28,7 @@ takes its own vllm_gpu_memory_utilization share of the GPU.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Config
@@ -157,4 +157,8 @@ def report(config: Config, needs_reference: bool, needs_rollouts: bool = True, g
     verdict = lambda peak: "fits" if peak / GiB <= gpu_gib * 0.9 else "does NOT fit"  # noqa: E731
     lines.append(f"on {gpu_gib:.0f} GiB GPUs (10% kept for the CUDA context and fragmentation): DDP "
                  f"{verdict(plain['peak'])}, ZeRO-3/FSDP over {gpus} {verdict(sharded['peak'])}")
+    if config.logprob_chunk_size:  # FSDP refuses chunked log-probs (validate.check_processes)
+        fsdp = estimate(replace(config, logprob_chunk_size=0), a, gpus, True, needs_reference, needs_rollouts)
+        lines.append(f"FSDP needs logprob_chunk_size=0 (the sharded column is ZeRO-3's): logits "
+                     f"{fsdp['logits'] / GiB:.1f} GiB, peak {fsdp['peak'] / GiB:.1f} GiB, {verdict(fsdp['peak'])}")
     return "\n".join(lines)

@@ -88,12 +88,18 @@ class Parallel:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
         return int(tensor.item())
 
-    def even_out(self, model, passes: int, token_id: int) -> None:
-        """After a term's `passes` forward/backward passes: under FSDP or DeepSpeed, run zero-loss passes
-        until this process has run as many as the process with the most (collective there)."""
+    def most_passes(self, passes: int) -> int:
+        """Under FSDP or DeepSpeed with several processes: the most forward/backward passes any process
+        will run for a term (collective). Call it before the passes: a process that has none would
+        otherwise wait here while another gathers shards for its first forward."""
         if not self.sharded or self.world == 1:
-            return
-        for _ in range(self._global_max(passes) - passes):
+            return passes
+        return self._global_max(passes)
+
+    def even_out(self, model, passes: int, most: int, token_id: int) -> None:
+        """After a term's `passes` forward/backward passes: run zero-loss passes up to `most` (from
+        `most_passes`), so every process has run as many through the sharded module."""
+        for _ in range(most - passes):
             self.backward(model, self._zero_loss(model, token_id))
 
     def _zero_loss(self, model, token_id: int) -> torch.Tensor:

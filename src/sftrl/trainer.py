@@ -385,6 +385,7 @@ class Trainer:
             raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
         sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
         plan = self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)])
+        most = self.parallel.most_passes(len(plan))
         for rows in plan:
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
@@ -407,7 +408,7 @@ class Trainer:
             sums["entropy"] += float((entropy.detach() * mask).sum())
             if weights is not None:
                 sums["weight"] += float((weights * mask).sum())
-        self.parallel.even_out(self.model, len(plan), self._idle_token)
+        self.parallel.even_out(self.model, len(plan), most, self._idle_token)
         sequences, nll, ent, wsum, kl_sum = self._global_sums(
             [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
         if step_tokens == 0:
@@ -583,6 +584,7 @@ class Trainer:
         counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
         plan = self._micro_batches([len(t) for t in rollouts.target_ids])
+        most = self.parallel.most_passes(len(plan))
         for idx in plan:
             batch = pack([rollouts.prompt_ids[i] for i in idx], [rollouts.target_ids[i] for i in idx],
                          self.pad_id, self.accelerator.device)
@@ -621,7 +623,7 @@ class Trainer:
             demo_tokens = real * is_demo.float().unsqueeze(1)
             sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
             counts["demo/entropy"] += float(demo_tokens.sum())
-        self.parallel.even_out(self.model, len(plan), self._idle_token)
+        self.parallel.even_out(self.model, len(plan), most, self._idle_token)
         keys = self._union(sorted(sums))  # a process with no rows has no stats of its own
         totals = self._global_sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
         metrics = {"grpo/loss": totals[0], **rollouts.metrics}

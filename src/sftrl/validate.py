@@ -71,6 +71,12 @@ def check_processes(c: Config, processes: int, backend: str = "ddp", environ: Ma
     if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and backend != "fsdp":
         raise ConfigError(f"ACCELERATE_USE_FSDP: FSDP was asked for but accelerate runs {backend} (accelerate "
                           "shards only on GPUs and other accelerators, not on CPU); use the ddp config there")
+    if backend == "fsdp" and c.logprob_chunk_size > 0:
+        # The chunked path runs the decoder and then the LM head a chunk at a time, outside the root
+        # module's forward, where FSDP2 has not gathered their shards (it raises there).
+        raise ConfigError(f"logprob_chunk_size: {c.logprob_chunk_size} is not supported under FSDP (chunked "
+                          "log-probabilities call the decoder and LM head outside FSDP's root module); set "
+                          "logprob_chunk_size=0")
     if backend != "deepspeed" or deepspeed_config is None:
         return
     ds = deepspeed_config
