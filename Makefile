@@ -1,5 +1,5 @@
 # Set-up and everyday commands. Each target creates the virtual environment on first use.
-#   make demo    train SFT on the built-in sandbox and print accuracy before and after (CPU, about 2 minutes)
+#   make demo    train SFT on the built-in sandbox and print accuracy before and after (CPU, about a minute)
 #   make test    run the test suite
 #   make bench   time a GRPO step against TRL's GRPOTrainer
 # On a GPU machine install your CUDA build of torch into .venv first (or set TORCH_SPEC);
