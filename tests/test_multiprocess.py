@@ -195,3 +195,26 @@ def test_fsdp_per_prompt_method_decides_and_trains_as_one(tmp_path, tiny_model_d
     w_two = load_file(two_dir / "model" / "model.safetensors")
     for name in w_one:
         torch.testing.assert_close(w_one[name], w_two[name], atol=2e-5, rtol=1e-4)
+
+
+FSDP_SETTINGS = {"luffy": {}, "srft": {"beta": 0.04}, "relift": {"sft_batch_size": 2}, "gac": {"gac_update_every": 1},
+                 "uft": {"beta": 0.0}, "sasr": {"sasr_warmup_steps": 2, "sasr_reference": "warmup"},
+                 "sft-then-grpo": {"sft_steps": 2}}
+
+
+@pytest.mark.parametrize("method", list(FSDP_SETTINGS))
+def test_every_kind_of_step_finishes_under_fsdp(tmp_path, tiny_model_dir, even_answer_spec, method):
+    """Demonstrations inside groups (LUFFY, SRFT with a KL reference), a second optimizer and a buffer
+    (ReLIFT), gathered statistics (GAC), hinted rollouts (UFT), a reference snapshot of the sharded
+    policy (SASR), a fresh optimizer between stages (SFT→GRPO): 2 FSDP2 processes finish every step."""
+    values = dict(overrides("hpt", tiny_model_dir, even_answer_spec, tmp_path / "run"), method=method,
+                  **FSDP_SETTINGS[method])
+    run_two_processes(values, f"{method} (FSDP)", fsdp=True)
+    rows = [r for r in read_metrics(tmp_path / "run") if "step_type" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    if method == "sasr":  # the reference is a snapshot of the sharded policy taken after the warm-up
+        assert "kl_ref" not in rows[0] and "kl_ref" in rows[-1]
+    if method == "sft-then-grpo":  # the RL stage, with its fresh optimizer, ran
+        assert [r["step_type"] for r in rows] == ["sft", "sft", "grpo", "grpo"]
