@@ -10,7 +10,8 @@ from sftrl.batching import _whole_rows, micro_batches, pack, target_logits
 from sftrl.sandbox.model import build_model
 from sftrl.sandbox.tokenizer import build_tokenizer
 from sftrl.trainer import Trainer
-from sftrl.validate import load_config
+
+from test_trainer import make_config
 
 
 def random_groups(groups: int, size: int, seed: int = 0):
@@ -86,12 +87,9 @@ def old_layout(monkeypatch):
 
 
 def make_trainer(tmp_path, model_dir, reward_spec, **overrides):
-    values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None, max_steps=2,
-                  batch_size=4, num_generations=4, max_completion_length=12, progress=False,
-                  output_dir=str(tmp_path / "run"), save_every=0, learning_rate=1e-3, reward_funcs=[reward_spec],
-                  micro_batch_size=5)
-    values.update(overrides)
-    return Trainer(load_config(overrides=values))
+    """test_trainer's small sandbox run, with a reward and micro-batches of 5 rows."""
+    return Trainer(make_config(tmp_path, model_dir, **{"reward_funcs": [reward_spec], "micro_batch_size": 5,
+                                                        **overrides}))
 
 
 @pytest.mark.parametrize("method,overrides", [

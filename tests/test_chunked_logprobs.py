@@ -10,8 +10,8 @@ from sftrl.batching import pack, score_targets
 from sftrl.models import activation_checkpointing, set_activation_checkpointing
 from sftrl.sandbox.model import build_model
 from sftrl.sandbox.tokenizer import build_tokenizer
-from sftrl.trainer import Trainer
-from sftrl.validate import load_config
+
+from test_batching import make_trainer
 
 
 def shared_batch():
@@ -48,15 +48,6 @@ def test_chunked_scores_match_the_whole_logits(chunk_size):
     assert max(float(g.abs().max()) for g in whole_grads) > 1e-2  # real gradients are compared
     for a, b in zip(whole_grads, chunked_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-
-
-def make_trainer(tmp_path, model_dir, reward_spec, **overrides):
-    values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None, max_steps=2,
-                  batch_size=4, num_generations=4, max_completion_length=12, progress=False,
-                  output_dir=str(tmp_path / "run"), save_every=0, learning_rate=1e-3, reward_funcs=[reward_spec],
-                  micro_batch_size=5)
-    values.update(overrides)
-    return Trainer(load_config(overrides=values))
 
 
 def test_grpo_with_kl_and_sft_match_without_chunks_or_checkpointing(tmp_path, tiny_model_dir, reward_spec):
