@@ -83,7 +83,8 @@ def old_layout(monkeypatch):
     monkeypatch.setattr(sftrl.trainer, "micro_batches",
                         lambda lengths, size: [list(range(i, min(len(lengths), i + size)))
                                                for i in range(0, len(lengths), size)])
-    monkeypatch.setattr(sftrl.batching, "target_logits", _whole_rows)
+    monkeypatch.setattr(sftrl.batching, "target_logits",
+                        lambda model, batch, hidden=False, share_prompts=True: _whole_rows(model, batch, hidden))
 
 
 def make_trainer(tmp_path, model_dir, reward_spec, **overrides):

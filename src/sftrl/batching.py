@@ -184,32 +184,33 @@ def score_targets(model, batch: TokenBatch, temperature: float = 1.0, *, with_en
     with `ref_logps`, its log-probabilities. chunk_size > 0 takes them `chunk_size` tokens at a time
     (module docstring); 0 computes the whole (B, T, V) logits at once. share_prompts: as target_logits."""
     targets = batch.targets
-    layout = {} if share_prompts else {"share_prompts": False}
     if chunk_size <= 0 or not chunkable(model) or (reference is not None and not chunkable(reference)):
-        logits = target_logits(model, batch, **layout)  # (B, T, V)
+        logits = target_logits(model, batch, share_prompts=share_prompts)  # (B, T, V)
         logps, entropy = losses.token_logprobs_and_entropy(logits, targets, temperature, with_entropy)
         scores = TargetScores(logps, entropy)
         if reference is not None:
             with torch.no_grad():
-                ref_logits = target_logits(reference, batch, **layout)  # (B, T, V)
+                ref_logits = target_logits(reference, batch, share_prompts=share_prompts)  # (B, T, V)
                 if ref_logps:
                     scores.ref_logps = losses.token_logprobs_and_entropy(ref_logits, targets, temperature, False)[0]
             scores.kl = losses.exact_kl(logits if kl_grad else logits.detach(), ref_logits)
         return scores
     shape = targets.shape  # (B, T)
-    hidden = target_logits(model, batch, hidden=True, **layout).flatten(0, 1)  # (B·T, H)
+    hidden = target_logits(model, batch, hidden=True, share_prompts=share_prompts).flatten(0, 1)  # (B·T, H)
     ref_hidden = None
     if reference is not None:
         with torch.no_grad():
-            ref_hidden = target_logits(reference, batch, hidden=True, **layout).flatten(0, 1)  # (B·T, H)
+            ref_hidden = target_logits(reference, batch, hidden=True,
+                                       share_prompts=share_prompts).flatten(0, 1)  # (B·T, H)
     tokens = targets.flatten()  # (B·T,)
     # Recomputing a chunk in backward frees its logits in between; without a backward there is nothing to keep.
     recompute = torch.is_grad_enabled() and hidden.requires_grad
+    head, ref_head = _head(model), _head(reference) if reference is not None else None
     pieces = []
     for start in range(0, tokens.numel(), chunk_size):
         part = slice(start, start + chunk_size)
-        args = (_head(model), hidden[part], tokens[part], temperature, with_entropy, _head(reference) if reference
-                is not None else None, ref_hidden[part] if ref_hidden is not None else None, ref_logps, kl_grad)
+        args = (head, hidden[part], tokens[part], temperature, with_entropy, ref_head,
+                ref_hidden[part] if ref_hidden is not None else None, ref_logps, kl_grad)
         pieces.append(checkpoint(_chunk_scores, *args, use_reentrant=False) if recompute else _chunk_scores(*args))
 
     def joined(index: int) -> torch.Tensor | None:
