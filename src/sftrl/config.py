@@ -30,8 +30,8 @@ ROLLOUT_BACKENDS = ("torch", "generate", "vllm")
 # resume switch itself): a resumed run may set them differently. Every other field must match.
 RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
                          "micro_batch_size", "generation_batch_size", "eval_batch_size", "vllm_gpu_memory_utilization",
-                         "vllm_sleep_mode", "gradient_checkpointing", "merge_lora_on_save", "logprob_chunk_size", "report_to", "push_to_hub",
-                         "hub_model_id")
+                         "vllm_sleep_mode", "gradient_checkpointing", "merge_lora_on_save", "logprob_chunk_size",
+                         "report_to", "push_to_hub", "hub_model_id")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
 
@@ -106,7 +106,7 @@ class Config:
     lora_target_modules: list[str] | None = _f(None, "use_peft: module names to adapt, or [all-linear]; null = PEFT's default for the architecture (q_proj, v_proj for Llama/Qwen).")
     merge_lora_on_save: bool = _f(False, "use_peft: besides the adapter in output_dir/model, write the base with the adapter merged in to output_dir/model-merged (what vLLM and plain from_pretrained load).")
     gradient_checkpointing: bool = _f(False, "Recompute each layer's activations in backward instead of keeping them: much less activation memory for about a third more compute; use it on GPUs for long completions or large micro-batches (rows then run whole, without the shared-prompt forward).")
-    logprob_chunk_size: int = _f(0, "Target tokens whose logits exist at once when computing log-probabilities and entropies (the LM head runs per chunk and is recomputed in backward); 0 = the whole (B, T, V) logits at once, fine for small vocabularies (the sandbox); the paper recipes use 1024.")
+    logprob_chunk_size: int = _f(0, "Target tokens whose logits exist at once when computing log-probabilities and entropies (the LM head runs per chunk and is recomputed in backward); 0 = the whole (B, T, V) logits at once, fine for small vocabularies (the sandbox); the paper recipes use 1024. Not supported under FSDP.")
 
     # --- hybrid methods (see docs/ALGORITHMS.md) -----------------------------------------------
     sasr_warmup_steps: int = _f(20, "sasr: SFT warm-up steps W; the last one's gradient norm is G_warmup (SASR, arXiv 2505.13026; paper value unknown).")
