@@ -23,6 +23,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..models import cache_keyword
 from .common import Sampling, chunks, left_pad
+from . import llama
 
 COMPACT_WHEN_FINISHED = 0.25  # finished rows leave the batch when they are this share of it
 
@@ -96,6 +97,29 @@ def buffer_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], capacity: int)
     return cache
 
 
+class ForwardDecoder:
+    """Decodes one batch of rows token by token through the model's own forward (any causal LM), with
+    the prompts' cache copied into BufferLayers; the same interface as :class:`.llama.LlamaDecoder`."""
+
+    def __init__(self, model: PreTrainedModel, prefill: DynamicCache, repeat: int, attention: torch.Tensor):
+        self.model, self.keyword, self.attention = model, cache_keyword(model), attention  # (B, C)
+        self.cache = buffer_cache([(layer.keys.repeat_interleave(repeat, dim=0),
+                                    layer.values.repeat_interleave(repeat, dim=0)) for layer in prefill.layers],
+                                  attention.shape[1])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every row but `rows` (b,): copy their cache, the others' is freed."""
+        self.cache = buffer_cache([(layer.keys[rows, :, :layer.length], layer.values[rows, :, :layer.length])
+                                   for layer in self.cache.layers], self.attention.shape[1])
+        self.attention = self.attention[rows]
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Logits (b, V) of the token after `token` (b,), at positions `position` (b,)."""
+        end = self.cache.get_seq_length() + 1
+        return self.model(input_ids=token[:, None], attention_mask=self.attention[:, :end], position_ids=position[:, None],
+                          use_cache=True, **{self.keyword: self.cache}).logits[:, -1]
+
+
 @torch.no_grad()
 def sample_with_decode_loop(model: PreTrainedModel, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
     """Each prompt's `num_generations` completions (EOS included), prompt i's at i*G ... i*G+G-1."""
@@ -108,21 +132,23 @@ def sample_with_decode_loop(model: PreTrainedModel, prompts: list[list[int]], sa
 def _decode(prompts: list[list[int]], model: PreTrainedModel, s: Sampling) -> list[list[int]]:
     g, steps = s.num_generations, s.max_new_tokens
     device = next(model.parameters()).device
-    cache_kw = cache_keyword(model)
     ids, mask = left_pad(prompts, s.pad_id, device)  # (N, P)
     width = ids.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, P): left padding does not shift positions
     prefill = DynamicCache()
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **{cache_kw: prefill}).logits[:, -1]  # (N, V)
+                   logits_to_keep=1, **{cache_keyword(model): prefill}).logits[:, -1]  # (N, V)
     # One prefill per prompt: its G samples start from copies of its cache rows, in buffers with
     # room for every token to come.
-    cache = buffer_cache([(layer.keys.repeat_interleave(g, dim=0), layer.values.repeat_interleave(g, dim=0))
-                          for layer in prefill.layers], width + steps)
     logits = logits.repeat_interleave(g, dim=0)  # (B, V), B = N·G
     batch = logits.shape[0]
     attention = torch.cat([mask.repeat_interleave(g, dim=0), mask.new_ones(batch, steps)], dim=1)  # (B, P + T)
-    position = positions[:, -1:].repeat_interleave(g, dim=0) + 1  # (B, 1) position of the next token
+    position = positions[:, -1].repeat_interleave(g, dim=0) + 1  # (B,) position of the next token
+    if llama.supports(model, width + steps):  # Llama-family models decode through sftrl's own step
+        decoder = llama.LlamaDecoder(model, prefill, g, attention, width + steps + 1)
+    else:
+        decoder = ForwardDecoder(model, prefill, g, attention)
+    del prefill
     tokens = torch.full((batch, steps), s.pad_id, dtype=torch.long, device=device)  # (B, T)
     lengths = torch.full((batch,), steps, dtype=torch.long, device=device)  # (B,)
     rows = torch.arange(batch, device=device)  # original row of each row in the batch
@@ -138,14 +164,11 @@ def _decode(prompts: list[list[int]], model: PreTrainedModel, s: Sampling) -> li
             if not bool(running.any()):
                 break
             if float((~running).float().mean()) >= COMPACT_WHEN_FINISHED:
-                keep = running.nonzero().squeeze(1)  # copy the running rows' cache; the finished rows' is dropped
-                cache = buffer_cache([(layer.keys[keep, :, :layer.length], layer.values[keep, :, :layer.length])
-                                      for layer in cache.layers], width + steps)
-                rows, token, attention, position, running = (rows[keep], token[keep], attention[keep], position[keep],
-                                                             running[keep])
+                keep = running.nonzero().squeeze(1)
+                decoder.keep(keep)
+                rows, token, position, running = rows[keep], token[keep], position[keep], running[keep]
         if step + 1 == steps:
             break
-        logits = model(input_ids=token[:, None], attention_mask=attention[:, :width + step + 1], position_ids=position,
-                       use_cache=True, **{cache_kw: cache}).logits[:, -1]  # (b, V)
+        logits = decoder(token, position)  # (b, V)
         position = position + 1
     return [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())]
