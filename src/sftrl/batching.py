@@ -103,18 +103,21 @@ def _shared_prompts(model, batch: TokenBatch, hidden: bool = False) -> torch.Ten
     first = _forward(model, hidden, input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
                      position_ids=prompt_positions, logits_to_keep=1, use_cache=True,
                      **{keyword: cache})  # (U, 1, V) predicts each target's 1st token
-    # Every row reads its prompt's keys and values; indexing is differentiable, so each row's
-    # gradient flows back into the one prompt pass (summed over the rows that share it).
-    cache.batch_select_indices(batch.prompt_of)
+    # Every row reads its prompt's keys and values; the selection is differentiable, so each row's
+    # gradient flows back into the one prompt pass (summed over the rows that share it). index_select,
+    # whose backward is index_add, not indexing, whose backward (index_put with accumulate) runs ~15x slower on CPU.
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.index_select(0, batch.prompt_of), layer.values.index_select(0, batch.prompt_of)
+    first = first.index_select(0, batch.prompt_of)  # (B, 1, V)
     width_t = batch.targets.shape[1]
     if width_t == 1:
-        return first[batch.prompt_of]
+        return first
     inputs = batch.targets[:, :-1]  # (B, T-1): the last target token predicts nothing we train on
     attention = torch.cat([batch.prompt_mask[batch.prompt_of], batch.target_mask[:, :-1].long()], dim=1)  # (B, P+T-1)
     positions = prompt_positions[batch.prompt_of, -1:] + 1 + torch.arange(width_t - 1, device=inputs.device)  # (B, T-1)
     rest = _forward(model, hidden, input_ids=inputs, attention_mask=attention, position_ids=positions, use_cache=True,
                     **{keyword: cache})  # (B, T-1, V)
-    return torch.cat([first[batch.prompt_of], rest], dim=1)  # (B, T, V)
+    return torch.cat([first, rest], dim=1)  # (B, T, V)
 
 
 def target_logits(model, batch: TokenBatch, hidden: bool = False, share_prompts: bool = True) -> torch.Tensor:

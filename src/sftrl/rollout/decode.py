@@ -1,4 +1,4 @@
-"""The `torch` backend: sftrl's own decode loop over the training model's forward.
+"""The `torch` backend: sftrl's own decode loop over the training model.
 
 What it saves over `model.generate` (timed in the README's Speed section):
 - each prompt is prefilled once and its KV cache copied to its `num_generations` rows, where
@@ -9,7 +9,10 @@ What it saves over `model.generate` (timed in the README's Speed section):
 - rows that finished (EOS) leave the batch once they are a quarter of it, so later steps compute
   mostly rows still running;
 - no logits processors, stopping criteria or per-step generation bookkeeping: one forward, one
-  sampling step (temperature, top-p, multinomial) per token.
+  sampling step (temperature, top-p, multinomial) per token;
+- for Llama-family models (Llama, Mistral, Qwen2, Qwen3) the forward is sftrl's own decode step
+  (:mod:`.llama`: fused projections, no per-step mask or rotary work), about 20% faster than the
+  model's forward on the sandbox model; any other model decodes through its forward (`ForwardDecoder`).
 The tokens are drawn from exactly the distribution `generate` uses with the same settings
 (temperature-scaled softmax, top-p as transformers' TopPLogitsWarper, no top-k), with torch's global
 generator, so seeded runs repeat and resume.
