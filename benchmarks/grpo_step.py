@@ -39,6 +39,9 @@ Each engine runs in a fresh subprocess of this script (``--engine-only NAME``), 
 the same environment and torch thread count, so peaks do not mix and neither engine warms the other's
 caches. The two engines sample from the same model but draw different prompts and random numbers, so
 their completion lengths differ a little; the table shows both, and tokens/s normalises for it.
+``--rounds N`` runs the pair N times, alternating which engine goes first (sftrl, TRL, TRL, sftrl, ...),
+and pools each engine's timed steps over the rounds; it also prints each round's ratio. On a machine
+whose speed drifts from minute to minute (a shared VM), one round can land a slow spell on one engine.
 
 Run
 ---
@@ -49,9 +52,9 @@ Run
     python benchmarks/grpo_step.py [--steps N] [--warmup K] [--batch-size 16] [--num-generations 8]
         [--max-completion-length 64] [--micro-batch-size 64] [--model sandbox|PATH] [--engines sftrl,trl]
         [--device cpu|cuda] [--threads N] [--learning-rate 1e-3] [--seed 0] [--json out.json]
-        [--profile DIR] [--fixed-length] [--sftrl-backend torch|generate|vllm] [--rollout hf|vllm]
-    python benchmarks/grpo_step.py --fixed-length --threads 2                       # the README's table
-    python benchmarks/grpo_step.py --fixed-length --threads 2 --model sandbox-10m   # a 10M-parameter model
+        [--profile DIR] [--fixed-length] [--sftrl-backend torch|generate|vllm] [--rollout hf|vllm] [--rounds N]
+    python benchmarks/grpo_step.py --fixed-length --threads 2 --rounds 3                       # the README's table
+    python benchmarks/grpo_step.py --fixed-length --threads 2 --rounds 3 --model sandbox-10m   # a 10M-parameter model
     python benchmarks/grpo_step.py --device cuda --rollout vllm --model Qwen/Qwen2.5-0.5B-Instruct  # GPU, vLLM colocate
 
 ``--model sandbox`` (default) is the prepared sandbox base model (``sftrl.models.resolve_model_path``;
@@ -383,9 +386,9 @@ def _child_env(args) -> dict:
     return env
 
 
-def _run_engine(args, engine: str, tmp: Path) -> dict:
-    out = tmp / f"{engine}.json"
-    log = tmp / f"{engine}.log"
+def _run_engine(args, engine: str, tmp: Path, round_: int = 0) -> dict:
+    out = tmp / f"{engine}-{round_}.json"
+    log = tmp / f"{engine}-{round_}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--engine-only", engine, "--json", str(out),
            "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--batch-size", str(args.batch_size), "--num-generations", str(args.num_generations),
@@ -399,7 +402,8 @@ def _run_engine(args, engine: str, tmp: Path) -> dict:
         cmd += ["--threads", str(args.threads)]
     if args.profile:
         cmd += ["--profile", args.profile]
-    print(f"running {engine} ({args.warmup} warm-up + {args.steps} timed steps) ...", file=sys.stderr, flush=True)
+    rounds = f", round {round_ + 1} of {args.rounds}" if args.rounds > 1 else ""
+    print(f"running {engine} ({args.warmup} warm-up + {args.steps} timed steps{rounds}) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as handle:
         proc = subprocess.run(cmd, env=_child_env(args), stdout=handle, stderr=subprocess.STDOUT)
@@ -413,13 +417,24 @@ def _run_engine(args, engine: str, tmp: Path) -> dict:
     return result
 
 
+def _pool(runs: list[dict], warmup: int, sequences: int) -> dict:
+    """One engine's rounds as one result: every round's timed steps, summarised together."""
+    pooled = dict(runs[0])
+    pooled["steps"] = [step for run in runs for step in run["steps"]]
+    pooled["summary"] = _summarise(pooled["steps"], warmup, sequences)
+    pooled["peak_rss_mib"] = max(run["peak_rss_mib"] for run in runs)
+    if "cuda_peak_allocated_mib" in runs[0]:
+        pooled["cuda_peak_allocated_mib"] = max(run["cuda_peak_allocated_mib"] for run in runs)
+    return pooled
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or value != value:
         return "n/a"
     return f"{value:.{digits}f}"
 
 
-def render(results: dict, settings: dict) -> str:
+def render(results: dict, settings: dict, rounds: list[dict] | None = None) -> str:
     device = settings["device"]
     mem_col = "peak RSS (MiB)" if device == "cpu" else "peak CUDA alloc (MiB)"
     lines = [f"| engine | step (s) | generate | score | loss+backward | optimizer | other | gen tok/s "
@@ -438,8 +453,15 @@ def render(results: dict, settings: dict) -> str:
     if "sftrl" in results and "trl" in results:
         ratio = results["sftrl"]["summary"]["steps_per_s"] / results["trl"]["summary"]["steps_per_s"]
         median_ratio = results["trl"]["summary"]["step_median"] / results["sftrl"]["summary"]["step_median"]
-        out += (f"\n\nsftrl steps/s ÷ TRL steps/s = {ratio:.2f} (from mean step times; "
+        pooled = f" over all {len(rounds)} rounds' timed steps" if rounds and len(rounds) > 1 else ""
+        out += (f"\n\nsftrl steps/s ÷ TRL steps/s = {ratio:.2f} (from mean step times{pooled}; "
                 f"from median step times: {median_ratio:.2f})")
+        if rounds and len(rounds) > 1:
+            ratios = [r["trl"]["summary"]["step"] / r["sftrl"]["summary"]["step"] for r in rounds]
+            out += "\n" + "\n".join(
+                f"round {i + 1}: {q:.2f} (sftrl {r['sftrl']['summary']['step']:.3f} s, TRL {r['trl']['summary']['step']:.3f} s)"
+                for i, (q, r) in enumerate(zip(ratios, rounds)))
+            out += f"\nper-round ratios: median {sorted(ratios)[len(ratios) // 2]:.2f}, range {min(ratios):.2f}-{max(ratios):.2f}"
     out += ("\n\nsettings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     return out
 
@@ -485,6 +507,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads in each engine (default: torch's default)")
     p.add_argument("--learning-rate", type=float, default=1e-5, help="AdamW learning rate (default 1e-5: low enough that both engines keep the same completion lengths, so their step times compare like for like)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the engines this many times, alternating which goes first, and pool their timed steps: "
+                        "a machine whose speed drifts then slows both alike (default 1)")
     p.add_argument("--json", help="write settings, per-step timings and summaries here")
     p.add_argument("--profile", metavar="DIR", help="run each engine under cProfile; write DIR/<engine>.prof")
     p.add_argument("--verbose", action="store_true", help="show each engine's own output")
@@ -503,8 +528,8 @@ def parse_args(argv=None):
     if sequences % args.micro_batch_size:
         p.error(f"batch-size × num-generations ({sequences}) must be a multiple of --micro-batch-size "
                 f"({args.micro_batch_size}): TRL accumulates whole micro-batches")
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        p.error("--steps and --rounds must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -532,8 +557,14 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         if args.model == "sandbox-10m":
             args.model = _build_10m_model(Path(tmp) / "sandbox-10m")
-        for engine in engines:
-            results[engine] = _run_engine(args, engine, Path(tmp))
+        rounds = []
+        for round_ in range(args.rounds):
+            order = engines if round_ % 2 == 0 else engines[::-1]
+            this = {engine: _run_engine(args, engine, Path(tmp), round_) for engine in order}
+            rounds.append({engine: this[engine] for engine in engines})
+        sequences = args.batch_size * args.num_generations
+        results = {engine: _pool([r[engine] for r in rounds], args.warmup, sequences) if args.rounds > 1
+                   else rounds[0][engine] for engine in engines}
 
     try:
         import trl
@@ -548,15 +579,18 @@ def main(argv=None) -> None:
         "batch_size": args.batch_size, "num_generations": args.num_generations,
         "sequences_per_step": args.batch_size * args.num_generations,
         "max_completion_length": args.max_completion_length, "micro_batch_size": args.micro_batch_size,
-        "learning_rate": args.learning_rate, "warmup": args.warmup, "steps": args.steps, "seed": args.seed,
+        "learning_rate": args.learning_rate, "warmup": args.warmup, "steps": args.steps, "rounds": args.rounds,
+        "seed": args.seed,
         "fixed_length": args.fixed_length, "rollout": args.rollout,
         "mixed_precision": first.get("mixed_precision"),
         "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
         "python": platform.python_version(), "cpus": os.cpu_count(),
     }
-    print(render(results, settings))
+    print(render(results, settings, rounds))
     if args.json:
         payload = {"settings": settings, "engines": results}
+        if args.rounds > 1:
+            payload["rounds"] = rounds
         if "sftrl" in results and "trl" in results:
             payload["sftrl_over_trl_steps_per_s"] = (results["sftrl"]["summary"]["steps_per_s"]
                                                     / results["trl"]["summary"]["steps_per_s"])
