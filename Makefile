@@ -30,7 +30,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/grpo_step.py
+	$(PY) benchmarks/grpo_step.py --fixed-length --threads 2 --rounds 3
 
 clean-venv:
 	rm -rf $(VENV)
