@@ -76,6 +76,18 @@ def test_each_step_is_the_models_forward(family, fused, monkeypatch):
     assert logits.shape == (5, 102)
 
 
+def test_bfloat16_steps_are_the_models_forward_to_bfloat16_rounding():
+    model = build(FAMILIES["qwen3"]()).to(torch.bfloat16)  # norms through the model's own modules in bfloat16
+    ours, theirs, logits, position = decoders(model, [[5, 9, 14, 3], [8, 30]], repeat=2, new_tokens=6)
+    with torch.no_grad():
+        for _ in range(5):
+            token = logits.float().argmax(-1)
+            logits, mine = theirs(token, position), ours(token, position)
+            assert mine.dtype == torch.bfloat16
+            torch.testing.assert_close(mine.float(), logits.float(), rtol=0.05, atol=0.05)
+            position = position + 1
+
+
 def test_models_it_does_not_implement_decode_through_their_forward():
     plain = build(FAMILIES["llama"]())
     assert llama.supports(plain, 64)

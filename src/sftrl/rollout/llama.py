@@ -106,12 +106,16 @@ class LlamaDecoder:
             ))
         self.qk_norm = hasattr(first, "q_norm")  # Qwen3 normalises each head's q and k before rotating them
         weights = self.embed.weight
-        cos, sin = inner.rotary_emb(weights, torch.arange(positions, device=weights.device)[None])  # (1, positions, D)
+        # float32 tables (the rotary module computes in float32, then casts to the dtype of its argument),
+        # scaled, then cast once to the model's dtype
+        cos, sin = inner.rotary_emb(weights.new_zeros(1, dtype=torch.float32),
+                                    torch.arange(positions, device=weights.device)[None])  # (1, positions, D)
         half = self.head_dim // 2
         sign = torch.cat([-cos.new_ones(half), cos.new_ones(half)])  # rotate_half(x) = flip(x's halves) · sign
         # q's rows of the tables carry the attention scale, so that q·kᵀ comes out scaled
         scale = cos.new_tensor([first.scaling] * self.heads + [1.0] * self.kv_heads)[:, None]  # (H + K, 1)
-        self.cos, self.sin = cos[0][:, None] * scale, (sin[0] * sign)[:, None] * scale  # (positions, H + K, D)
+        self.cos = (cos[0][:, None] * scale).to(weights.dtype)  # (positions, H + K, D)
+        self.sin = ((sin[0] * sign)[:, None] * scale).to(weights.dtype)
         self.bias = weights.new_zeros(attention.shape).masked_fill(attention == 0, float("-inf"))[:, None, None]  # (B, 1, 1, C)
         capacity = attention.shape[1]
         self.keys, self.values = [], []
