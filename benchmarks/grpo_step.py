@@ -553,7 +553,6 @@ def main(argv=None) -> None:
     requested_model = args.model
     if args.model == "sandbox":  # prepare (train and cache) it here, once, before either engine starts
         args.model = str(Path(_sandbox_model_path()).resolve())
-    results = {}
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         if args.model == "sandbox-10m":
             args.model = _build_10m_model(Path(tmp) / "sandbox-10m")
@@ -563,8 +562,7 @@ def main(argv=None) -> None:
             this = {engine: _run_engine(args, engine, Path(tmp), round_) for engine in order}
             rounds.append({engine: this[engine] for engine in engines})
         sequences = args.batch_size * args.num_generations
-        results = {engine: _pool([r[engine] for r in rounds], args.warmup, sequences) if args.rounds > 1
-                   else rounds[0][engine] for engine in engines}
+        results = {engine: _pool([r[engine] for r in rounds], args.warmup, sequences) for engine in engines}
 
     try:
         import trl

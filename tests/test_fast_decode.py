@@ -46,7 +46,7 @@ def decoders(model, prompts, repeat, new_tokens):
                        **{cache_keyword(model): prefill}).logits[:, -1]
     rows = len(prompts) * repeat
     attention = torch.cat([mask.repeat_interleave(repeat, 0), mask.new_ones(rows, new_tokens)], dim=1)
-    ours = llama.LlamaDecoder(model, prefill, repeat, attention, ids.shape[1] + new_tokens + 1)
+    ours = llama.LlamaDecoder(model, prefill, repeat, attention)
     theirs = ForwardDecoder(model, prefill, repeat, attention)
     return ours, theirs, logits.repeat_interleave(repeat, 0), positions[:, -1].repeat_interleave(repeat, 0) + 1
 

@@ -148,7 +148,7 @@ def _decode(prompts: list[list[int]], model: PreTrainedModel, s: Sampling) -> li
     attention = torch.cat([mask.repeat_interleave(g, dim=0), mask.new_ones(batch, steps)], dim=1)  # (B, P + T)
     position = positions[:, -1].repeat_interleave(g, dim=0) + 1  # (B,) position of the next token
     if llama.supports(model, width + steps):  # Llama-family models decode through sftrl's own step
-        decoder = llama.LlamaDecoder(model, prefill, g, attention, width + steps + 1)
+        decoder = llama.LlamaDecoder(model, prefill, g, attention)
     else:
         decoder = ForwardDecoder(model, prefill, g, attention)
     del prefill

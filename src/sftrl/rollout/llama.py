@@ -12,8 +12,8 @@ runs the same function in about fifteen:
 - the residual adds ride in the output projections' matrix products (`addmm`);
 - the attention mask is an additive bias built once per generation;
 - RMSNorm is PyTorch's fused `rms_norm` (float32) or the model's own module (other dtypes).
-The function is transformers' own to float rounding (tests/test_rollout.py compares the logits of every
-step with the model's forward, for each family). `decode_step` returns None for anything it does not
+The function is transformers' own to float rounding (tests/test_fast_decode.py compares the logits of
+every step with the model's forward, for each family). `supports` is False for anything it does not
 know to be exactly this architecture (LoRA or other wrapped layers, hooks, sharded weights, sliding
 windows, NTK-dynamic rotary, other families): the loop then calls the model's forward.
 """
@@ -35,7 +35,7 @@ FUSE_LIMIT_BYTES = 1 << 30  # concatenated q/k/v and gate/up weights above this 
 @dataclass
 class _Layer:
     norm_1: nn.Module  # input_layernorm
-    qkv: torch.Tensor  # (Q + 2K, E) q, k and v weights, concatenated (or None: separate projections)
+    qkv: torch.Tensor | None  # (Q + 2K, E) q, k and v weights, concatenated (or None: separate projections)
     qkv_bias: torch.Tensor | None
     attention: nn.Module  # the layer's self_attn (its projections when not fused, q_norm / k_norm)
     norm_2: nn.Module  # post_attention_layernorm
@@ -80,10 +80,9 @@ class LlamaDecoder:
     It keeps its own cache: per layer, keys and values (b, K, capacity, D) allocated once; each step
     writes one column of them."""
 
-    def __init__(self, model: nn.Module, prefill, repeat: int, attention: torch.Tensor, positions: int):
+    def __init__(self, model: nn.Module, prefill, repeat: int, attention: torch.Tensor):
         """prefill: the prompts' cache (layers of keys and values (N, K, P, D)); each prompt's rows are its
-        `repeat` copies; attention: (N·repeat, capacity) 1 on real tokens (prompt and every step to come);
-        positions: the largest position a token will take, plus one."""
+        `repeat` copies; attention: (N·repeat, capacity) 1 on real tokens (prompt and every step to come)."""
         inner, config = model.model, model.config
         first = inner.layers[0].self_attn
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, first.head_dim
@@ -108,16 +107,17 @@ class LlamaDecoder:
         weights = self.embed.weight
         # float32 tables (the rotary module computes in float32, then casts to the dtype of its argument),
         # scaled, then cast once to the model's dtype
+        # positions count real tokens only, so every one is below the capacity
+        capacity = attention.shape[1]
         cos, sin = inner.rotary_emb(weights.new_zeros(1, dtype=torch.float32),
-                                    torch.arange(positions, device=weights.device)[None])  # (1, positions, D)
+                                    torch.arange(capacity, device=weights.device)[None])  # (1, C, D)
         half = self.head_dim // 2
         sign = torch.cat([-cos.new_ones(half), cos.new_ones(half)])  # rotate_half(x) = flip(x's halves) · sign
         # q's rows of the tables carry the attention scale, so that q·kᵀ comes out scaled
         scale = cos.new_tensor([first.scaling] * self.heads + [1.0] * self.kv_heads)[:, None]  # (H + K, 1)
-        self.cos = (cos[0][:, None] * scale).to(weights.dtype)  # (positions, H + K, D)
+        self.cos = (cos[0][:, None] * scale).to(weights.dtype)  # (C, H + K, D)
         self.sin = ((sin[0] * sign)[:, None] * scale).to(weights.dtype)
         self.bias = weights.new_zeros(attention.shape).masked_fill(attention == 0, float("-inf"))[:, None, None]  # (B, 1, 1, C)
-        capacity = attention.shape[1]
         self.keys, self.values = [], []
         for layer in prefill.layers:
             n, k, p, d = layer.keys.shape
@@ -190,7 +190,7 @@ def supports(model: nn.Module, length: int) -> bool:
         return False
     if not all(hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in inner.layers):
         return False
-    if not isinstance(getattr(model, "lm_head", None), nn.Linear) or not _plain(model) or not _rms_norms(model):
+    if not hasattr(model, "lm_head") or not _plain(model) or not _rms_norms(model):
         return False
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     if rope not in ROPE_TYPES:
