@@ -24,6 +24,7 @@ import torch
 from .config import ConfigError
 from .data import DataError, load_examples, render_prompt
 from .batching import pack, target_logprobs
+from .formatting import number
 
 
 def probe_pairs(source: str, limit: int, split: str = "test") -> list[tuple[Any, str]]:
@@ -100,9 +101,11 @@ def _token_html(before, after, rows: int = 12) -> str:
         spans = []
         for (text, p0), (_, p1) in zip(row_before, row_after):
             d = p1 - p0
-            color = f"rgba(0,160,0,{min(1, abs(d)):.2f})" if d > 0 else f"rgba(220,0,0,{min(1, abs(d)):.2f})"
+            alpha = number(min(1, abs(d)), ".2f")
+            color = f"rgba(0,160,0,{alpha})" if d > 0 else f"rgba(220,0,0,{alpha})"
             shown = html.escape(text).replace("\n", "↵<br>") or "∅"
-            spans.append(f"<span title='{p0:.3f} → {p1:.3f}' style='background:{color}'>{shown}</span>")
+            spans.append(f"<span title='{number(p0, '.3f')} → {number(p1, '.3f')}' style='background:{color}'>"
+                         f"{shown}</span>")
         lines.append("<p style='font-family:monospace'>" + "".join(spans) + "</p>")
     return "\n".join(lines)
 
@@ -133,13 +136,14 @@ def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out
         results[label] = {"model": after, **stats}
         deltas = [p1 - p0 for r0, r1 in zip(base, probs) for (_, p0), (_, p1) in zip(r0, r1)]
         hist.hist(deltas, bins=50, range=(-1, 1), histtype="step", linewidth=1.5, color=colors(i),
-                  label=f"{label}: mean |Δp| {stats['mean_abs_shift']:.3f}, {stats['share_moved_0.2']:.0%} > 0.2")
+                  label=f"{label}: mean |Δp| {number(stats['mean_abs_shift'], '.3f')}, "
+                        f"{number(stats['share_moved_0.2'], '.0%')} > 0.2")
         p0 = [p for r in base for _, p in r]
         p1 = [p for r in probs for _, p in r]
         scatter.scatter(p0, p1, s=3, alpha=0.35, color=colors(i), label=label)
         page.append(f"<h2>{html.escape(label)}</h2><p>{stats['tokens']} tokens; mean |Δp| "
-                    f"{stats['mean_abs_shift']:.3f}; {stats['share_up']:.1%} rose and {stats['share_down']:.1%} "
-                    f"fell by more than 0.05.</p>" + _token_html(base, probs))
+                    f"{number(stats['mean_abs_shift'], '.3f')}; {number(stats['share_up'], '.1%')} rose and "
+                    f"{number(stats['share_down'], '.1%')} fell by more than 0.05.</p>" + _token_html(base, probs))
     hist.set(yscale="log", xlabel="Δp = p_after − p_before (per response token)", ylabel="tokens",
              title=f"Token probability shifts from {Path(before).name or before}")
     hist.legend(fontsize=7)

@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 
 from .errors import ConfigError, SftrlError, one_line
+from .formatting import number
 from .progress import Progress
 
 
@@ -237,9 +238,10 @@ def cmd_analyze_tokens(args: argparse.Namespace) -> int:
                              probe_pairs(args.probe, args.limit, args.split), args.output_dir,
                              args.trust_remote_code, _chat_template_kwargs(args.chat_template_kwargs))
     for label, stats in results.items():
-        print(f"{label}: mean |dp| {stats['mean_abs_shift']:.3f}, {stats['share_moved_0.2']:.1%} of "
-              f"{stats['tokens']} tokens moved > 0.2 ({stats['share_up']:.1%} up, {stats['share_down']:.1%} down "
-              f"by > 0.05); mean p {stats['mean_p_before']:.3f} -> {stats['mean_p_after']:.3f}")
+        print(f"{label}: mean |dp| {number(stats['mean_abs_shift'], '.3f')}, "
+              f"{number(stats['share_moved_0.2'], '.1%')} of {stats['tokens']} tokens moved > 0.2 "
+              f"({number(stats['share_up'], '.1%')} up, {number(stats['share_down'], '.1%')} down by > 0.05); "
+              f"mean p {number(stats['mean_p_before'], '.3f')} -> {number(stats['mean_p_after'], '.3f')}")
     out = Path(args.output_dir)
     print(f"wrote {out / 'tokens.png'}, {out / 'tokens.json'} and {out / 'tokens.html'}")
     return 0
@@ -259,7 +261,8 @@ def cmd_analyze_map(args: argparse.Namespace) -> int:
                          probe_pairs(args.probe, args.limit, args.split), args.output_dir,
                          args.trust_remote_code, _chat_template_kwargs(args.chat_template_kwargs))
     for run in result["runs"]:
-        path = " -> ".join(f"{p['step']}:({p['xy'][0]:.3f},{p['xy'][1]:.3f})" for p in run["points"])
+        path = " -> ".join(f"{p['step']}:({number(p['xy'][0], '.3f')},{number(p['xy'][1], '.3f')})"
+                           for p in run["points"])
         print(f"{run['label']}: {path}")
     out = Path(args.output_dir)
     print(f"wrote {out / 'map.png'} and {out / 'map.json'}")
@@ -267,14 +270,14 @@ def cmd_analyze_map(args: argparse.Namespace) -> int:
 
 
 def _describe_base(metadata: dict) -> str:
-    lines = [f"{metadata.get('name')}: {metadata.get('num_parameters', 0) / 1e6:.2f}M parameters, "
+    lines = [f"{metadata.get('name')}: {number(metadata.get('num_parameters', 0) / 1e6, '.2f')}M parameters, "
              f"{metadata['settings']['steps']} pretraining steps ({metadata.get('train_seconds')} s on "
              f"{metadata.get('torch_threads')} threads)"]
     for split in ("test", "ood"):
         for family, row in metadata.get(split, {}).items():
-            lines.append(f"  {split:<4} {family:<5}  greedy {row['greedy_accuracy']:6.1%}  sampled (T=1) "
-                         f"{row['sampled_accuracy']:6.1%}  shortcut answers greedy {row['greedy_shortcut']:6.1%} "
-                         f"sampled {row['sampled_shortcut']:6.1%}")
+            lines.append(f"  {split:<4} {family:<5}  greedy {number(row['greedy_accuracy'], '6.1%')}  sampled (T=1) "
+                         f"{number(row['sampled_accuracy'], '6.1%')}  shortcut answers greedy "
+                         f"{number(row['greedy_shortcut'], '6.1%')} sampled {number(row['sampled_shortcut'], '6.1%')}")
     return "\n".join(lines)
 
 

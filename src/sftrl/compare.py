@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from .config import Config, ConfigError
 from .errors import RunError, SftrlError
+from .formatting import number
 from .validate import load_config
 from .methods import METHODS
 
@@ -187,7 +188,8 @@ def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     if not values:
         return "–"
     mean, half = mean_ci([v * scale for v in values])
-    return f"{mean:.{digits}f} ± {half:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+    spec = f".{digits}f"
+    return f"{number(mean, spec)} ± {number(half, spec)}" if len(values) > 1 else number(mean, spec)
 
 
 def comparison_table(results: list[dict[str, Any]], k: int) -> str:
@@ -220,7 +222,7 @@ def differences_table(results: list[dict[str, Any]], k: int) -> str:
             if d is None:
                 cells.append("–")
                 continue
-            text = f"{100 * d['mean']:+.1f} ± {100 * d['ci95']:.1f}"
+            text = f"{number(100 * d['mean'], '+.1f')} ± {number(100 * d['ci95'], '.1f')}"
             cells.append(f"**{text}**" if d["separated"] else text)
         if any(c != "–" for c in cells):
             lines.append(f"| {a} − {b} | {cells[0]} | {cells[1]} |")
@@ -327,7 +329,7 @@ def tuning_grid(method: str, shared: dict[str, Any], grid: dict[str, list[float]
 
 def _rate_tag(point: dict[str, float]) -> str:
     short = {"learning_rate": "lr", "sft_learning_rate": "sftlr"}
-    return "-".join(f"{short[k]}{v:g}" for k, v in point.items())
+    return "-".join(f"{short[k]}{number(v, 'g')}" for k, v in point.items())
 
 
 def tune(methods: list[str], shared: dict[str, Any], out_dir: Path, grid: dict[str, list[float]],
@@ -347,7 +349,7 @@ def tune(methods: list[str], shared: dict[str, Any], out_dir: Path, grid: dict[s
 
     def describe(task, result):
         c = task["config"]
-        score = f": val greedy {result['greedy_after']:.1%}" if result.get("greedy_after") is not None else ""
+        score = f": val greedy {number(result['greedy_after'], '.1%')}" if result.get("greedy_after") is not None else ""
         return f"tune {c['method']} {_rate_tag(task['point'])}{score}"
 
     finished = run_jobs(tasks, jobs, describe)
@@ -364,10 +366,10 @@ def tuning_table(tuning: dict[str, dict[str, Any]]) -> str:
     lines = ["| method | learning_rate | sft_learning_rate | val greedy | tried |", "|---|---:|---:|---:|---|"]
     for method, entry in tuning.items():
         chosen = entry["chosen"]
-        tried = ", ".join(f"{_rate_tag({k: v for k, v in s.items() if k != 'val_greedy'})}: {s['val_greedy']:.1%}"
+        tried = ", ".join(f"{_rate_tag({k: v for k, v in s.items() if k != 'val_greedy'})}: {number(s['val_greedy'], '.1%')}"
                           for s in entry["scores"])
         lines.append(f"| {method} | {chosen.get('learning_rate', '–')} | {chosen.get('sft_learning_rate', '–')} | "
-                     f"{entry['best']:.1%} | {tried} |")
+                     f"{number(entry['best'], '.1%')} | {tried} |")
     return "\n".join(lines)
 
 
@@ -418,10 +420,10 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
         method, seed = task["label"]
         text = f"{method} seed {seed}"
         if "evals" in result:
-            text += (f": in-dist avg@{k} {result['evals']['in-dist']['avg@k']:.1%}, "
-                     f"ood avg@{k} {result['evals']['ood']['avg@k']:.1%}")
+            text += (f": in-dist avg@{k} {number(result['evals']['in-dist']['avg@k'], '.1%')}, "
+                     f"ood avg@{k} {number(result['evals']['ood']['avg@k'], '.1%')}")
         if result.get("what"):
-            text += f" ({result['what']}, {result['seconds']:.0f} s)"
+            text += f" ({result['what']}, {number(result['seconds'], '.0f')} s)"
         return text
 
     finished = run_jobs(tasks, jobs, describe)
@@ -440,9 +442,9 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
              for split in ("in-dist", "ood")}
     sft_batch = budget.get("sft_batch_size") or budget["batch_size"]
     budget_text = (f"{budget['max_steps']} steps; a step with a policy-gradient term takes {budget['batch_size']} "
-                   f"prompts x {budget['num_generations']} rollouts at learning_rate {budget['learning_rate']:g}, an "
+                   f"prompts x {budget['num_generations']} rollouts at learning_rate {number(budget['learning_rate'], 'g')}, an "
                    f"SFT-only step {sft_batch} demonstrations at sft_learning_rate "
-                   f"{budget.get('sft_learning_rate') or budget['learning_rate']:g}"
+                   f"{number(budget.get('sft_learning_rate') or budget['learning_rate'], 'g')}"
                    f"{', tuned per method on sandbox:val' if tuning else ''}; evaluated on {eval_limit} prompts "
                    f"per split with {k} samples at temperature {temperature}")
     (out_dir / "results.json").write_text(json.dumps(
@@ -463,6 +465,6 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
                      extra_images=[out_dir / "final_accuracy.png"])
     print(table)
     print(f"wrote {out_dir / 'comparison.md'}, {out_dir / 'results.json'}, {out_dir / 'final_accuracy.png'}, "
-          f"{out_dir / 'report.html'} ({time.perf_counter() - start:.0f} s)", flush=True)
+          f"{out_dir / 'report.html'} ({number(time.perf_counter() - start, '.0f')} s)", flush=True)
     return results
 

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import registry
 from .data import Example, render_prompt
+from .formatting import number
 from .rewards import as_completions, load_rewards, score_completions
 from .rollout import Engine, generate_completions
 
@@ -404,8 +405,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
     for name, s in rows:
         k = int(s["k"])
-        lines.append(f"{name:<20} {int(s['questions']):>6} {k:>4} {s['avg@k']:>8.1%} {s['pass@1']:>8.1%} "
-                     f"{s[f'pass@{k}']:>8.1%} {s['mean_length']:>8.1f} {s['truncated']:>7.1%}")
+        lines.append(f"{name:<20} {int(s['questions']):>6} {k:>4} {number(s['avg@k'], '>8.1%')} "
+                     f"{number(s['pass@1'], '>8.1%')} {number(s[f'pass@{k}'], '>8.1%')} "
+                     f"{number(s['mean_length'], '>8.1f')} {number(s['truncated'], '>7.1%')}")
     if len(summary["by_source"]) > 1:
-        lines.append(f"mean avg@k over the {len(summary['by_source'])} sources: {summary['source_mean']:.1%}")
+        lines.append(f"mean avg@k over the {len(summary['by_source'])} sources: {number(summary['source_mean'], '.1%')}")
     return "\n".join(lines)

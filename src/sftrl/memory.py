@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import ConfigError
+from .formatting import number
 
 GiB = 2 ** 30
 
@@ -145,20 +146,21 @@ def report(config: Config, needs_reference: bool, needs_rollouts: bool = True, g
     a = architecture(config.model)
     plain = estimate(config, a, gpus, False, needs_reference, needs_rollouts)
     sharded = estimate(config, a, gpus, True, needs_reference, needs_rollouts)
-    lines = [f"memory estimate per GPU for {config.model} ({plain['parameters'] / 1e9:.2f}B parameters, "
-             f"{plain['trainable'] / 1e9:.3g}B trained{', LoRA r=' + str(config.lora_r) if config.use_peft else ''}), "
+    lines = [f"memory estimate per GPU for {config.model} ({number(plain['parameters'] / 1e9, '.2f')}B parameters, "
+             f"{number(plain['trainable'] / 1e9, '.3g')}B trained{', LoRA r=' + str(config.lora_r) if config.use_peft else ''}), "
              f"micro_batch_size={config.micro_batch_size} x {(config.max_prompt_length or 0) + config.max_completion_length} "
              f"tokens, gradient_checkpointing={str(config.gradient_checkpointing).lower()}, "
              f"logprob_chunk_size={config.logprob_chunk_size}",
              f"{'term':<18}{'DDP (GiB)':>12}{f'ZeRO-3/FSDP x{gpus} (GiB)':>26}"]
     for key in ("weights", "gradients", "optimizer", "reference", "gathered layer", "activations", "logits",
                 "rollout KV cache", "peak"):
-        lines.append(f"{key:<18}{plain[key] / GiB:>12.1f}{sharded[key] / GiB:>26.1f}")
+        lines.append(f"{key:<18}{number(plain[key] / GiB, '>12.1f')}{number(sharded[key] / GiB, '>26.1f')}")
     verdict = lambda peak: "fits" if peak / GiB <= gpu_gib * 0.9 else "does NOT fit"  # noqa: E731
-    lines.append(f"on {gpu_gib:.0f} GiB GPUs (10% kept for the CUDA context and fragmentation): DDP "
+    lines.append(f"on {number(gpu_gib, '.0f')} GiB GPUs (10% kept for the CUDA context and fragmentation): DDP "
                  f"{verdict(plain['peak'])}, ZeRO-3/FSDP over {gpus} {verdict(sharded['peak'])}")
     if config.logprob_chunk_size:  # FSDP refuses chunked log-probs (validate.check_processes)
         fsdp = estimate(replace(config, logprob_chunk_size=0), a, gpus, True, needs_reference, needs_rollouts)
         lines.append(f"FSDP needs logprob_chunk_size=0 (the sharded column is ZeRO-3's): logits "
-                     f"{fsdp['logits'] / GiB:.1f} GiB, peak {fsdp['peak'] / GiB:.1f} GiB, {verdict(fsdp['peak'])}")
+                     f"{number(fsdp['logits'] / GiB, '.1f')} GiB, peak {number(fsdp['peak'] / GiB, '.1f')} GiB, "
+                     f"{verdict(fsdp['peak'])}")
     return "\n".join(lines)

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
+from .formatting import number
+
 LINE_INTERVAL_S = 30.0
 LINE_FRACTION = 20  # a line at least every 1/20th of the total
 
@@ -68,7 +70,7 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         percent = 100.0 * self.done / self.total if self.total else 100.0
         extra = " ".join(f"{k}={v}" for k, v in self.fields.items())
-        print(f"{self.desc}: {self.done}/{self.total} {self.unit} ({percent:.0f}%) {_duration(elapsed)} elapsed, "
+        print(f"{self.desc}: {self.done}/{self.total} {self.unit} ({number(percent, '.0f')}%) {_duration(elapsed)} elapsed, "
               f"{_duration(eta)} left{'  ' + extra if extra else ''}", file=self.stream, flush=True)
         self.last_line, self.last_line_done = now, self.done
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from . import runlog
+from .formatting import number
 
 # (file name, title, y label, metric keys); a panel is drawn when some run logged one of its keys.
 PANELS = [
@@ -187,16 +188,17 @@ def run_table(runs: list[Run], tail: int = 10) -> list[dict[str, Any]]:
     return rows
 
 
-TABLE_COLUMNS = [("label", "method", "{}"), ("seed", "seed", "{}"), ("steps", "steps", "{}"),
-                 ("sft_steps", "SFT steps", "{}"), ("grpo_steps", "GRPO steps", "{}"),
-                 ("acc_before", "acc. before", "{:.1%}"), ("acc_after", "acc. after", "{:.1%}"),
-                 ("reward_last", "reward (last 10)", "{:.3f}"), ("entropy_first", "entropy (first 10)", "{:.3f}"),
-                 ("entropy_last", "entropy (last 10)", "{:.3f}"), ("length_last", "length (last 10)", "{:.1f}"),
-                 ("train_seconds", "train s", "{:.0f}")]
+# (row key, column title, format spec of formatting.number)
+TABLE_COLUMNS = [("label", "method", ""), ("seed", "seed", ""), ("steps", "steps", ""),
+                 ("sft_steps", "SFT steps", ""), ("grpo_steps", "GRPO steps", ""),
+                 ("acc_before", "acc. before", ".1%"), ("acc_after", "acc. after", ".1%"),
+                 ("reward_last", "reward (last 10)", ".3f"), ("entropy_first", "entropy (first 10)", ".3f"),
+                 ("entropy_last", "entropy (last 10)", ".3f"), ("length_last", "length (last 10)", ".1f"),
+                 ("train_seconds", "train s", ".0f")]
 
 
-def _cell(value: Any, fmt: str) -> str:
-    return "–" if value is None else fmt.format(value)
+def _cell(value: Any, spec: str) -> str:
+    return "–" if value is None else number(value, spec)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns=TABLE_COLUMNS) -> str:

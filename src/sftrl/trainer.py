@@ -37,6 +37,7 @@ from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
 from .evaluate import evaluate_accuracy, reward_columns
+from .formatting import number
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
 from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer,
@@ -801,7 +802,7 @@ class Trainer:
                 before = summary.get("eval_before") or {}
                 self._print((f"accuracy before training: {_accuracy_text(before)}\n" if before else "")
                             + f"accuracy after training:  {_accuracy_text(summary['eval_after'])} ({cfg.method}, "
-                            f"{self.step} steps, {summary['train_seconds']:.0f} s)")
+                            f"{self.step} steps, {number(summary['train_seconds'], '.0f')} s)")
             self._print(f"model saved to {self.run_dir / 'model'}"
                         + (f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})"
                            if cfg.use_peft and cfg.merge_lora_on_save else " (LoRA adapter)" if cfg.use_peft else ""))
@@ -839,8 +840,8 @@ class Trainer:
             self._print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite "
                         f"(loss {metrics['loss']}, grad_norm {metrics['grad_norm']}); no update was made")
         elif not stepped:
-            self._print(f"warning: step {self.step} skipped: its gradient norm {metrics['grad_norm']:.4g} is above "
-                        f"skip_update_grad_norm={cfg.skip_update_grad_norm}; no update was made")
+            self._print(f"warning: step {self.step} skipped: its gradient norm {number(metrics['grad_norm'], '.4g')} "
+                        f"is above skip_update_grad_norm={cfg.skip_update_grad_norm}; no update was made")
         # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
         self.method.after_step(self, self.method_state, metrics)
         metrics["step_type"] = "+".join(name for name in ("sft", "grpo") if f"{name}/loss" in metrics)
@@ -856,7 +857,7 @@ class Trainer:
                            f"loss or gradient (max_nonfinite_steps={cfg.max_nonfinite_steps}); no model was written, "
                            f"the last good checkpoint is {kept[-1] if kept else 'none'}. Lower learning_rate, or check "
                            "the data and reward functions")
-        postfix = {short: f"{metrics[k]:.3g}" for k, short in BAR_METRICS.items()
+        postfix = {short: number(metrics[k], ".3g") for k, short in BAR_METRICS.items()
                    if isinstance(metrics.get(k), (int, float))}
         self._bar.update(1, step=metrics["step_type"], **postfix)
         if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
@@ -975,8 +976,8 @@ class Trainer:
 def _accuracy_text(metrics: dict[str, float]) -> str:
     """'41.0%', or '41.0% (math 55.0%, gsm8k 8.3%)' when the eval set has several data sources."""
     prefix = "eval/accuracy/"
-    parts = [f"{key[len(prefix):]} {value:.1%}" for key, value in metrics.items() if key.startswith(prefix)]
-    return f"{metrics['eval/accuracy']:.1%}" + (f" ({', '.join(parts)})" if parts else "")
+    parts = [f"{key[len(prefix):]} {number(value, '.1%')}" for key, value in metrics.items() if key.startswith(prefix)]
+    return number(metrics["eval/accuracy"], ".1%") + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _tracker_config(config: Config) -> dict[str, Any]:

@@ -10,6 +10,7 @@ losses over the whole step (never a mean of micro-batch means: 2604.23747's seco
 import math
 
 from ..config import ConfigError
+from ..formatting import number
 from ..schedules import lr_factor
 
 from .base import Method, StepKind, only, peak_learning_rate
@@ -27,7 +28,7 @@ def init_state(config, train_size: int) -> dict:
     total = sft + config.rl_steps if config.rl_steps is not None else config.max_steps
     if config.sft_epochs is not None and total <= sft:
         raise ConfigError(f"max_steps: {config.max_steps} leaves no RL stage after the SFT stage of {sft} steps "
-                          f"(sft_epochs {config.sft_epochs:g} over {train_size} rows, {config.sft_batch} a step); "
+                          f"(sft_epochs {number(config.sft_epochs, 'g')} over {train_size} rows, {config.sft_batch} a step); "
                           "set rl_steps, the RL stage's length")
     return {"sft_stage_steps": sft, "total_steps": total}
 

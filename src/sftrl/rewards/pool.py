@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from ..formatting import number
+
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = min(2, os.cpu_count() or 1)
@@ -163,7 +165,7 @@ def _run(function, tasks, timeout, default, initializer, describe) -> list[Any]:
                 break
             if now - last_progress > max(WORKER_STARTUP_LIMIT, timeout):
                 _discard_pool()
-                raise RuntimeError(f"worker processes did not start a call in {WORKER_STARTUP_LIMIT:.0f}s. "
+                raise RuntimeError(f"worker processes did not start a call in {number(WORKER_STARTUP_LIMIT, '.0f')}s. "
                                    + MAIN_GUARD_HINT)
             next_deadline = min((started_at[i] + timeout for i in running), default=now + _POLL_INTERVAL)
             wait_for = min(max(next_deadline - now, 0.0), _POLL_INTERVAL)

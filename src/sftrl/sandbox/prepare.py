@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sftrl.formatting import number
 from sftrl.progress import Progress
 from sftrl.sandbox.model import build_model
 from sftrl.sandbox.task import (
@@ -200,7 +201,7 @@ def pretrain(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        bar.update(1, loss=f"{losses[-1]:.3f}")
+        bar.update(1, loss=number(losses[-1], ".3f"))
     bar.close()
     model.eval()
     return losses
