@@ -49,23 +49,50 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_cleanly(tmp_path,
                                load_file(tmp_path / "full" / "model" / "model.safetensors"))
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, tiny_model_dir, capsys):
+def truncate_state(checkpoints):
+    state = checkpoints / "step-000003" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # cut off mid-write by a full disk, say
+
+
+def remove_state(checkpoints):
+    (checkpoints / "step-000003" / "trainer_state.pt").unlink()
+
+
+def add_empty_newer(checkpoints):
+    (checkpoints / "step-000004").mkdir()  # e.g. a copy that never finished
+
+
+# (damage, the checkpoint it spoils, what the warning says is wrong, the step resumed from, steps redone)
+DAMAGES = [(truncate_state, "step-000003", "trainer_state.pt is truncated or damaged (100 bytes; ", 2, "1 step "),
+           (remove_state, "step-000003", "trainer_state.pt is missing", 2, "1 step "),
+           (add_empty_newer, "step-000004", "the folder is empty", 3, "1 step ")]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_says_why(tmp_path, tiny_model_dir, capsys):
     common = dict(method="sft", max_steps=4, save_every=1, save_total_limit=3)
-    full_dir, part = tmp_path / "full", tmp_path / "part"
+    full_dir = tmp_path / "full"
     Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(full_dir), **common)).train()
     full = strict_records(full_dir)
-    part.mkdir()
-    shutil.copytree(full_dir / "checkpoints", part / "checkpoints")
-    shutil.copy(full_dir / "config.yaml", part / "config.yaml")
-    state = part / "checkpoints" / "step-000003" / "trainer_state.pt"
-    state.write_bytes(state.read_bytes()[:100])  # cut off mid-write by a full disk, say
     lines = (full_dir / "metrics.jsonl").read_text().splitlines()
-    (part / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])  # and a cut-off last line
-    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part), resume=True, **common)).train()
-    out = capsys.readouterr().out
-    assert "checkpoint" in out and "step-000003 cannot be loaded" in out and "resumed from" in out
-    assert "step-000002 at step 2" in out
-    assert_same_metrics(full, strict_records(part))
+    capsys.readouterr()
+    for damage, spoiled, what, resumed, redone in DAMAGES:
+        part = tmp_path / f"part-{damage.__name__}"
+        part.mkdir()
+        shutil.copytree(full_dir / "checkpoints", part / "checkpoints")
+        shutil.copy(full_dir / "config.yaml", part / "config.yaml")
+        damage(part / "checkpoints")
+        (part / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])  # and a cut-off last line
+        Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part), resume=True, **common)).train()
+        out = capsys.readouterr().out
+        # The skipped checkpoint, what is wrong with it, and the cost, each said once.
+        assert f"warning: skipped checkpoint {part / 'checkpoints' / spoiled}: {what}" in out, out
+        assert out.count("skipped checkpoint") == 1, out
+        older = part / "checkpoints" / f"step-{resumed:06d}"
+        assert (f"warning: resuming from {older} (step {resumed}), not from the newest checkpoint "
+                f"{part / 'checkpoints' / spoiled}: {redone}will be trained again") in out, out
+        assert f"resumed from {older} at step {resumed}" in out
+        assert_same_metrics(full, strict_records(part))
+    part = tmp_path / "part-truncate_state"
     # Every checkpoint damaged: one line naming each, nothing changed.
     assert [p.name for p in sorted((part / "checkpoints").iterdir())] == ["step-000001", "step-000002", "step-000003"]
     for checkpoint in (part / "checkpoints").iterdir():

@@ -137,28 +137,68 @@ def save_model(run_dir: Path, policy, tokenizer, name: str = "model") -> Path:
     return final
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be resumed from; the message says which part is wrong and how."""
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {one_line(exc)[:200]}"
+
+
 def load_checkpoint(path: Path, load_weights: Callable[[str], dict[str, torch.Tensor]], load_model: Callable[[str], Any]
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
     """(trainer state, policy weights, reference model or None) of one checkpoint; `load_weights(path)`
     reads the policy's weights (the whole model's, or a LoRA run's adapter), `load_model(path)` loads a
-    model directory."""
-    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
-    weights = load_weights(str(path))
-    reference = load_model(str(path / "reference")) if state.get("reference_step") is not None else None
+    model directory. A DamagedCheckpoint names what is wrong (an empty folder, a missing or truncated
+    trainer_state.pt, weights that do not load)."""
+    if not path.is_dir() or not any(path.iterdir()):
+        raise DamagedCheckpoint("the folder is empty")
+    state_file = path / TRAINER_STATE
+    if not state_file.is_file():
+        raise DamagedCheckpoint(f"{TRAINER_STATE} is missing")
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001: a cut-off zip shows up as RuntimeError, EOFError, UnpicklingError...
+        raise DamagedCheckpoint(f"{TRAINER_STATE} is truncated or damaged ({state_file.stat().st_size} bytes; "
+                                f"{_why(exc)})") from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise DamagedCheckpoint(f"{TRAINER_STATE} holds no trainer state (no step)")
+    try:
+        weights = load_weights(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise DamagedCheckpoint(f"its model weights cannot be loaded ({_why(exc)})") from exc
+    try:
+        reference = load_model(str(path / "reference")) if state.get("reference_step") is not None else None
+    except Exception as exc:  # noqa: BLE001
+        raise DamagedCheckpoint(f"its reference/ model cannot be loaded ({_why(exc)})") from exc
     return state, weights, reference
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step in a checkpoint folder's name (step-000004 -> 4), None for another name."""
+    number = path.name.rpartition("-")[2]
+    return int(number) if number.isdigit() else None
 
 
 def load_newest_readable(checkpoints: list[Path], load_weights: Callable[[str], dict[str, torch.Tensor]],
                          load_model: Callable[[str], Any], warn: Callable[[str], None]
                          ) -> tuple[Path, tuple[dict[str, Any], dict[str, torch.Tensor], Any]]:
-    """The first of `checkpoints` (newest first) that loads, and what it holds; each damaged one on the
-    way is reported through `warn`. A RunError when none loads."""
+    """The first of `checkpoints` (newest first) that loads, and what it holds. Nothing falls back
+    silently: each damaged one skipped on the way is named with what is wrong with it, and a resume
+    from an older checkpoint says how many steps will be trained again. A RunError when none loads."""
     damaged = []
     for path in checkpoints:
         try:
-            return path, load_checkpoint(path, load_weights, load_model)
-        except Exception as exc:  # noqa: BLE001: a truncated or missing file shows up as many error types
-            reason = f"{type(exc).__name__}: {one_line(exc)[:200]}"
-            damaged.append(f"{path.name} ({reason})")
-            warn(f"warning: checkpoint {path} cannot be loaded ({reason}); trying the one before it")
+            loaded = load_checkpoint(path, load_weights, load_model)
+        except DamagedCheckpoint as exc:
+            damaged.append(f"{path.name} ({exc})")
+            warn(f"warning: skipped checkpoint {path}: {exc}")
+            continue
+        if damaged:
+            step, newest = loaded[0]["step"], checkpoint_step(checkpoints[0])
+            redo = newest - step if newest is not None and newest > step else None
+            lost = f"{redo} step{'s' if redo != 1 else ''}" if redo else "the steps after it"
+            warn(f"warning: resuming from {path} (step {step}), not from the newest checkpoint {checkpoints[0]}: "
+                 f"{lost} will be trained again")
+        return path, loaded
     raise RunError(f"resume=true but no checkpoint in {checkpoints[0].parent} can be loaded: {'; '.join(damaged)}")
