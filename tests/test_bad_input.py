@@ -115,6 +115,18 @@ def test_train_bad_data_row_and_a_reward_that_raises(tmp_path, tiny_model_dir, c
                   "reward function 'picky' raised ValueError: cannot read this gold answer", f"{data} row 3")
 
 
+def test_train_a_reward_that_returns_nan(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "data.jsonl"
+    rows = [{"prompt": f"Compute {i}+1.", "answer": answer} for i, answer in enumerate(["1", "2", "3", "BAD"])]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    nan = tmp_path / "nan_reward.py"
+    nan.write_text("def ratio(prompts, completions, answer, **kwargs):\n"
+                   "    return [float('nan') if a == 'BAD' else 1.0 for a in answer]  # a grader's 0/0\n")
+    fails_cleanly(capsys, tmp_path, train_args(tmp_path, tiny_model_dir, "method=grpo", f"train_data={data}",
+                                               f"reward_funcs=[{nan}:ratio]"),
+                  "reward function 'ratio' returned nan for", f"{data} row 3", "TRL would treat NaN as None")
+
+
 # ---------------------------------------------------------------------------------------------- eval
 def test_eval_options_and_models(tmp_path, tiny_model_dir, not_a_model, capsys):
     out = tmp_path / "eval"
@@ -129,6 +141,70 @@ def test_eval_options_and_models(tmp_path, tiny_model_dir, not_a_model, capsys):
                   "not a model directory")
     fails_cleanly(capsys, tmp_path, base + ["--data", "sandbox:nope", "--overwrite"], "sandbox:nope")
     fails_cleanly(capsys, tmp_path, base[:-1] + [out / "samples.jsonl"], "--output-dir", "is a file")
+
+
+def test_a_hub_id_that_cannot_be_fetched_offline_is_one_line(tmp_path, capsys):
+    """The tests run offline (conftest): an id not in the cache is named, with why, and nothing is written."""
+    fails_cleanly(capsys, tmp_path, ["eval", "--model", "no-such-org/no-such-model", "--data", "sandbox:test",
+                                     "--limit", "2", "-o", tmp_path / "eval"],
+                  "no-such-org/no-such-model: cannot be loaded from the Hugging Face Hub: offline (HF_HUB_OFFLINE=1)")
+    fails_cleanly(capsys, tmp_path, ["train", "model=no-such-org/no-such-model", "train_data=sandbox",
+                                     "max_train_examples=4", "eval_data=null", "max_steps=1", "progress=false",
+                                     f"output_dir={tmp_path / 'run'}", "method=sft"],
+                  "no-such-org/no-such-model: cannot be loaded from the Hugging Face Hub: offline")
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "run").exists()
+
+
+def hub_error(kind, message):
+    """A huggingface_hub error as it raises one (its constructor wants an HTTP response; the type is what counts)."""
+    error = kind.__new__(kind)
+    Exception.__init__(error, message)
+    return error
+
+
+def test_hub_errors_become_one_line_naming_the_id_and_why(monkeypatch):
+    from huggingface_hub import errors as hub_errors
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftrl import models
+    from sftrl.errors import ConfigError
+
+    def wrapped(error, text):  # transformers re-raises the hub's error as OSError, the original its cause
+        try:
+            raise error
+        except Exception as cause:
+            raise OSError(text) from cause
+
+    cases = [
+        (hub_error(hub_errors.RepositoryNotFoundError, "404 Client Error. Repository Not Found"), "not found"),
+        (hub_error(hub_errors.GatedRepoError, "403 Client Error. Cannot access gated repo"), "no access"),
+        (hub_error(hub_errors.LocalEntryNotFoundError, "no connection"), "the Hub cannot be reached"),
+        (ConnectionError("Name or service not known"), "the Hub cannot be reached"),
+    ]
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for error, why in cases:
+        for raised in (error, "wrapped"):
+            def load(*args, error=error, raised=raised, **kwargs):
+                if raised == "wrapped":
+                    wrapped(error, "org/model is not a local folder ... (transformers' words)")
+                raise error
+
+            for loader, what in ((models.load_model, AutoModelForCausalLM), (models.load_tokenizer, AutoTokenizer)):
+                monkeypatch.setattr(what, "from_pretrained", load)
+                with pytest.raises(ConfigError) as caught:
+                    loader("org/model")
+                message = str(caught.value)
+                assert message.startswith("org/model: cannot be loaded from the Hugging Face Hub: " + why), message
+                assert "\n" not in message and caught.value.__cause__ is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: wrapped(hub_errors.LocalEntryNotFoundError("not cached"), "couldn't connect"))
+    with pytest.raises(ConfigError, match=r"^org/model: cannot be loaded from the Hugging Face Hub: offline"):
+        models.load_tokenizer("org/model")
+    # Anything else is not the hub's doing and keeps its traceback.
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: (_ for _ in ()).throw(KeyError("vocab")))
+    with pytest.raises(KeyError):
+        models.load_tokenizer("org/model")
 
 
 # ---------------------------------------------------------------------------------------------- compare

@@ -197,12 +197,19 @@ def test_a_reward_function_that_raises_names_the_function_and_the_row(tmp_path, 
 
 @pytest.mark.parametrize("returned,message", [
     ([1.0, float("inf")], r"'bad' returned inf for row b; rewards must be finite"),
+    # NaN is not None: TRL would take it for None without a word; here it is named, with its value.
+    ([1.0, float("nan")], r"'bad' returned nan for row b; rewards must be finite numbers \(return None for a "
+                          r"completion the function does not score; TRL would treat NaN as None\)"),
     ([1.0, "yes"], r"'bad' returned 'yes' for row b; expected a number or None"),
 ])
 def test_unusable_rewards_name_the_function_and_the_row(returned, message):
     with pytest.raises(RewardError, match=message):
         reward_matrix([("bad", lambda prompts, completions, **kw: returned)], ["p", "p"], ["x", "y"], {},
                       row_names=["row a", "row b"])
+    if not isinstance(returned[1], str):  # the same from a tensor, as a grader written with torch returns it
+        with pytest.raises(RewardError, match=message):
+            reward_matrix([("bad", lambda prompts, completions, **kw: torch.tensor(returned))], ["p", "p"],
+                          ["x", "y"], {}, row_names=["row a", "row b"])
 
 
 def test_a_reward_function_without_kwargs_is_told_how_to_take_trls_arguments():

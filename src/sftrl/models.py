@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,6 +98,56 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_failure(name: str, error: BaseException) -> ConfigError | None:
+    """One line for a hub id that cannot be fetched (not found, offline, no access), or None when
+    `error` is something else. transformers re-raises huggingface_hub's errors as OSError with the
+    original as the cause, so the whole chain is looked at, the types first, the wording as a fallback."""
+    from huggingface_hub import errors as hub_errors
+
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(e) for e in chain)
+    kinds = tuple(type(e) for e in chain)
+
+    def has(*types) -> bool:
+        return any(issubclass(k, types) for k in kinds)
+
+    where = f"{name}: cannot be loaded from the Hugging Face Hub"
+    if has(hub_errors.GatedRepoError) or "gated repo" in text:
+        why = ("no access: it is a gated repository; accept its conditions on https://huggingface.co/" + name
+               + " and log in with the account that did (hf auth login, or HF_TOKEN)")
+    elif has(hub_errors.RepositoryNotFoundError) or "is not a valid model identifier" in text:
+        why = ("not found: no such repository (or it is private and no token that can read it is set: "
+               "hf auth login, or HF_TOKEN); check the id, or pass a local directory")
+    elif has(hub_errors.OfflineModeIsEnabled) or (_hub_offline() and (
+            has(hub_errors.LocalEntryNotFoundError) or "couldn't connect" in text or "offline" in text.lower())):
+        why = ("offline (HF_HUB_OFFLINE=1) and it is not in the local cache; fetch it once with network access "
+               "(unset HF_HUB_OFFLINE), or pass a local directory")
+    elif has(hub_errors.LocalEntryNotFoundError, ConnectionError, TimeoutError) or "couldn't connect" in text:
+        why = ("the Hub cannot be reached (no network?) and it is not in the local cache; fetch it once with "
+               "network access, or pass a local directory")
+    else:
+        return None
+    return ConfigError(f"{where}: {why}")
+
+
+def _from_hub(name: str, load):
+    """`load()` (a from_pretrained call), with a hub id that cannot be fetched said in one line."""
+    try:
+        return load()
+    except Exception as exc:
+        failure = None if _looks_local(name) else hub_failure(name, exc)
+        if failure is None:
+            raise
+        raise failure from None  # the hub's and transformers' tracebacks say nothing the line does not
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (the EOS token when the checkpoint defines none, as TRL does)."""
     if _looks_local(name):
@@ -107,8 +158,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
             raise ConfigError(f"tokenizer: {name} is not a tokenizer directory (it has none of "
                               f"{', '.join(TOKENIZER_FILES)}); the tokenizer comes from the model directory "
                               "unless the tokenizer is set")
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if _looks_local(name) else name,
-                                              trust_remote_code=trust_remote_code)
+    tokenizer = _from_hub(name, lambda: AutoTokenizer.from_pretrained(
+        str(Path(name).expanduser()) if _looks_local(name) else name, trust_remote_code=trust_remote_code))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -128,8 +179,9 @@ def load_model(name: str, dtype: str = "auto", trust_remote_code: bool = False,
         model = peft.PeftModel.from_pretrained(base, str(Path(name).expanduser())).merge_and_unload()
         return model.to(device) if device is not None else model
     torch_dtype = torch.float32 if dtype == "auto" else DTYPES[dtype]
-    model = AutoModelForCausalLM.from_pretrained(str(Path(name).expanduser()) if _looks_local(name) else name,
-                                                 dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model = _from_hub(name, lambda: AutoModelForCausalLM.from_pretrained(
+        str(Path(name).expanduser()) if _looks_local(name) else name, dtype=torch_dtype,
+        trust_remote_code=trust_remote_code))
     if device is not None:
         model.to(device)
     return model

@@ -12,14 +12,15 @@ is called exactly as TRL 1.16's ``GRPOTrainer._calculate_rewards`` calls it:
 - every dataset column, one value per completion (``answer`` holds the gold answer);
 - sync functions run one after the other, then ``async def`` ones are awaited concurrently.
 
-A None reward (or NaN) means "not applicable": that function's column is NaN there and the weighted
+A None reward means "not applicable": that function's column is NaN there and the weighted
 sum over functions is TRL's ``nansum``; a row where every function returned None is *unscorable*: NaN
 in the total, left out of group statistics, advantage 0 (TRL 1.16 does the same).
 
 Where sftrl deviates from TRL: ``log_extra`` and ``environments`` are not passed (sftrl has no
-completions table or environments); a reward of ±inf is an error naming the function and row (TRL
-would train on it and turn the group's advantages into NaN); an exception raised inside a reward
-function becomes one error naming the function and the first row that reproduces it alone.
+completions table or environments); a reward of NaN or ±inf is an error naming the function, the value
+and the row (TRL would silently take a NaN for None, hiding a grader's 0/0, and train on ±inf, turning
+the group's advantages into NaN): None is the one way to say "not scored"; an exception raised inside
+a reward function becomes one error naming the function and the first row that reproduces it alone.
 """
 
 from __future__ import annotations
@@ -231,9 +232,12 @@ def _values(name: str, rewards: Any, count: int, row_names: Sequence[str] | None
         except (TypeError, ValueError):
             raise RewardError(f"reward function {name!r} returned {reward!r:.80} for {where}; expected a number "
                               "or None") from None
-        if math.isinf(value):
+        if not math.isfinite(value):
+            # NaN too: TRL would take it for None without a word, and a NaN is far more often a grader's
+            # 0/0 than a choice not to score; None says that unambiguously.
             raise RewardError(f"reward function {name!r} returned {value} for {where}; rewards must be finite "
-                              "(None marks a completion the function does not score)")
+                              "numbers (return None for a completion the function does not score; TRL would "
+                              f"{'treat NaN as None' if math.isnan(value) else 'train on it'})")
         values.append(value)
     return values
 
