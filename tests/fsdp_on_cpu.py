@@ -28,7 +28,10 @@ def _reporting_prepare(self, *args, **kwargs):
     prepared = _prepare(self, *args, **kwargs)
     model = next(obj for obj in prepared if hasattr(obj, "parameters"))
     kinds = sorted({type(p).__name__ for p in model.parameters()})
-    print(f"fsdp_on_cpu: process {self.process_index} parameters {','.join(kinds)}", file=sys.stderr)
+    # One write per line: both processes share torchrun's stderr, and print() writes the text and its
+    # newline separately, so two processes' lines could interleave (seen on a loaded 2-core machine).
+    sys.stderr.write(f"fsdp_on_cpu: process {self.process_index} parameters {','.join(kinds)}\n")
+    sys.stderr.flush()
     return prepared
 
 
