@@ -114,6 +114,34 @@ def test_report_table_and_files_from_runs(compared, tmp_path):
     assert main(["report", str(tmp_path)]) == 2  # not a run directory
 
 
+def test_fifteen_series_are_each_distinguishable_and_the_legend_covers_no_data(tmp_path):
+    """A full comparison draws 13 methods (and up to 15 series): tab10 alone repeated its colours
+    (GRPO and SASR both orange)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from sftrl.report import Run, group_runs, panel_figure
+
+    runs = [Run(tmp_path / f"m{i}", {"method": f"method-{i}", "seed": 0},
+                [{"step": s, "entropy": 0.1 + 0.01 * i + 0.001 * s} for s in range(1, 21)], label=f"method-{i}")
+            for i in range(15)]
+    fig, ax = panel_figure(group_runs(runs), ["entropy"], "Policy entropy", "nats", window=1)
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(lines) == 15
+    colours = [to_hex(line.get_color()) for line in lines]
+    assert len(set(colours)) == 15  # every series its own colour
+    assert len({(c, line.get_linestyle()) for c, line in zip(colours, lines)}) == 15
+    assert len({line.get_linestyle() for line in lines}) >= 3  # and the dashes vary, for look-alike colours
+    fig.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1 - 1e-6  # beside the axes, over none of the curves
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"method-{i}" for i in range(15)]
+    plt.close(fig)
+
+
 def test_probability_shift_stats_on_hand_made_probabilities():
     before = [[("a", 0.5), ("b", 0.9)], [("a", 0.5)]]
     after = [[("a", 0.8), ("b", 0.9)], [("a", 0.1)]]

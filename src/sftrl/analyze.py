@@ -25,6 +25,7 @@ from .config import ConfigError
 from .data import DataError, load_examples, render_prompt
 from .batching import pack, target_logprobs
 from .formatting import number
+from .report import legend_outside, save_figure, series_style
 
 
 def probe_pairs(source: str, limit: int, split: str = "test") -> list[tuple[Any, str]]:
@@ -129,30 +130,30 @@ def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out
     results, page = {}, [f"<!doctype html><meta charset='utf-8'><title>token shifts</title><h1>Token probability "
                          f"shifts from {html.escape(before)}</h1><p>Hover a token for p before → after.</p>"]
     fig, (hist, scatter) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = matplotlib.colormaps["tab10"]
     for i, (after, label) in enumerate(zip(afters, labels)):
+        color, style = series_style(i)
         probs = scores(after)
         stats = probability_shift_stats(base, probs)
         results[label] = {"model": after, **stats}
         deltas = [p1 - p0 for r0, r1 in zip(base, probs) for (_, p0), (_, p1) in zip(r0, r1)]
-        hist.hist(deltas, bins=50, range=(-1, 1), histtype="step", linewidth=1.5, color=colors(i),
+        hist.hist(deltas, bins=50, range=(-1, 1), histtype="step", linewidth=1.5, color=color, linestyle=style,
                   label=f"{label}: mean |Δp| {number(stats['mean_abs_shift'], '.3f')}, "
                         f"{number(stats['share_moved_0.2'], '.0%')} > 0.2")
         p0 = [p for r in base for _, p in r]
         p1 = [p for r in probs for _, p in r]
-        scatter.scatter(p0, p1, s=3, alpha=0.35, color=colors(i), label=label)
+        scatter.scatter(p0, p1, s=3, alpha=0.35, color=color, label=label)
         page.append(f"<h2>{html.escape(label)}</h2><p>{stats['tokens']} tokens; mean |Δp| "
                     f"{number(stats['mean_abs_shift'], '.3f')}; {number(stats['share_up'], '.1%')} rose and "
                     f"{number(stats['share_down'], '.1%')} fell by more than 0.05.</p>" + _token_html(base, probs))
     hist.set(yscale="log", xlabel="Δp = p_after − p_before (per response token)", ylabel="tokens",
              title=f"Token probability shifts from {Path(before).name or before}")
-    hist.legend(fontsize=7)
     scatter.plot([0, 1], [0, 1], color="gray", linewidth=0.8)
     scatter.set(xlabel="p before", ylabel="p after", title="Each response token, before vs after")
-    scatter.legend(fontsize=7, markerscale=3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "tokens.png", dpi=110)
-    plt.close(fig)
+    # One legend, below the histogram (its entries carry the statistics), over no data; the scatter's
+    # colours are the histogram's.
+    hist.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), borderaxespad=0.0,
+                ncol=1 if len(afters) <= 8 else 2)
+    save_figure(fig, out_dir / "tokens.png")
     (out_dir / "tokens.json").write_text(json.dumps({"before": before, "probes": len(pairs), "models": results},
                                                     indent=2))
     (out_dir / "tokens.html").write_text("\n".join(page) + "\n")
@@ -242,8 +243,8 @@ def analyze_map(references: list[str], reference_labels: list[str], run_dirs: li
     for (x, y), label in zip(vertices, reference_labels):
         ax.scatter([x], [y], marker="*", s=220, color="black", zorder=4)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=10, weight="bold")
-    colors = matplotlib.colormaps["tab10"]
     for i, (run_dir, label, models) in enumerate(zip(run_dirs, run_labels, models_by_run)):
+        color, style = series_style(i)
         points = []
         for step, path in models:
             probs = scores(path)
@@ -252,17 +253,15 @@ def analyze_map(references: list[str], reference_labels: list[str], run_dirs: li
             points.append({"step": step, "model": path, "distances": distances, "xy": xy})
         result["runs"].append({"label": label, "run": run_dir, "points": points})
         xs, ys = [p["xy"][0] for p in points], [p["xy"][1] for p in points]
-        ax.plot(xs, ys, "-o", color=colors(i), markersize=4, label=label)
+        ax.plot(xs, ys, linestyle=style, marker="o", color=color, markersize=4, label=label)
         ax.annotate("", xy=(xs[-1], ys[-1]), xytext=(xs[-2], ys[-2]),
-                    arrowprops={"arrowstyle": "->", "color": colors(i), "lw": 1.5})
+                    arrowprops={"arrowstyle": "->", "color": color, "lw": 1.5})
         ax.annotate(f"{points[-1]['step']}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, -10),
-                    fontsize=7, color=colors(i))
+                    fontsize=7, color=color)
     ax.set(title="Models in probability space (distance: mean |Δp| on probe tokens)", xlabel="x", ylabel="y")
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(out_dir / "map.png", dpi=110)
-    plt.close(fig)
+    legend_outside(ax, len(run_dirs))
+    save_figure(fig, out_dir / "map.png")
     (out_dir / "map.json").write_text(json.dumps(result, indent=2))
     return result

@@ -251,10 +251,10 @@ def plot_accuracy(results: list[dict[str, Any]], k: int, path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set(ylabel=f"avg@{k} (%)", title="Sandbox accuracy after equal budgets (mean, 95% CI over seeds)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from .report import legend_outside, save_figure
+
+    legend_outside(ax, 2)  # beside the bars: over them it hides the seeds' dots
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------ running jobs

@@ -83,23 +83,39 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def _colors(labels: list[str]) -> dict[str, Any]:
-    import matplotlib
+# 15 colours, one per series up to the 15 a full comparison draws (13 methods and more): tab10's ten and
+# five darker ones that none of them resembles. The line style cycles too, so that colours of one family
+# (tab10's blue and the navy, its green and the olive) are told apart by their dashes as well, on a
+# grey-scale print, and so that (colour, style) pairs stay distinct well past 15 series (60).
+SERIES_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                 "#17becf", "#393b79", "#637939", "#e7ba52", "#7b4173", "#252525"]
+SERIES_LINESTYLES = ["-", "--", ":", "-."]
 
-    palette = matplotlib.colormaps["tab10"]
-    return {label: palette(i % 10) for i, label in enumerate(labels)}
+
+def series_style(i: int) -> tuple[str, str]:
+    """(colour, line style) of the i-th series of a panel."""
+    return SERIES_COLORS[i % len(SERIES_COLORS)], SERIES_LINESTYLES[i % len(SERIES_LINESTYLES)]
 
 
-def plot_panel(groups: dict[str, list[Run]], keys: list[str], title: str, ylabel: str, path: Path,
-               window: int = 5) -> bool:
-    """One PNG: every group's mean curve of each key, with a min-max band over its runs. False if no data."""
+def legend_outside(ax, entries: int) -> None:
+    """The legend to the right of the axes, never over the data (saved with bbox_inches="tight")."""
+    if entries:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  ncol=1 if entries <= 16 else 2, handlelength=3.0)
+
+
+def panel_figure(groups: dict[str, list[Run]], keys: list[str], title: str, ylabel: str, window: int = 5):
+    """(figure, axes) of one panel: every group's mean curve of each key, with a min-max band over its
+    runs; None when no run logged any of the keys."""
     import matplotlib.pyplot as plt
 
-    colors = _colors(list(groups))
     fig, ax = plt.subplots(figsize=(7, 4))
-    drawn = False
-    for label, runs in groups.items():
-        for style, key in zip(["-", "--", ":"], keys):
+    drawn = 0
+    for i, (label, runs) in enumerate(groups.items()):
+        color, group_style = series_style(i)
+        # One key: the group's own style; several (SRFT's two weights): the key's style, the group's colour.
+        styles = [group_style] if len(keys) == 1 else SERIES_LINESTYLES
+        for style, key in zip(styles, keys):
             curves = [run.series(key) for run in runs]
             curves = [c for c in curves if c[0]]
             if not curves:
@@ -117,20 +133,36 @@ def plot_panel(groups: dict[str, list[Run]], keys: list[str], title: str, ylabel
             if len(runs) > 1:
                 name += f" (n={len(curves)})"
             marker = "o" if key in SMOOTH_EXCEPT else None
-            ax.plot(steps, mean, style, color=colors[label], label=name, marker=marker, markersize=4)
+            ax.plot(steps, mean, linestyle=style, color=color, label=name, marker=marker, markersize=4)
             if len(curves) > 1:
                 ax.fill_between(steps, [min(col) for col in cols], [max(col) for col in cols],
-                                color=colors[label], alpha=0.15, linewidth=0)
-            drawn = True
-    if drawn:
-        smoothing = "" if all(k in SMOOTH_EXCEPT for k in keys) or window <= 1 else f" ({window}-step mean)"
-        ax.set(title=title + smoothing, xlabel="optimizer step", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+                                color=color, alpha=0.15, linewidth=0)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    smoothing = "" if all(k in SMOOTH_EXCEPT for k in keys) or window <= 1 else f" ({window}-step mean)"
+    ax.set(title=title + smoothing, xlabel="optimizer step", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    legend_outside(ax, drawn)
+    return fig, ax
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a PNG with everything outside the axes (the legend) inside the picture, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return drawn
+
+
+def plot_panel(groups: dict[str, list[Run]], keys: list[str], title: str, ylabel: str, path: Path,
+               window: int = 5) -> bool:
+    """One PNG of `panel_figure`; False (and no file) if no run logged the keys."""
+    drawn = panel_figure(groups, keys, title, ylabel, window)
+    if drawn is not None:
+        save_figure(drawn[0], path)
+    return drawn is not None
 
 
 def plot_step_types(runs: list[Run], path: Path) -> bool:
@@ -153,10 +185,8 @@ def plot_step_types(runs: list[Run], path: Path) -> bool:
     ax.set(title="Step type per optimizer step", xlabel="optimizer step")
     used = {t for _, types in rows for _, t in types}
     ax.legend(handles=[Patch(color=c, label=k) for k, c in STEP_COLORS.items() if k in used],
-              fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 1.0 + 0.9 / (0.9 + 0.32 * len(rows))), ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+              fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside the rows
+    save_figure(fig, path)
     return True
 
 
