@@ -13,6 +13,13 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_report_header(config):
+    # Which float kernels and how many threads this run's numbers came from (ATEN_CPU_CAPABILITY,
+    # OMP_NUM_THREADS): what a float-sensitive failure depends on.
+    return (f"torch {torch.__version__}: CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """An untrained sandbox-architecture model + char tokenizer, saved with save_pretrained."""

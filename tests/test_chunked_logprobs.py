@@ -29,6 +29,7 @@ def scores_and_grads(model, reference, batch, chunk_size):
     return s, float(loss.detach()), [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])
 def test_chunked_scores_match_the_whole_logits(chunk_size):
     model = build_model(build_tokenizer(), seed=0).train()
@@ -50,6 +51,7 @@ def test_chunked_scores_match_the_whole_logits(chunk_size):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.float_sensitive
 def test_grpo_with_kl_and_sft_match_without_chunks_or_checkpointing(tmp_path, tiny_model_dir, reward_spec):
     trainer = make_trainer(tmp_path, tiny_model_dir, reward_spec, method="grpo", beta=0.05, entropy_coef=0.01)
     trainer.config.logprob_chunk_size = 0

@@ -77,6 +77,7 @@ def run_two_processes(values, what, fsdp=False):
     return done.stderr
 
 
+@pytest.mark.float_sensitive
 def test_sft_on_two_processes_ddp_and_fsdp_is_sft_on_one(tmp_path, tiny_model_dir, even_answer_spec):
     """Micro-batches of 1 row: each process accumulates 2 unsynchronised backwards, then DDP averages in
     the step's one synchronised backward; the losses are whole-step token means either way. FSDP2

@@ -169,6 +169,7 @@ def test_map_geometry_places_points_at_their_distances():
         analyze.reference_triangle(0.0, 1.0, 1.0)
 
 
+@pytest.mark.float_sensitive
 def test_analyze_commands_write_their_files(compared, tiny_model_dir, tmp_path, capsys):
     out, _, _ = compared
     assert main(["analyze", "tokens", "--before", str(tiny_model_dir), "--after", str(out / "sft-seed0" / "model"),
