@@ -13,11 +13,11 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def pytest_report_header(config):
+def pytest_terminal_summary(terminalreporter):
     # Which float kernels and how many threads this run's numbers came from (ATEN_CPU_CAPABILITY,
-    # OMP_NUM_THREADS): what a float-sensitive failure depends on.
-    return (f"torch {torch.__version__}: CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-            f"{torch.get_num_threads()} threads")
+    # OMP_NUM_THREADS): what a float-sensitive failure depends on. A summary line, as -q hides the header.
+    terminalreporter.write_line(f"torch {torch.__version__}: CPU capability "
+                                f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
 
 
 @pytest.fixture(scope="session")
