@@ -178,6 +178,7 @@ def test_analyze_commands_write_their_files(compared, tiny_model_dir, tmp_path, 
     assert set(tokens["models"]) == {"sft-seed0", "static-seed0"}
     assert tokens["models"]["sft-seed0"]["tokens"] > 6 * 10 and tokens["models"]["sft-seed0"]["mean_abs_shift"] > 0
     assert (tmp_path / "tokens.png").stat().st_size > 1000 and "<span" in (tmp_path / "tokens.html").read_text()
+    capsys.readouterr()  # the tokens command's lines start with the same labels as the map's
 
     refs = [str(tiny_model_dir), str(out / "sft-seed0" / "model"), str(out / "static-seed1" / "model")]
     assert main(["analyze", "map", "--references", *refs, "--runs", str(out / "static-seed0"), "--limit", "6",
@@ -189,7 +190,7 @@ def test_analyze_commands_write_their_files(compared, tiny_model_dir, tmp_path, 
     assert (tmp_path / "map.png").stat().st_size > 1000
     # The printed trajectory is map.json's, to its 3 printed decimals (parsed, not matched as text: the
     # start model sits at 0 up to rounding of either sign, which other CPUs print differently).
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("static-seed0: "))
+    [line] = [l for l in capsys.readouterr().out.splitlines() if l.startswith("static-seed0: ")]
     printed = [step_xy.split(":") for step_xy in line.removeprefix("static-seed0: ").split(" -> ")]
     assert [int(step) for step, _ in printed] == [p["step"] for p in points]
     for (_, xy), point in zip(printed, points):
