@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import json  # noqa: E402
+import re  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -13,7 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from sftrl.sandbox import prepare as prepare_module  # noqa: E402
 from sftrl.sandbox.model import build_model  # noqa: E402
-from sftrl.sandbox.task import make_split, verify  # noqa: E402
+from sftrl.config import ConfigError  # noqa: E402
+from sftrl.data import load_examples, load_rows  # noqa: E402
+from sftrl.sandbox.task import Problem, Ref, make_split, verify  # noqa: E402
+from sftrl.validate import load_config  # noqa: E402
 from sftrl.sandbox.tokenizer import build_tokenizer  # noqa: E402
 
 
@@ -140,6 +144,74 @@ def test_demo_error_rate_makes_that_fraction_wrong_with_gold_answers_kept():
     assert all(verify(r["demonstration"], r["answer"]) == 0.0 for r in make_split("test", 20, demo_error_rate=1.0))
 
 
+# The known problem (17+5-12)*2: its chain, then the doubling line.
+KNOWN = Problem("(17+5-12)*2", ((17, "+", 5), (Ref(0), "-", 12), (Ref(1), "*", 2)), "double")
+
+
+def as_sum(demonstration):
+    """The sum form of a times-form demonstration: each doubling line `a*2=v` written `a+a=v`."""
+    return re.sub(r"^(\d+)\*2=", r"\1+\1=", demonstration, flags=re.MULTILINE)
+
+
+def test_sum_form_writes_the_doubling_line_with_familiar_tokens():
+    assert KNOWN.prompt == "Compute (17+5-12)*2." and KNOWN.answer == "20"
+    assert KNOWN.demonstration().split("\n") == ["17+5=22", "22-12=10", "10*2=20", "\\boxed{20}"]
+    assert KNOWN.demonstration(double_form="sum").split("\n") == ["17+5=22", "22-12=10", "10+10=20", "\\boxed{20}"]
+    # A slip before the doubling line is doubled: both of the sum's operands are the slipped value.
+    assert KNOWN.demonstration(slip_line=1, slip=1, double_form="sum").split("\n") == [
+        "17+5=22", "22-12=11", "11+11=22", "\\boxed{22}"]
+    assert KNOWN.demonstration(slip_line=0, slip=-10, double_form="sum").split("\n") == [
+        "17+5=12", "12-12=0", "0+0=0", "\\boxed{0}"]
+    assert KNOWN.demonstration(slip_line=2, slip=-1, double_form="sum").split("\n") == [
+        "17+5=22", "22-12=10", "10+10=19", "\\boxed{19}"]
+
+
+def test_double_form_changes_only_the_doubling_lines_of_demonstrations():
+    times, sums = make_split("train", 1000), make_split("train", 1000, double_form="sum")
+    assert make_split("train", 1000, double_form="times") == times
+    for field in ("prompt", "answer", "data_source"):
+        assert [r[field] for r in sums] == [r[field] for r in times]
+    assert [r["demonstration"] for r in sums] == [as_sum(r["demonstration"]) for r in times]
+    assert sum(r["demonstration"] != t["demonstration"] for r, t in zip(sums, times)) == 300  # every double row
+    assert all(verify(r["demonstration"], r["answer"]) == 1.0 for r in sums)
+    assert "*" not in "".join(r["demonstration"] for r in sums)
+
+
+def test_wrong_demonstrations_follow_the_form_and_stay_wrong():
+    times = make_split("train", 1000, demo_error_rate=0.3)
+    sums = make_split("train", 1000, demo_error_rate=0.3, double_form="sum")
+    # The same rows slip the same way; only how the doubling line is written differs.
+    assert [r["demonstration"] for r in sums] == [as_sum(r["demonstration"]) for r in times]
+    wrong = [r for r in sums if verify(r["demonstration"], r["answer"]) == 0.0]
+    assert len(wrong) == 300
+    assert [r["prompt"] for r in wrong] == [r["prompt"] for r in times if verify(r["demonstration"], r["answer"]) == 0.0]
+    wrong_doubles = [r for r in wrong if families([r]) == ["double"]]
+    assert len(wrong_doubles) > 50
+    for row in wrong_doubles:
+        lines = row["demonstration"].split("\n")
+        left, result = lines[-2].split("=")
+        # The doubled line adds the previous line's (possibly slipped) result to itself.
+        assert left == f"{lines[-3].split('=')[1]}+{lines[-3].split('=')[1]}"
+        assert lines[-1] == f"\\boxed{{{result}}}" and result != row["answer"]
+    assert all(verify(r["demonstration"], r["answer"]) == 0.0
+               for r in make_split("train", 40, demo_error_rate=1.0, skill_share=1.0, double_form="sum"))
+
+
+def test_double_form_reaches_training_data_only():
+    train = load_examples("sandbox", split="train", sandbox_train_size=10, sandbox_double_form="sum")
+    assert [e.demonstration for e in train] == [r["demonstration"] for r in make_split("train", 10, double_form="sum")]
+    for split in ("val", "test", "ood"):
+        assert load_rows(f"sandbox:{split}", sandbox_double_form="sum") == make_split(split)
+
+
+def test_double_form_is_a_checked_config_field():
+    assert load_config().sandbox_double_form == "times"
+    assert load_config(overrides=["sandbox_double_form=sum"]).sandbox_double_form == "sum"
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=["sandbox_double_form=plus"])
+    assert str(error.value) == "sandbox_double_form: 'plus' is not one of times, sum"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -148,6 +220,7 @@ def test_demo_error_rate_makes_that_fraction_wrong_with_gold_answers_kept():
         ({"split": "train", "demo_error_rate": 1.5}, "demo_error_rate"),
         ({"split": "train", "demo_error_rate": -0.1}, "demo_error_rate"),
         ({"split": "train", "n": -1}, "non-negative"),
+        ({"split": "train", "double_form": "plus"}, "double_form must be one of times, sum, got 'plus'"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, message):

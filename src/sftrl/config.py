@@ -26,6 +26,9 @@ SCALE_REWARDS = ("group", "batch", "none")
 SRFT_VARIANTS = ("paper", "released-code")
 DEMO_TRUNCATIONS = ("cut", "drop", "keep")
 ROLLOUT_BACKENDS = ("torch", "generate", "vllm")
+# How the sandbox's training demonstrations write the doubling line (sftrl.sandbox.task): "times"
+# (`10*2=20`, a `*` the base model has never seen) or "sum" (`10+10=20`, tokens it already produces).
+SANDBOX_DOUBLE_FORMS = ("times", "sum")
 # Fields that cannot change what a run computes (memory knobs, logging, checkpoint cadence, the
 # resume switch itself): a resumed run may set them differently. Every other field must match.
 RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
@@ -68,6 +71,7 @@ class Config:
     sandbox_demo_error_rate: float = _f(0.0, "Sandbox regime: fraction of training demonstrations made wrong (one slipped step), to study demonstration quality.")
     sandbox_skill_share: float = _f(0.3, "Sandbox regime: share of training problems that need the doubling skill only demonstrations teach (evaluation splits keep 0.3).")
     sandbox_train_size: int = _f(5000, "Sandbox regime: number of training problems, each with its demonstration.")
+    sandbox_double_form: str = _f("times", "Sandbox regime: how training demonstrations write the doubling line: times (10*2=20, new tokens) or sum (10+10=20, familiar tokens), to separate a new procedure from new tokens.")
     reward_funcs: list[str] = _f(["auto"], "Reward functions (TRL's signature): math, choice, sandbox, a name a plugin registered, module:function or file.py:function; auto = the training data source's verifier (sandbox for the sandbox), math otherwise.")
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
     demo_truncation: str = _f("cut", "Demonstrations longer than max_completion_length: cut (train on the first max_completion_length tokens), drop (leave those rows out) or keep (train on them whole); counts are printed at start.")
@@ -339,6 +343,8 @@ def check_fields(c: Config) -> None:
     check(0 <= c.sandbox_demo_error_rate <= 1, f"sandbox_demo_error_rate: must be in [0, 1], got {c.sandbox_demo_error_rate}")
     check(0 <= c.sandbox_skill_share <= 1, f"sandbox_skill_share: must be in [0, 1], got {c.sandbox_skill_share}")
     check(c.sandbox_train_size >= 1, f"sandbox_train_size: must be at least 1, got {c.sandbox_train_size}")
+    check(c.sandbox_double_form in SANDBOX_DOUBLE_FORMS,
+          f"sandbox_double_form: {c.sandbox_double_form!r} is not one of {', '.join(SANDBOX_DOUBLE_FORMS)}")
     check(len(c.reward_funcs) >= 1, "reward_funcs: name at least one reward function")
     check(c.reward_weights is None or len(c.reward_weights) == len(c.reward_funcs),
           f"reward_weights: {c.reward_weights} has a different length than reward_funcs {c.reward_funcs}")

@@ -114,6 +114,7 @@ def load_rows(
     sandbox_train_size: int | None = None,
     sandbox_demo_error_rate: float = 0.0,
     sandbox_skill_share: float | None = None,
+    sandbox_double_form: str = "times",
 ) -> list[dict]:
     """Read the raw rows of a dataset as plain Python dicts.
 
@@ -124,8 +125,10 @@ def load_rows(
       :func:`sftrl.sandbox.task.make_split`. A split written in the source wins over ``split``.
       ``sandbox_train_size`` and ``sandbox_skill_share`` set the number of train rows and their share
       of doubling problems (other splits keep their fixed size and share, so evaluation sets never
-      change); ``sandbox_demo_error_rate`` makes that fraction of demonstrations wrong. A loader gets
-      only the options it declares, so one config can always pass them.
+      change); ``sandbox_demo_error_rate`` makes that fraction of demonstrations wrong;
+      ``sandbox_double_form`` writes the train demonstrations' doubling line as ``10*2=20``
+      (``"times"``) or ``10+10=20`` (``"sum"``). A loader gets only the options it declares, so one
+      config can always pass them.
     - an existing ``.jsonl`` file (one JSON object per line, blank lines skipped), ``.json`` file (a
       list of objects, or ``{"data": [...]}``) or ``.parquet`` file (list and struct cells, such as
       verl's ``prompt`` and ``reward_model``, become Python lists and dicts).
@@ -142,7 +145,7 @@ def load_rows(
     if registered is not None:
         data_source, source_split = registered
         options = {"sandbox_train_size": sandbox_train_size, "sandbox_demo_error_rate": sandbox_demo_error_rate,
-                   "sandbox_skill_share": sandbox_skill_share}
+                   "sandbox_skill_share": sandbox_skill_share, "sandbox_double_form": sandbox_double_form}
         return _load_registered(source, data_source, source_split or split, options)
 
     path = Path(source).expanduser()
@@ -518,8 +521,8 @@ def load_examples(
     """Load ``source`` (see :func:`load_rows`) and validate it into examples (see :func:`to_examples`).
 
     ``limit`` keeps the first ``limit`` rows after loading (rows beyond it are not validated).
-    ``sandbox_kwargs`` are :func:`load_rows`' ``sandbox_train_size``, ``sandbox_demo_error_rate`` and
-    ``sandbox_skill_share``.
+    ``sandbox_kwargs`` are :func:`load_rows`' ``sandbox_train_size``, ``sandbox_demo_error_rate``,
+    ``sandbox_skill_share`` and ``sandbox_double_form``.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be non-negative or None, got {limit}")

@@ -121,7 +121,7 @@ class Trainer:
             answer_field=config.answer_field, demo_field=config.demo_field, require_demo=needs_demo,
             system_prompt=config.system_prompt, limit=config.max_train_examples,
             sandbox_demo_error_rate=config.sandbox_demo_error_rate, sandbox_skill_share=config.sandbox_skill_share,
-            sandbox_train_size=config.sandbox_train_size)
+            sandbox_train_size=config.sandbox_train_size, sandbox_double_form=config.sandbox_double_form)
         eval_source = (data_source.default_eval if data_source else None) if config.eval_data == "auto" \
             else config.eval_data
         self.eval_examples: list[Example] = []

@@ -22,12 +22,14 @@ def sandbox_reward(prompts: list, completions: list, answer: list | None = None,
 
 
 def load_sandbox_rows(split: str, sandbox_train_size: int | None = None, sandbox_demo_error_rate: float = 0.0,
-                      sandbox_skill_share: float | None = None) -> list[dict]:
-    """Rows of a sandbox split. The size and skill share apply to `train` only, so evaluation sets never
-    change; always the split's fixed seed, so the data is the same on every machine and run."""
+                      sandbox_skill_share: float | None = None, sandbox_double_form: str = "times") -> list[dict]:
+    """Rows of a sandbox split. The size, skill share and doubling form apply to `train` only, so
+    evaluation sets never change; always the split's fixed seed, so the data is the same on every
+    machine and run."""
     return make_split(split, n=sandbox_train_size if split == "train" else None, seed=None,
                       demo_error_rate=sandbox_demo_error_rate,
-                      skill_share=sandbox_skill_share if split == "train" else None)
+                      skill_share=sandbox_skill_share if split == "train" else None,
+                      double_form=sandbox_double_form if split == "train" else "times")
 
 
 registry.register_reward("sandbox", sandbox_reward)

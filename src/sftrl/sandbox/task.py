@@ -20,6 +20,13 @@ can amplify that), but it has never seen a bracket or a ``*``, so only demonstra
 ``double`` procedure. Working out the bracket alone gives half the answer, so a model that ignores
 ``*2`` is never rewarded by chance.
 
+The doubling line is new in two ways at once: a new procedure (double the bracket) written with a
+new token (``*``, which the base model gives a probability near zero). ``double_form`` (the config's
+``sandbox_double_form``) separates them: ``"times"`` (the default) writes ``10*2=20``, ``"sum"``
+writes ``10+10=20``, tokens the base model already produces. Only the training demonstrations
+change: prompts, answers, the problems drawn and every evaluation split are the same in both forms,
+so runs with either form are evaluated on the same test set.
+
 Splits: ``train``, ``val`` and ``test`` share one difficulty (in-distribution: operands 1-19, 3-5
 terms) and are disjoint by construction: every problem is assigned to one side by a hash of its
 prompt, so no seed or size can make a test or validation problem appear in training. ``ood`` is
@@ -38,6 +45,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from sftrl.config import SANDBOX_DOUBLE_FORMS as DOUBLE_FORMS
 from sftrl.rewards import last_boxed
 
 SPLITS = ("train", "val", "test", "ood")
@@ -114,13 +122,22 @@ class Problem:
             values.append(value + (slip if index == slip_line else 0))
         return values
 
-    def demonstration(self, slip_line: int | None = None, slip: int = 0) -> str:
-        """The step-by-step solution; with a slip, that line is wrong and later lines build on it."""
+    def demonstration(self, slip_line: int | None = None, slip: int = 0, double_form: str = "times") -> str:
+        """The step-by-step solution; with a slip, that line is wrong and later lines build on it.
+
+        ``double_form`` writes a doubling line ``a*2`` as ``a*2=2a`` (``"times"``) or ``a+a=2a``
+        (``"sum"``): both operands of the sum are the (possibly slipped) value being doubled.
+        """
+        if double_form not in DOUBLE_FORMS:
+            raise ValueError(f"double_form must be one of {', '.join(DOUBLE_FORMS)}, got {double_form!r}")
         values = self.results(slip_line, slip)
         text = []
         for (left, op, right), value in zip(self.lines, values):
             a, b = (values[x.line] if isinstance(x, Ref) else x for x in (left, right))
-            text.append(f"{a}{op}{b}={value}")
+            if op == "*" and double_form == "sum":
+                text.append(f"{a}+{a}={value}")
+            else:
+                text.append(f"{a}{op}{b}={value}")
         text.append(f"\\boxed{{{values[-1]}}}")
         return "\n".join(text)
 
@@ -186,19 +203,20 @@ def is_held_out(prompt: str) -> bool:
 def _slips_for(problem: Problem, line: int) -> list[int]:
     """The arithmetic slips possible at ``line``: off by one or ten, keeping every result >= 0.
 
-    Every later line adds or subtracts the slipped value exactly once with a plus sign (the pair's
-    value enters its chain with a minus, so a slip there flips sign but stays non-zero), so the final
-    answer is always wrong.
+    Every later chain line carries the slip unchanged (its first operand is the previous result), and
+    a doubling line doubles it (``a*2`` and ``a+a`` alike: both of the sum's operands are the slipped
+    value), so the final answer is always off by the slip or twice it, never right.
     """
     return [s for s in (-10, -1, 1, 10) if min(problem.results(line, s)) >= 0]
 
 
-def _corrupt(rng: random.Random, problem: Problem) -> str:
+def _corrupt(rng: random.Random, problem: Problem, double_form: str = "times") -> str:
     """A wrong demonstration: one slipped line, propagated, whose final answer differs from gold."""
-    # +1 on the last line always keeps every result >= 0, so some line always has a slip.
+    # +1 on the last line always keeps every result >= 0, so some line always has a slip. The form
+    # only changes how lines are written, so the slips (and the rng draws) are the same in both forms.
     lines = [line for line in range(len(problem.lines)) if _slips_for(problem, line)]
     line = rng.choice(lines)
-    return problem.demonstration(slip_line=line, slip=rng.choice(_slips_for(problem, line)))
+    return problem.demonstration(slip_line=line, slip=rng.choice(_slips_for(problem, line)), double_form=double_form)
 
 
 def _floor(count: int, share: float) -> int:
@@ -211,6 +229,7 @@ def make_split(
     seed: int | None = None,
     demo_error_rate: float = 0.0,
     skill_share: float | None = None,
+    double_form: str = "times",
 ) -> list[dict]:
     """Generate ``n`` rows of a split: ``{"prompt", "answer", "demonstration", "data_source"}``.
 
@@ -224,6 +243,9 @@ def make_split(
     ``round(rate * n)`` demonstrations wrong (one arithmetic slip propagated to a wrong final
     answer) to study demonstration quality; the rows' ``answer`` stays the correct gold, and the
     problems themselves do not depend on the rate.
+
+    ``double_form``: how demonstrations write the doubling line, ``"times"`` (``10*2=20``, the
+    default) or ``"sum"`` (``10+10=20``), wrong ones included; nothing else in the rows changes.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown sandbox split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -232,6 +254,8 @@ def make_split(
     share = DEFAULT_SKILL_SHARE if skill_share is None else skill_share
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"skill_share must be in [0, 1], got {share}")
+    if double_form not in DOUBLE_FORMS:
+        raise ValueError(f"double_form must be one of {', '.join(DOUBLE_FORMS)}, got {double_form!r}")
     n = DEFAULT_SIZES[split] if n is None else n
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
@@ -264,7 +288,8 @@ def make_split(
         {
             "prompt": problem.prompt,
             "answer": problem.answer,
-            "demonstration": _corrupt(slip_rng, problem) if index in wrong else problem.demonstration(),
+            "demonstration": _corrupt(slip_rng, problem, double_form) if index in wrong
+            else problem.demonstration(double_form=double_form),
             "data_source": f"sandbox-{split}-{problem.family}",
         }
         for index, problem in enumerate(problems)
