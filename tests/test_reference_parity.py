@@ -87,8 +87,8 @@ def gac_masked_mean(values, mask, axis=None):
 
 
 class TemplateController(PublicController):
-    """The public controller with its update_stats (deepnovacore/GAC gac/controller.py@b3c2598, lines
-    190-286) re-typed: the throttle on current_step, σ_r² over the RL rows' sequence-mean advantages,
+    """The public controller with its update_stats (deepnovacore/GAC gac/controller.py@b3c2598, the method
+    before compute_mu) re-typed: the throttle on current_step, σ_r² over the RL rows' sequence-mean advantages,
     σ_s² trimmed over the expert rows' sequence-mean NLL, Δg² the mean over all rows of the sequence
     mean of (g_s - g_r)², g_s = -φ, g_r = -A on RL rows and 0 on expert rows; then the EMAs."""
 
@@ -119,7 +119,7 @@ class TemplateController(PublicController):
 
 
 def gac_prior(global_step, warmup_steps, decay_steps, mu_peak, mu_valley):
-    """gac/controller.py mu_schedule (lines 333-356), re-typed."""
+    """gac/controller.py mu_schedule (the module's last function), re-typed."""
     if global_step < warmup_steps:
         return (global_step / max(1, warmup_steps)) * mu_peak
     if global_step >= (warmup_steps + decay_steps):
