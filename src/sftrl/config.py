@@ -168,6 +168,7 @@ class Config:
     epsilon_high: float | None = _f(None, "Upper clipping range (DAPO's clip-higher, arXiv 2503.14476); default = epsilon.")
     loss_type: str = _f("dapo", "Loss normaliser: grpo (sequence mean), dapo/bnpo (token mean over the step; TRL's bnpo means per micro-batch instead), dr_grpo (sum / (sequences·max_completion_length)).")
     scale_rewards: str = _f("group", "Advantage scaling: group std, batch std or none (Dr. GRPO).")
+    advantage_std_eps: float | None = _f(None, "ε of the advantage (r - mean)/(std + ε); null = the method's reference code: 1e-4 (TRL) for GRPO and the TRL-based methods, 1e-6 (verl, Trinity-RFT) for chord, gac, hpt and luffy.")
     mask_truncated_completions: bool = _f(False, "Exclude truncated completions from the loss (DAPO).")
     clip_ratio: bool = _f(True, "Clip the ratio π_θ/π_old to [1-ε, 1+ε_high]; LUFFY's released code trains without clipping.")
     entropy_coef: float = _f(0.0, "Entropy bonus: subtracts coef · (mean token entropy over the step's rollout and in-group demonstration tokens) from the loss, whatever the loss_type, as TRL does (LUFFY and SRFT use 0.001).")
@@ -336,6 +337,8 @@ def check_fields(c: Config) -> None:
     check(c.temperature > 0, f"temperature: must be positive, got {c.temperature}")
     check(0 < c.top_p <= 1, f"top_p: must be in (0, 1], got {c.top_p}")
     check(c.beta >= 0, f"beta: must be 0 or more, got {c.beta}")
+    check(c.advantage_std_eps is None or c.advantage_std_eps >= 0,
+          f"advantage_std_eps: must be 0 or more or null, got {c.advantage_std_eps}")
     check(c.epsilon >= 0, f"epsilon: must be 0 or more, got {c.epsilon}")
     check(c.epsilon_high is None or c.epsilon_high >= 0, f"epsilon_high: must be 0 or more, got {c.epsilon_high}")
     check(c.max_grad_norm >= 0, f"max_grad_norm: must be 0 or more, got {c.max_grad_norm}")

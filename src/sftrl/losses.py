@@ -41,7 +41,7 @@ def nanstd(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Standard deviation ignoring NaNs, Bessel-corrected, NaN below two values (TRL's ``nanstd``)."""
     mean = torch.nanmean(values, dim=dim, keepdim=True)
     variance = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=True)
-    count = (~values.isnan()).sum(dim=dim, keepdim=True)
+    count = (~values.isnan()).sum(dim=dim, keepdim=True).to(variance.dtype)  # int / int would be float32
     correction = torch.where(count > 1, count / (count - 1).clamp(min=1), torch.full_like(variance, float("nan")))
     std = torch.sqrt(variance * correction)
     return std.squeeze(dim) if dim is not None else std.reshape(())
@@ -54,6 +54,9 @@ def group_advantages(
     eps: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO advantages A_i = (r_i - mean_group(r)) / (std + eps) (DeepSeekMath Eq. 3; TRL semantics).
+
+    eps: TRL's 1e-4 by default; the trainer passes the method's (verl's and Trinity-RFT's 1e-6 for CHORD,
+    HPT, GAC and LUFFY; `Method.std_eps`).
 
     scale_rewards: "group" divides by the group's std, "batch" by the whole batch's std (PPO-Lite),
     "none" does not divide (Dr. GRPO). Std is the unbiased one, as torch/TRL compute it.

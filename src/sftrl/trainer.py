@@ -365,14 +365,19 @@ class Trainer:
     def sft_backward(self, examples: list[Example], weight: float = 1.0,
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
-                     observe: Observer | None = None) -> dict[str, float]:
+                     observe: Observer | None = None, temperature: float = 1.0,
+                     entropy_tokens: int | None = None) -> dict[str, float]:
         """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics.
 
         token_weights: (log-probs, entropy), both (B, T) -> per-token weights of the NLL, as constants
             (SRFT's w_SFT, CHORD's φ = p(1-p)).
         kl_coef: adds kl_coef · exact KL(π_θ‖π_ref) on the demonstration positions (RL→SFT_KL).
         targets: token ids trained on instead of the demonstrations, one list per example (UFT's hints).
-        entropy_coef: subtracts entropy_coef · (mean token entropy over the same tokens) (ReLIFT's SFT update).
+        entropy_coef: subtracts entropy_coef · Σ H_t / entropy_tokens over the same tokens, not scaled by
+            `weight` (ReLIFT's SFT update; HPT's bonus over demonstrations and rollouts).
+        entropy_tokens: the bonus's normaliser over every process; None = the demonstrations' tokens.
+        temperature: the logits are divided by it before the log-softmax (1 = the plain NLL; CHORD's,
+            GAC's and HPT's code score demonstrations at the rollout temperature).
         observe: shown every micro-batch (detached), for statistics (GAC).
         Collective: every process calls it with its own rows (maybe none); the token mean and the metrics
         are over every process's rows. With a reference model loaded, the KL to it is measured (`kl_ref`)
@@ -390,18 +395,19 @@ class Trainer:
         for rows in plan:
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
-            scores = self._score(batch, 1.0, reference=self.reference, kl_grad=kl_coef > 0)
+            scores = self._score(batch, temperature, reference=self.reference, kl_grad=kl_coef > 0)
             logps, entropy = scores.logps, scores.entropy
             weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
             loss = losses.sft_loss(logps, mask, step_tokens, weights)
-            if entropy_coef:
-                loss = loss - entropy_coef * losses.entropy_bonus(entropy, mask, step_tokens)
             if self.reference is not None:
                 kl = scores.kl  # (B, T) exact KL(π_θ‖π_ref), differentiable when trained on
                 if kl_coef > 0:
                     loss = loss + kl_coef * (kl * mask).sum() / max(step_tokens, 1)
                 sums["kl_ref"] += float((kl.detach() * mask).sum())
-            self._backward(weight * loss)
+            loss = weight * loss
+            if entropy_coef:
+                loss = loss - entropy_coef * losses.entropy_bonus(entropy, mask, entropy_tokens or step_tokens)
+            self._backward(loss)
             if observe is not None:
                 observe(TokenView(logps.detach(), entropy.detach(), mask,
                                   torch.ones(len(rows), dtype=torch.bool, device=mask.device), None))
@@ -563,15 +569,19 @@ class Trainer:
                         rewards_local, advantages, group_size, metrics)
 
     def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
-                        observe: Observer | None = None) -> dict[str, float]:
+                        observe: Observer | None = None, entropy_tokens: int | None = None,
+                        entropy_coef: float | None = None) -> dict[str, float]:
         """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
 
         token_loss(logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token
         stats) is the method's loss (a function of `losses`); this adds β·k3 KL on rollout tokens (never
         on demonstrations: π_θ did not sample them, and LUFFY and SRFT apply no KL to off-policy rows),
-        normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus (a token mean
-        over every counted token, whatever the loss_type, as TRL does) and logs the stats' means over
-        rollout tokens (a stat that is NaN on a token is undefined there and left out of its mean).
+        normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus
+        entropy_coef · Σ H_t / entropy_tokens over every counted token (None: this call's counted tokens,
+        a token mean whatever the loss_type, as TRL does; not scaled by `weight`: Trinity-RFT's CHORD and
+        HPT subtract it once from the mixed loss) and logs the stats' means over rollout tokens (a stat
+        that is NaN on a token is undefined there and left out of its mean). entropy_coef: None =
+        config.entropy_coef (GAC's measuring pass, of weight 0, passes 0).
         observe: shown every micro-batch (detached), for statistics (GAC).
         Collective: every process calls it, with its own rows (maybe none: HPT's gate may send all of a
         process's prompts to SFT); the normalisers and the token means logged count every process's rows.
@@ -608,12 +618,14 @@ class Trainer:
                     stats["kl"] = kl.detach()
             loss = losses.reduce_token_loss(per_token, mask, cfg.loss_type, step_sequences, step_tokens,
                                             cfg.max_completion_length)
-            if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * losses.entropy_bonus(entropy, mask, step_tokens)
-            self._backward(weight * loss)
+            loss_total += float(loss.detach())  # grpo/loss: the policy-gradient term, before weight and bonus
+            loss = weight * loss
+            coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
+            if coef:
+                loss = loss - coef * losses.entropy_bonus(entropy, mask, entropy_tokens or step_tokens)
+            self._backward(loss)
             if observe is not None:
                 observe(TokenView(logps.detach(), entropy.detach(), mask, is_demo, advantages))
-            loss_total += float(loss.detach())
             stats["entropy"] = entropy.detach()
             real = batch.target_mask
             rollout_tokens = real * (~is_demo).float().unsqueeze(1)
@@ -652,10 +664,11 @@ class Trainer:
     def _advantages(self, rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Group advantages; with several processes, batch-std scaling uses every rank's rewards."""
         cfg = self.config
+        eps = self.method.std_eps(cfg)  # TRL's 1e-4 or the method's reference code's (verl: 1e-6)
         if self.world == 1 or cfg.scale_rewards != "batch":
-            return losses.group_advantages(rewards, group_size, cfg.scale_rewards)
+            return losses.group_advantages(rewards, group_size, cfg.scale_rewards, eps)
         everyone = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
-        advantages, group_std = losses.group_advantages(everyone, group_size, "batch")
+        advantages, group_std = losses.group_advantages(everyone, group_size, "batch", eps)
         start = self.accelerator.process_index * len(rewards)
         groups = len(rewards) // group_size
         return advantages[start:start + len(rewards)], group_std[start // group_size:][:groups]

@@ -62,7 +62,7 @@ class TokenView:
     """One micro-batch as a method's observer sees it (detached: no gradient flows through what it
     computes). Rows with ``advantages`` None are demonstrations trained by an SFT term."""
 
-    logps: torch.Tensor  # (B, T) log π_θ of the target tokens (temperature-scaled for policy rows)
+    logps: torch.Tensor  # (B, T) log π_θ of the target tokens, at the temperature the term scores at
     entropy: torch.Tensor  # (B, T) full-vocabulary entropy at each target position
     mask: torch.Tensor  # (B, T) 1.0 on tokens the loss counts
     is_demo: torch.Tensor  # (B,) bool: a demonstration row
@@ -90,13 +90,15 @@ class Primitives(Protocol):
     def sft_backward(self, examples: list, weight: float = 1.0,
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
-                     observe: Observer | None = None) -> dict[str, float]: ...
+                     observe: Observer | None = None, temperature: float = 1.0,
+                     entropy_tokens: int | None = None) -> dict[str, float]: ...
 
     def rollouts(self, examples: list, placement: Placement = Placement.NONE,
                  hints: list[str] | None = None) -> Any: ...
 
     def policy_backward(self, rollouts: Any, token_loss: Callable, weight: float = 1.0,
-                        observe: Observer | None = None) -> dict[str, float]: ...
+                        observe: Observer | None = None, entropy_tokens: int | None = None,
+                        entropy_coef: float | None = None) -> dict[str, float]: ...
 
     def grpo_backward(self, examples: list, weight: float = 1.0) -> dict[str, float]: ...
 
@@ -154,6 +156,13 @@ def _no_optimizer(config) -> OptimizerSpec | None:
     return None
 
 
+# The ε of A = (r - mean)/(std + ε), as each method's reference code has it (config advantage_std_eps
+# overrides): TRL's GRPOTrainer adds 1e-4 (GRPO and the methods built on TRL's term); verl's
+# compute_grpo_outcome_advantage and Trinity-RFT's GRPO advantage add 1e-6 (CHORD, HPT, GAC, LUFFY).
+TRL_STD_EPS = 1e-4
+VERL_STD_EPS = 1e-6
+
+
 def peak_learning_rate(config, kind: StepKind) -> float:
     """sft_learning_rate for an SFT step, learning_rate for a step with a policy-gradient term."""
     return config.sft_lr if kind is StepKind.SFT else config.learning_rate
@@ -190,6 +199,11 @@ class Method:
     total_steps: Callable[[Any, dict[str, Any]], int] = _max_steps
     extra_optimizer: Callable[[Any], OptimizerSpec | None] = _no_optimizer
     preset: dict[str, Any] = field(default_factory=dict)  # config defaults; a recipe or override wins
+    advantage_std_eps: float = TRL_STD_EPS  # ε of (r - mean)/(std + ε) in the method's reference code
+
+    def std_eps(self, config) -> float:
+        """The advantages' std ε: config.advantage_std_eps when set, else the method's reference value."""
+        return self.advantage_std_eps if config.advantage_std_eps is None else config.advantage_std_eps
 
     def learning_rate_fields(self, config) -> tuple[str, ...]:
         """The config fields of the peak learning rates this method's steps use."""

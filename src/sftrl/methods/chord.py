@@ -5,25 +5,42 @@
 - L_SFT-φ = -Σ_t φ_t log p_t / (demonstration tokens of the step), φ_t = sg(p_t(1-p_t)) (`chord_phi`;
   CHORD-μ uses φ ≡ 1). The demonstrations are expert rows drawn apart from the RL prompts, a share
   ρ = `expert_data_ratio` of the step's rows (32 prompts × 8 + 64 demonstrations: ρ = 0.2).
-- μ_t: linear from 0 to μ_p over W steps, then μ_v + (μ_p-μ_v)·½(1+cos(π(t-W)/T_d)), then μ_v
-  (Trinity-RFT's `mu_schedule_function`); t counts the steps before this one. CHORD-μ: W = 0,
-  0.9 → 0.05 over T_d = 200; CHORD-φ (the defaults): μ = 0.1 fixed.
+- μ_k: linear from 0 to μ_p over W steps, then μ_v + (μ_p-μ_v)·½(1+cos(π(k-W)/T_d)), then μ_v
+  (Trinity-RFT's `mu_schedule_function`), at k = the number of this update counted from 1, as Trinity's
+  trainer passes it (`sample_strategy.sample(self.train_step_num + 1)`). CHORD-μ: W = 0, 0.9 → 0.05
+  over T_d = 200; CHORD-φ (the defaults): μ = 0.1 fixed.
+- Both terms are scored at the rollout temperature (Trinity's actor runs every row, expert rows
+  included, through one forward at `meta_info["temperature"]`); the advantages' std ε is verl's 1e-6.
 """
 
 import math
 
 from .. import losses
 
-from .base import Method, Observer, StepKind, always, only
+from .base import VERL_STD_EPS, Method, Observer, StepKind, always, only
 
 
 def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
-    """CHORD's μ_t for 0-based step t (and GAC's prior)."""
+    """CHORD's μ at `step` as Trinity-RFT's mu_schedule_function computes it (the caller chooses the
+    count: `update_number` says which)."""
     if step < warmup_steps:
         return step / warmup_steps * peak
     if step >= warmup_steps + decay_steps:
         return valley
     return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps))
+
+
+def update_number(finished_steps: int) -> int:
+    """The step count the references pass to their schedules: this update's number counted from 1
+    (Trinity-RFT's trainer samples update k with step = train_step_num + 1; verl's global_steps
+    starts at 1), where sftrl's trainer.step counts the updates finished before this one."""
+    return finished_steps + 1
+
+
+def chord_mu(config, finished_steps: int) -> float:
+    """μ of the update after `finished_steps` finished ones."""
+    return mu_schedule(update_number(finished_steps), config.chord_mu_warmup_steps, config.chord_mu_decay_steps,
+                       config.chord_mu_peak, config.chord_mu_valley)
 
 
 def expert_rows(config) -> int:
@@ -32,29 +49,30 @@ def expert_rows(config) -> int:
     return round(rho / (1.0 - rho) * config.batch_size * config.num_generations)
 
 
-def mixed_step(trainer, examples, mu: float, observe: Observer | None = None) -> dict:
-    """(1-μ)·L_GRPO on the prompts' rollouts + μ·L_SFT(-φ) on separately drawn demonstrations."""
+def sample(trainer, examples) -> tuple:
+    """The step's rows: the prompts' rollouts and the separately drawn demonstrations."""
+    return trainer.rollouts(examples), trainer.draw_demonstrations(expert_rows(trainer.config))
+
+
+def mixed_backward(trainer, rollouts, demos, mu: float, observe: Observer | None = None) -> dict:
+    """(1-μ)·L_GRPO on the rollouts + μ·L_SFT(-φ) on the demonstrations, both at the rollout temperature."""
     cfg = trainer.config
 
     def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
         return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
 
-    rl = trainer.policy_backward(trainer.rollouts(examples), grpo_loss, weight=1.0 - mu, observe=observe)
-    demos = trainer.draw_demonstrations(expert_rows(cfg))
+    rl = trainer.policy_backward(rollouts, grpo_loss, weight=1.0 - mu, observe=observe)
     phi = (lambda logps, entropy: losses.chord_phi_weights(logps)) if cfg.chord_phi else None
-    sft = trainer.sft_backward(demos, weight=mu, token_weights=phi, observe=observe)
+    sft = trainer.sft_backward(demos, weight=mu, token_weights=phi, observe=observe, temperature=cfg.temperature)
     if "sft/mean_weight" in sft:
         sft["chord/phi_mean"] = sft.pop("sft/mean_weight")
     return {**rl, **sft, "chord/mu": mu, "chord/expert_rows": expert_rows(cfg)}
 
 
 def step(trainer, state, examples, kind):
-    cfg = trainer.config
-    mu = mu_schedule(trainer.step, cfg.chord_mu_warmup_steps, cfg.chord_mu_decay_steps, cfg.chord_mu_peak,
-                     cfg.chord_mu_valley)
-    return mixed_step(trainer, examples, mu)
+    return mixed_backward(trainer, *sample(trainer, examples), chord_mu(trainer.config, trainer.step))
 
 
 # One loss every step, with a policy-gradient term: learning_rate, batch_size prompts.
 METHOD = Method(name="chord", plan=always(StepKind.POLICY), step=step, kinds=only(StepKind.POLICY),
-                needs_demonstrations=True, needs_rollouts=True)
+                needs_demonstrations=True, needs_rollouts=True, advantage_std_eps=VERL_STD_EPS)

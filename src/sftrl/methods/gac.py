@@ -1,5 +1,6 @@
 """GAC (arXiv 2605.26184): CHORD-φ's loss, L = (1-μ_t)·L_GRPO + μ_t·L_SFT-φ, with μ_t set each step by a
-closed-form, noise-aware controller (the public `gac/controller.py`; the training loop is not public).
+closed-form, noise-aware controller (the public `gac/controller.py`, in the order of the author's loop
+template in its README: `compute_hybrid_loss` updates the statistics with step t's batch, then computes μ_t).
 
 Statistics, measured every f = `gac_update_every` steps from the first on (no gradient flows through them):
 - σ_r²: population variance of each rollout row's token-mean advantage, over every process;
@@ -13,8 +14,11 @@ each tracked by an EMA with weight b on the old value, starting from its first v
   μ_a = clip(b·μ_{t-1} + (1-b)·μ*, μ_min, μ_max)                (EMA, prior blend and change cap: Sec. 3.4)
   μ_c = (1-λ)·prior(t) + λ·μ_a                                    (prior: CHORD's schedule)
   μ_t = clip(μ_{t-1} + clip(μ_c - μ_{t-1}, ±c̄), μ_min, μ_max)
-μ_t is computed at the start of step t from the statistics measured in the steps before it; step t's
-statistics come from its own forward passes (no extra pass) and first act on μ_{t+1}.
+On a measuring step the statistics of step t's own rows enter the EMAs before μ_t is computed, so they
+act on μ_t: sftrl measures them in a pass of weight 0 over the same rollouts and demonstrations (one
+extra forward and backward every f steps; nothing is added to the gradient), then weighs the step's
+terms with μ_t. The step count t (the prior's argument, and the measuring cadence) counts updates from 1,
+as verl's global_steps and CHORD's schedule do. Advantages use verl's std ε, 1e-6.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import math
 
 import torch
 
-from .base import Method, StepKind, TokenView, always, only
-from .chord import mixed_step, mu_schedule
+from .base import VERL_STD_EPS, Method, StepKind, TokenView, always, only
+from .chord import mixed_backward, mu_schedule, sample, update_number
 
 EPS = 1e-8  # the public controller's eps: floor of the variances and of the denominator
 
@@ -57,7 +61,8 @@ def row_statistics(view: TokenView, use_phi: bool) -> dict[str, torch.Tensor]:
 
 
 def controller_mu(state: dict, config, step: int) -> dict[str, float]:
-    """Advance μ by one step from the EMA statistics in `state` (updating state["mu"]); returns what to log."""
+    """Advance μ by one step from the EMA statistics in `state` (updating state["mu"]); `step` is the
+    template's global_step (counted from 1), the prior's argument. Returns what to log."""
     ema = state["ema"]
     delta_g2 = ema["delta_g2"] if ema["delta_g2"] is not None else 0.0
     sigma_s2 = ema["sigma_s2"] if ema["sigma_s2"] is not None else 1.0
@@ -90,10 +95,10 @@ def init_state(config, train_size: int) -> dict:
             "ema": {"delta_g2": None, "sigma_s2": None, "sigma_r2": None}}
 
 
-def step(trainer, state, examples, kind):
+def measure(trainer, rollouts, demos) -> dict[str, float]:
+    """σ_r², σ_s² and Δg² of the step's rows, from a pass of weight 0 through both terms (the same
+    forward as the weighted pass: no update comes between them); collective."""
     cfg = trainer.config
-    log = controller_mu(state, cfg, trainer.step)
-    due = state["last_update"] is None or trainer.step - state["last_update"] >= cfg.gac_update_every
     rows: dict[str, list[float]] = {"demo_nll": [], "advantage": [], "mismatch": []}
 
     def observe(view: TokenView) -> None:
@@ -102,21 +107,38 @@ def step(trainer, state, examples, kind):
         rows["mismatch"] += stats["mismatch"].tolist()
         rows["demo_nll" if sft_rows else "advantage"] += stats["nll" if sft_rows else "advantage"].tolist()
 
-    metrics = mixed_step(trainer, examples, state["mu"], observe if due else None)
+    def no_loss(logps, old_logps, entropy, advantages, is_demo):
+        return logps * 0.0, {}
+
+    trainer.policy_backward(rollouts, no_loss, weight=0.0, observe=observe, entropy_coef=0.0)
+    trainer.sft_backward(demos, weight=0.0, observe=observe, temperature=cfg.temperature)
+    a_count, a_sum, a_sq, m_count, m_sum = trainer.global_sums(
+        [len(rows["advantage"]), sum(rows["advantage"]), sum(a * a for a in rows["advantage"]),
+         len(rows["mismatch"]), sum(rows["mismatch"])])
+    mean = a_sum / max(a_count, 1.0)
+    return {"sigma_r2": max(a_sq / max(a_count, 1.0) - mean * mean, EPS) if a_count else 0.0,
+            "sigma_s2": trimmed_variance(trainer.gather_rows(rows["demo_nll"]), cfg.gac_trim_ratio),
+            "delta_g2": m_sum / m_count if m_count else 0.0}
+
+
+def step(trainer, state, examples, kind):
+    cfg = trainer.config
+    global_step = update_number(trainer.step)
+    due = state["last_update"] is None or global_step - state["last_update"] >= cfg.gac_update_every
+    rollouts, demos = sample(trainer, examples)
+    measured = {}
     if due:  # collective on every process alike: `due` depends on the step only
-        a_count, a_sum, a_sq, m_count, m_sum = trainer.global_sums(
-            [len(rows["advantage"]), sum(rows["advantage"]), sum(a * a for a in rows["advantage"]),
-             len(rows["mismatch"]), sum(rows["mismatch"])])
-        mean = a_sum / max(a_count, 1.0)
-        measured = {"sigma_r2": max(a_sq / max(a_count, 1.0) - mean * mean, EPS) if a_count else 0.0,
-                    "sigma_s2": trimmed_variance(trainer.gather_rows(rows["demo_nll"]), cfg.gac_trim_ratio),
-                    "delta_g2": m_sum / m_count if m_count else 0.0}
+        # The template's order: update_stats with step t's batch, then compute_mu gives μ_t.
+        measured = measure(trainer, rollouts, demos)
         update_ema(state["ema"], measured, cfg.gac_ema)
-        state["last_update"] = trainer.step
-        log.update({f"gac/measured_{key}": value for key, value in measured.items()})
+        state["last_update"] = global_step
+    log = controller_mu(state, cfg, global_step)
+    log.update({f"gac/measured_{key}": value for key, value in measured.items()})
+    metrics = mixed_backward(trainer, rollouts, demos, state["mu"])
     return {**metrics, **log, "gac/updated": float(due)}
 
 
 # CHORD-φ's loss every step: learning_rate, batch_size prompts (+ expert rows).
 METHOD = Method(name="gac", plan=always(StepKind.POLICY), step=step, kinds=only(StepKind.POLICY),
-                needs_demonstrations=True, needs_rollouts=True, init_state=init_state)
+                needs_demonstrations=True, needs_rollouts=True, init_state=init_state,
+                advantage_std_eps=VERL_STD_EPS)

@@ -10,13 +10,19 @@ paradigm is, over its own rows of the whole step (L_SFT: token mean over the SFT
 demonstrations; L_GRPO: `loss_type` over the RL prompts' rollouts). The released code instead adds
 c × (demonstration token mean) in every micro-batch that holds one; not copied. If every prompt goes one
 way the step is pure SFT or plain GRPO (the rollouts are still sampled, for the gate).
+As in the released actor (hpt/verl/verl/mix_src/mix_actor.py, lines 133 and 436), every row is scored
+at the rollout temperature, demonstrations included, and the entropy bonus is one token mean over
+every row the step trains on, the SFT prompts' demonstrations and the RL prompts' rollouts alike:
+  L -= entropy_coef · (Σ_demo H_t + Σ_rollout H_t) / (demonstration + rollout tokens),
+not scaled by either term's weight. The std ε of the advantages is verl's, 1e-6.
 """
 
 import torch
 
 from .. import losses
+from ..batching import counted_tokens
 
-from .base import Method, StepKind, always, only
+from .base import VERL_STD_EPS, Method, StepKind, always, only
 
 # The released scripts' settings (a recipe or override wins); lr 5e-6 constant is in recipes/paper-hpt.yaml.
 PRESET = {"loss_type": "dr_grpo", "scale_rewards": "none", "clip_ratio": False, "beta": 0.0, "entropy_coef": 0.001,
@@ -56,18 +62,26 @@ def step(trainer, state, examples, kind):
                "hpt/accuracy": n_correct / (n * group), "hpt/sft_weight": sft_weight, "hpt/rl_weight": rl_weight,
                **rollouts.metrics}
     # The decisions below are on global counts, so every process runs the same collectives.
+    sft_rows = [e for e, sft in zip(examples, to_sft) if sft]
+    kept = rollouts.select([i for i, sft in enumerate(to_sft) if not sft])
+    # The entropy bonus's normaliser: every token the step trains on, as the released actor's
+    # masked_mean(entropy, response_mask) over the whole (micro-)batch.
+    excluded = kept.truncated.tolist() if cfg.mask_truncated_completions else [False] * len(kept.target_ids)
+    demo_tokens, rollout_tokens = trainer.global_sums(
+        [sum(len(trainer.demonstration_ids(e)[0]) for e in sft_rows), counted_tokens(kept.target_ids, excluded)])
+    entropy_tokens = int(demo_tokens + rollout_tokens)
     if n_sft > 0:
-        metrics.update(trainer.sft_backward([e for e, sft in zip(examples, to_sft) if sft], weight=sft_weight))
+        metrics.update(trainer.sft_backward(sft_rows, weight=sft_weight, entropy_coef=cfg.entropy_coef,
+                                            temperature=cfg.temperature, entropy_tokens=entropy_tokens))
     if n_rl > 0:
         def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
             return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high,
                                           clip=cfg.clip_ratio)
 
-        kept = rollouts.select([i for i, sft in enumerate(to_sft) if not sft])
-        metrics.update(trainer.policy_backward(kept, grpo_loss, weight=rl_weight))
+        metrics.update(trainer.policy_backward(kept, grpo_loss, weight=rl_weight, entropy_tokens=entropy_tokens))
     return metrics
 
 
 # Rollouts every step, one optimizer step at learning_rate.
 METHOD = Method(name="hpt", plan=always(StepKind.POLICY), step=step, kinds=only(StepKind.POLICY),
-                needs_demonstrations=True, needs_rollouts=True, preset=PRESET)
+                needs_demonstrations=True, needs_rollouts=True, preset=PRESET, advantage_std_eps=VERL_STD_EPS)
