@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sftrl import analyze, compare as compare_module
+from sftrl import analyze, compare as compare_module, summary
 from sftrl.cli import main
 from sftrl.report import load_run, run_table, smooth, write_report
 
@@ -19,7 +19,7 @@ def compared(tmp_path_factory, tiny_model_dir):
                   budget={"max_steps": 4, "batch_size": 4, "num_generations": 2}, k=2, eval_limit=3, checkpoint_every=2,
                   overrides={"model": str(tiny_model_dir), "max_completion_length": 8, "max_train_examples": 32,
                              "max_eval_examples": 4, "progress": False})
-    results = compare_module.compare(**kwargs)
+    results = compare_module.compare(**kwargs)["default"]  # one regime: the default
     return out, results, kwargs
 
 
@@ -52,7 +52,7 @@ def test_compare_reuses_finished_runs_and_refuses_other_settings(compared, monke
         raise AssertionError(f"{config.run_dir} was trained again")
 
     monkeypatch.setattr("sftrl.trainer.train", no_training)
-    again = compare_module.compare(**kwargs)
+    again = compare_module.compare(**kwargs)["default"]
     assert [r["in-dist"] for r in again] == [r["in-dist"] for r in results]  # samples files reused too
     with pytest.raises(FileExistsError, match="other settings"):
         compare_module.compare(**{**kwargs, "overrides": {**kwargs["overrides"], "learning_rate": 5e-4}})
@@ -61,28 +61,28 @@ def test_compare_reuses_finished_runs_and_refuses_other_settings(compared, monke
 
 
 def test_mean_std_and_smooth():
-    assert compare_module.mean_std([0.1, 0.3]) == pytest.approx((0.2, math.sqrt(0.02)))
-    assert compare_module.mean_std([0.5]) == (0.5, 0.0)
+    assert summary.mean_std([0.1, 0.3]) == pytest.approx((0.2, math.sqrt(0.02)))
+    assert summary.mean_std([0.5]) == (0.5, 0.0)
     assert smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
 
 
 def test_confidence_intervals_and_paired_differences():
     # n = 5: t(0.975, 4) = 2.776; values 1..5 have sd sqrt(2.5).
-    mean, half = compare_module.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, half = summary.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert mean == 3.0 and half == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
-    assert compare_module.mean_ci([0.4]) == (0.4, 0.0)
-    assert compare_module.mean_ci([0.1] * 40)[1] == pytest.approx(0.0)
+    assert summary.mean_ci([0.4]) == (0.4, 0.0)
+    assert summary.mean_ci([0.1] * 40)[1] == pytest.approx(0.0)
     # Paired: b is a plus a seed-independent 0.1 with a little noise; unpaired spreads overlap, pairs do not.
     a = [0.10, 0.50, 0.30, 0.70, 0.20]
     b = [x + 0.1 + e for x, e in zip(a, [0.01, -0.01, 0.0, 0.02, -0.02])]
     results = [{"method": "a", "seed": s, "x": v} for s, v in enumerate(a)]
     results += [{"method": "b", "seed": s, "x": v} for s, v in enumerate(b)]
     results.append({"method": "c", "seed": 0, "x": 0.9})  # one shared seed: no interval, no row
-    rows = compare_module.paired_differences(results, lambda r: r["x"], ["a", "b", "c"])
+    rows = summary.paired_differences(results, lambda r: r["x"], ["a", "b", "c"])
     assert [(r["a"], r["b"], r["seeds"]) for r in rows] == [("a", "b", 5)]
     assert rows[0]["mean"] == pytest.approx(-0.1) and rows[0]["separated"]
-    assert rows[0]["ci95"] == pytest.approx(compare_module.mean_ci([-0.11, -0.09, -0.1, -0.12, -0.08])[1])
-    assert compare_module.mean_ci(b)[1] > 0.1  # the unpaired interval alone would not separate them
+    assert rows[0]["ci95"] == pytest.approx(summary.mean_ci([-0.11, -0.09, -0.1, -0.12, -0.08])[1])
+    assert summary.mean_ci(b)[1] > 0.1  # the unpaired interval alone would not separate them
 
 
 def test_tuning_grid_covers_the_rates_each_method_uses():
@@ -218,16 +218,19 @@ def test_compare_tunes_on_the_validation_split_in_parallel_processes(tmp_path, t
         methods=["grpo"], seeds=[0, 1], out_dir=tmp_path, budget={"max_steps": 2, "batch_size": 2, "num_generations": 2},
         k=1, eval_limit=2, jobs=2, tune_grid=grid,
         overrides={"model": str(tiny_model_dir), "max_completion_length": 6, "max_train_examples": 8,
-                   "max_eval_examples": 3})
+                   "max_eval_examples": 3})["default"]
     saved = json.loads((tmp_path / "results.json").read_text())
     scores = saved["tuning"]["grpo"]["scores"]
     assert [s["learning_rate"] for s in scores] == [1e-5, 1e-3]
-    best = max(s["val_greedy"] for s in scores)
-    first_best = next(s["learning_rate"] for s in scores if s["val_greedy"] == best)  # ties: the lower rate
+    # Scored by the table's own metric (sampled avg@k at the eval temperature), greedy kept beside it.
+    assert all(0 <= s["val_sampled"] <= 1 and 0 <= s["val_greedy"] <= 1 for s in scores)
+    best = max(s["val_sampled"] for s in scores)
+    first_best = next(s["learning_rate"] for s in scores if s["val_sampled"] == best)  # ties: the lower rate
     assert saved["tuning"]["grpo"]["chosen"] == {"learning_rate": first_best}
     for point in ("lr1e-05", "lr0.001"):
         tuned = yaml.safe_load((tmp_path / "tune" / f"grpo-{point}" / "config.yaml").read_text())
         assert tuned["eval_data"] == "sandbox:val" and tuned["seed"] == compare_module.TUNE_SEED
+        assert tuned["eval_samples"] == 1 and tuned["eval_temperature"] == 0.6
         assert "accuracy after training" in (tmp_path / "logs" / f"tune-grpo-{point}.log").read_text()  # its own log
     for seed in (0, 1):
         run = yaml.safe_load((tmp_path / f"grpo-seed{seed}" / "config.yaml").read_text())

@@ -212,7 +212,7 @@ def test_load_reward_from_module_and_from_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("maths", r"unknown reward function 'maths'.*math, choice, sandbox"),
+        ("maths", r"unknown reward function 'maths'.*math, choice, coin, sandbox"),
         ("my_pkg.rewards", r"'my_pkg.rewards': missing the ':function' part"),
         ("rewards.py:", r"'rewards.py:': missing the function part"),
         ("no/such/file.py:fn", r"'no/such/file.py:fn': file 'no/such/file.py' not found"),

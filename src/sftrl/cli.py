@@ -170,6 +170,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_range("--eval-limit", args.eval_limit, 1)
     check_range("--temperature", args.temperature, 0)
     check_range("--checkpoint-every", args.checkpoint_every, 0)
+    check_range("--curve-every", args.curve_every, 0)
+    check_range("--budget-amount", args.budget_amount, 1, allow_none=True)
     for option in ("max_steps", "batch_size", "num_generations"):
         check_range(f"--{option.replace('_', '-')}", getattr(args, option), 1, allow_none=True)
     check_output_dir("--output-dir", args.output_dir)
@@ -184,7 +186,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "sft_learning_rate": args.sft_lr_grid or DEFAULT_LR_GRID["sft_learning_rate"]}
     compare(args.methods or METHOD_ORDER, args.seeds, args.output_dir, budget=budget, k=args.k,
             temperature=args.temperature, eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
-            overrides=overrides, jobs=args.jobs, tune_grid=grid)
+            overrides=overrides, jobs=args.jobs, tune_grid=grid, budget_kind=args.budget,
+            budget_amount=args.budget_amount, grid=args.grid, curve_every=args.curve_every)
     return 0
 
 
@@ -363,16 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
                                      "budget, evaluate in and out of distribution, and write comparison.md (mean "
                                      "and 95%% confidence interval over seeds, paired differences), "
                                      "final_accuracy.png and the training-dynamics report.")
-    cmp.add_argument("--methods", nargs="+", default=None, help="default: all (sft grpo sft-then-grpo "
-                     "grpo-then-sft static luffy srft hpt relift chord uft sasr gac)")
+    cmp.add_argument("--methods", nargs="+", default=None, help="grpo-random is the negative control, GRPO rewarded by a coin paying with the base model's "
+                     "measured pass rate; default: all (sft grpo grpo-random sft-then-grpo grpo-then-sft static luffy "
+                     "srft hpt relift chord uft sasr gac)")
     cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     cmp.add_argument("--jobs", "-j", type=int, default=min(8, os.cpu_count() or 1),
                      help="runs at once, in separate processes sharing the CPU threads (default: the cores, at most 8)")
     cmp.add_argument("--max-steps", type=int, default=None, help="optimizer steps per run (default: the sandbox budget, 50)")
     cmp.add_argument("--batch-size", type=int, default=None, help="prompts per step (default: 16)")
     cmp.add_argument("--num-generations", type=int, default=None, help="rollouts per prompt (default: 8)")
+    cmp.add_argument("--budget", choices=("steps", "sequences", "tokens"), default="steps",
+                     help="what every run gets the same amount of: optimizer steps (default), trained sequences, or "
+                          "token passes (generated + trained tokens); see README, Compare")
+    cmp.add_argument("--budget-amount", type=int, default=None,
+                     help="with --budget sequences/tokens: how many (default: max_steps x sft_batch_size sequences, "
+                          "80 token passes per such sequence)")
+    cmp.add_argument("--grid", nargs="+", default=None, metavar="key=v1,v2",
+                     help="regimes: each value of each key alone beside the default (any config field, sandbox knobs "
+                          "and max_steps included), each in OUT/<key=value>/, and the regime map in OUT")
+    cmp.add_argument("--curve-every", type=int, default=0,
+                     help="keep a checkpoint every N steps and evaluate each (learning curves against steps and "
+                          "token passes; 0 = final models only)")
     cmp.add_argument("--tune", action="store_true",
-                     help="first choose each method's learning rate(s) on a grid, by greedy accuracy on sandbox:val")
+                     help="first choose each method's learning rate(s) on a grid, by sampled avg@k on sandbox:val")
     cmp.add_argument("--lr-grid", nargs="+", type=float, default=None,
                      help="learning_rate values to try with --tune (default: 3e-5 1e-4 3e-4)")
     cmp.add_argument("--sft-lr-grid", nargs="+", type=float, default=None,

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import itertools
 import json
-import math
 import os
 import shutil
 import time
@@ -38,12 +37,23 @@ from .errors import RunError, SftrlError
 from .formatting import number
 from .validate import load_config
 from .methods import METHODS
+from .summary import mean_ci  # noqa: F401  (re-exported: benchmarks/sandbox_gains.py reads it from here)
+from .summary import (BASE, CONTROL, METHOD_ORDER, comparison_table, differences_table, headline, paired_differences,
+                      plot_accuracy, plot_curves, plot_regime_map, regime_cells, regime_map_table)
 
-# GAC sits beside SASR: both let gradient statistics pick the mixture.
-METHOD_ORDER = ["sft", "grpo", "sft-then-grpo", "grpo-then-sft", "static", "luffy", "srft", "hpt", "relift", "chord",
-                "uft", "sasr", "gac"]
+# A row that is not a method of its own: (the method it runs, what it sets). The coin's chance of
+# paying is the base model's measured pass rate (measure_pass_rate), filled in per regime.
+CONTROLS: dict[str, tuple[str, dict[str, Any]]] = {CONTROL: ("grpo", {"reward_funcs": ["coin"]})}
+BUDGETS = ("steps", "sequences", "tokens")
+# Settings that change only the demonstrations: a method that trains on none runs the same with any value,
+# so a grid reuses its run across regimes that differ only in them.
+DEMONSTRATION_FIELDS = ("sandbox_demo_error_rate", "sandbox_double_form")
 SPLITS = {"in-dist": "sandbox:test", "ood": "sandbox:ood"}
 FAMILIES = ("chain", "double")
+STEP_CAP_FACTOR = 4  # under a sequence or token budget no run takes more than this x max_steps steps
+# The default token budget per budgeted sequence: about what a GRPO step of the sandbox spends per rollout
+# (measured on the base model: ~17 prompt + ~30 generated tokens, then prompt + completion trained on).
+TOKENS_PER_SEQUENCE = 80
 TUNE_SEED = 1000  # tuning runs use a seed of their own, so the compared seeds never choose their own rates
 # The sandbox budget every compared run shares (recipes/sandbox-*.yaml carry the same values).
 DEFAULT_BUDGET: dict[str, Any] = {
@@ -52,10 +62,6 @@ DEFAULT_BUDGET: dict[str, Any] = {
     "lr_scheduler": "constant", "warmup_steps": 5, "max_completion_length": 64,
 }
 DEFAULT_LR_GRID = {"learning_rate": [3e-5, 1e-4, 3e-4], "sft_learning_rate": [3e-4, 1e-3, 3e-3]}
-# Two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond 30).
-T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
 
 def budget_overrides(budget: dict[str, Any]) -> dict[str, Any]:
     """The config values every run shares; phase lengths are fractions of the steps."""
@@ -72,11 +78,52 @@ def method_overrides(method: str, budget: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def run_config(method: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int) -> Config:
-    """One run's config: the method's defaults and preset, then the shared budget, then seed and paths."""
-    return load_config(None, {"method": method, **method_overrides(method, shared), **shared, "seed": seed,
-                              "output_dir": str(run_dir),
-                              "save_every": checkpoint_every, "save_total_limit": 1000})
+def method_of(label: str) -> str:
+    """The method a row runs: itself, or for a control the method it is built on."""
+    return CONTROLS[label][0] if label in CONTROLS else label
+
+
+def known_label(label: str) -> bool:
+    return label in METHODS or label in CONTROLS
+
+
+def run_config(label: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int) -> Config:
+    """One run's config: the method's defaults and preset, then the shared budget, then the control's
+    settings (for a control row), then seed and paths. A method that trains on no demonstrations gets
+    the default of every demonstration-only setting, so its run does not depend on them."""
+    method = method_of(label)
+    values = {"method": method, **method_overrides(method, shared), **shared,
+              **(CONTROLS[label][1] if label in CONTROLS else {}), "seed": seed, "output_dir": str(run_dir),
+              "save_every": checkpoint_every, "save_total_limit": 1000,
+              # compare samples avg@k itself on both splits (evaluate_run); the trainer's own evaluation keeps
+              # greedy accuracy only, so no run pays twice for the same samples (result-neutral: reuse holds)
+              "eval_samples": 0}
+    if not METHODS[method].needs_demonstrations:
+        defaults = Config().to_dict()
+        values.update({name: defaults[name] for name in DEMONSTRATION_FIELDS if name in defaults})
+    return load_config(None, values)
+
+
+def budget_limits(budget: str, shared: dict[str, Any], amount: int | None) -> dict[str, Any]:
+    """The config values a budget sets. steps: `max_steps` steps each (today's sandbox budget). sequences:
+    every run trains on the same count of sequences (max_steps x sft_batch_size by default; a step
+    with more rows, e.g. SRFT's demonstrations or CHORD's expert rows, spends it faster). tokens: the same
+    count of token passes (see Config.max_token_passes; default TOKENS_PER_SEQUENCE x that many
+    sequences). Under sequences and tokens a run may take up to STEP_CAP_FACTOR x max_steps steps."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"--budget: {budget!r} is not one of {', '.join(BUDGETS)}")
+    if amount is not None and amount < 1:
+        raise ConfigError(f"--budget-amount: must be at least 1, got {amount}")
+    if budget == "steps":
+        if amount is not None:
+            raise ConfigError("--budget-amount: only with --budget sequences or tokens (use --max-steps for steps)")
+        return {}
+    steps = shared["max_steps"]
+    sequences = steps * (shared.get("sft_batch_size") or shared["batch_size"])
+    cap = {"max_steps": STEP_CAP_FACTOR * steps}
+    if budget == "sequences":
+        return {**cap, "max_train_sequences": amount or sequences}
+    return {**cap, "max_token_passes": amount or TOKENS_PER_SEQUENCE * sequences}
 
 
 def _differences(run_dir: Path, config: Config) -> list[str]:
@@ -115,7 +162,7 @@ def train_or_reuse(config: Config) -> tuple[Path, str]:
 
 def evaluate_run(model_dir: Path, eval_dir: Path, k: int, temperature: float, limit: int, seed: int,
                  max_new_tokens: int, trust_remote_code: bool = False,
-                 chat_template_kwargs: dict | None = None) -> dict[str, dict]:
+                 chat_template_kwargs: dict | None = None, splits: tuple[str, ...] = tuple(SPLITS)) -> dict[str, dict]:
     """avg@k and pass@k of one model on each split, overall and per family (`<split>/<family>`);
     samples go to eval_dir/<split>.jsonl (resumable). Prompts are rendered as in training."""
     from .data import load_examples
@@ -127,7 +174,8 @@ def evaluate_run(model_dir: Path, eval_dir: Path, k: int, temperature: float, li
     sampler = functools.partial(sample_with_generate, chat_template_kwargs=chat_template_kwargs)
     fingerprint = model_fingerprint(str(model_dir))  # a retrained model is evaluated again, never served old samples
     results = {}
-    for name, source in SPLITS.items():
+    for name in splits:
+        source = SPLITS[name]
         questions = build_questions(load_examples(source, limit=limit), source, k=k)
         settings = {"model": str(model_dir), "k": k, "shuffle_choices": False, "model_sha256": fingerprint,
                     "chat_template_kwargs": chat_template_kwargs}
@@ -142,126 +190,67 @@ def evaluate_run(model_dir: Path, eval_dir: Path, k: int, temperature: float, li
     return results
 
 
-# ------------------------------------------------------------------------------------ statistics
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
+def measure_pass_rate(shared: dict[str, Any], prompts: int = 256, samples: int = 4, seed: int = 0) -> float:
+    """The base model's pass rate on the run's training prompts at the rollout temperature: what GRPO's
+    reward pays at its first step, and so the chance the negative control's coin pays."""
+    import torch
+
+    from .data import load_examples
+    from .evaluate import evaluate_accuracy
+    from .models import load_model, load_tokenizer, resolve_model_path
+
+    config = load_config(None, {"method": "grpo", **shared})
+    path = resolve_model_path(config.model)
+    examples = load_examples(config.train_data, config.train_split, limit=prompts,
+                             sandbox_demo_error_rate=config.sandbox_demo_error_rate,
+                             sandbox_skill_share=config.sandbox_skill_share, sandbox_train_size=config.sandbox_train_size)
+    torch.manual_seed(seed)
+    result = evaluate_accuracy(load_model(path), load_tokenizer(path), examples, max_new_tokens=config.max_completion_length,
+                               temperature=config.temperature, num_samples=samples,
+                               chat_template_kwargs=config.chat_template_kwargs)
+    return result["accuracy"]
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its two-sided 95% confidence interval (Student t; 0 for one value)."""
-    mean, std = mean_std(values)
-    n = len(values)
-    if n < 2:
-        return mean, 0.0
-    t = T95[n - 2] if n - 1 <= len(T95) else 1.96
-    return mean, t * std / math.sqrt(n)
-
-
-def paired_differences(results: list[dict[str, Any]], metric: Callable[[dict], float | None],
-                       methods: list[str]) -> list[dict[str, Any]]:
-    """For every pair of methods (a before b in `methods`), the mean over shared seeds of
-    metric(a) - metric(b) and its 95% CI; `separated` when the interval excludes 0."""
-    by_key = {(r["method"], r["seed"]): metric(r) for r in results}
-    rows = []
-    for a, b in itertools.combinations(methods, 2):
-        seeds = sorted(s for (m, s), v in by_key.items() if m == a and v is not None
-                       and by_key.get((b, s)) is not None)
-        if len(seeds) < 2:
-            continue
-        mean, half = mean_ci([by_key[(a, s)] - by_key[(b, s)] for s in seeds])
-        rows.append({"a": a, "b": b, "seeds": len(seeds), "mean": mean, "ci95": half,
-                     "separated": abs(mean) > half})
-    return rows
-
-
-# ------------------------------------------------------------------------------------ tables
-def _names(results: list[dict[str, Any]]) -> list[str]:
-    present = {r["method"] for r in results}
-    names = ["base"] + [m for m in METHOD_ORDER if m in present]
-    return names + sorted(present - set(names))
-
-
-def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values:
-        return "–"
-    mean, half = mean_ci([v * scale for v in values])
-    spec = f".{digits}f"
-    return f"{number(mean, spec)} ± {number(half, spec)}" if len(values) > 1 else number(mean, spec)
-
-
-def comparison_table(results: list[dict[str, Any]], k: int) -> str:
-    """Markdown: one row per method (base model first), mean ± 95% CI half-width over seeds, in percent."""
-    columns = [("in-dist", f"in-dist avg@{k}"), ("in-dist/chain", "chain"), ("in-dist/double", "double"),
-               ("ood", f"ood avg@{k}"), ("ood/chain", "ood chain"), ("ood/double", "ood double")]
-    lines = ["| method | seeds | " + " | ".join(title for _, title in columns) + " | greedy in-dist | train s |",
-             "|---|---:|" + "---:|" * (len(columns) + 2)]
-    for name in _names(results):
-        rows = [r for r in results if r["method"] == name]
-        cells = [_cell([r[key]["avg@k"] for r in rows if key in r]) for key, _ in columns]
-        greedy = _cell([r["greedy_after"] for r in rows if r.get("greedy_after") is not None])
-        seconds = _cell([r["train_seconds"] for r in rows if r.get("train_seconds") is not None], 1.0, 0)
-        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {greedy} | {seconds} |")
-    return "\n".join(lines)
-
-
-def differences_table(results: list[dict[str, Any]], k: int) -> str:
-    """Markdown: paired differences (row a minus b, same seeds) of avg@k with 95% CIs, in points;
-    a bold entry's interval excludes zero."""
-    names = _names(results)
-    diffs = {split: {(d["a"], d["b"]): d for d in
-                     paired_differences(results, lambda r, s=split: r.get(s, {}).get("avg@k"), names)}
-             for split in ("in-dist", "ood")}
-    lines = [f"| a − b | in-dist avg@{k} | ood avg@{k} |", "|---|---:|---:|"]
-    for a, b in itertools.combinations(names, 2):
-        cells = []
-        for split in ("in-dist", "ood"):
-            d = diffs[split].get((a, b))
-            if d is None:
-                cells.append("–")
-                continue
-            text = f"{number(100 * d['mean'], '+.1f')} ± {number(100 * d['ci95'], '.1f')}"
-            cells.append(f"**{text}**" if d["separated"] else text)
-        if any(c != "–" for c in cells):
-            lines.append(f"| {a} − {b} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
-
-
-def plot_accuracy(results: list[dict[str, Any]], k: int, path: Path) -> None:
-    """Grouped bars: in-distribution and OOD avg@k per method, mean over seeds, error bars the 95% CI,
-    seeds as dots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = _names(results)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 1.5), 4))
-    for offset, (split, color) in zip((-0.2, 0.2), (("in-dist", "#1f77b4"), ("ood", "#ff7f0e"))):
-        for i, name in enumerate(names):
-            values = [100 * r[split]["avg@k"] for r in results if r["method"] == name]
-            if not values:
-                continue
-            mean, half = mean_ci(values)
-            ax.bar(i + offset, mean, width=0.4, color=color, yerr=half if len(values) > 1 else None, capsize=3,
-                   label=f"{split} ({SPLITS[split]})" if i == 0 else None)
-            ax.scatter([i + offset] * len(values), values, color="black", s=6, zorder=3)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set(ylabel=f"avg@{k} (%)", title="Sandbox accuracy after equal budgets (mean, 95% CI over seeds)")
-    ax.grid(axis="y", alpha=0.3)
-    from .report import legend_outside, save_figure
-
-    legend_outside(ax, 2)  # beside the bars: over them it hides the seeds' dots
-    save_figure(fig, path)
+def control_prob(regime_dir: Path, shared: dict[str, Any]) -> float:
+    """The control's coin probability for this regime: measured once, then read from control.json (so a
+    resumed comparison uses the same value on any machine)."""
+    path = regime_dir / "control.json"
+    key = {name: shared.get(name) for name in ("model", "train_data", "temperature", "max_completion_length",
+                                               "sandbox_skill_share", "sandbox_train_size")}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == key:
+            return stored["coin_reward_prob"]
+    prob = round(measure_pass_rate(shared), 3)
+    regime_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": key, "coin_reward_prob": prob,
+                                "how": "base model's pass rate on 256 training prompts x 4 samples at the rollout "
+                                       "temperature"}, indent=2))
+    return prob
 
 
 # ------------------------------------------------------------------------------------ running jobs
+def _curve(run_dir: Path, e: dict[str, Any]) -> list[dict[str, Any]]:
+    """In-distribution avg@k of each kept checkpoint, with the step and the token passes spent by then."""
+    from . import runlog
+    from .checkpoint import checkpoint_dirs
+
+    spent = {r["step"]: r.get("total_token_passes") for r in runlog.read(run_dir / "metrics.jsonl")
+             if "total_token_passes" in r}
+    points = []
+    for path in checkpoint_dirs(run_dir):
+        step = int(path.name.split("-")[-1])
+        evals = evaluate_run(path, run_dir / "eval" / "curve" / path.name, e["k"], e["temperature"], e["limit"],
+                             e["seed"], e["max_new_tokens"], e["trust_remote_code"], e["chat_template_kwargs"],
+                             splits=("in-dist",))
+        points.append({"step": step, "token_passes": spent.get(step), "avg@k": evals["in-dist"]["avg@k"]})
+    return points
+
+
 def _job(task: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse) one run and/or evaluate one model; runs in a worker process or inline.
 
-    task: {"config": dict | None, "eval": dict | None, "threads": int | None, "log": str | None}.
+    task: {"config": dict | None, "eval": dict | None, "curve": bool, "threads": int | None, "log": str | None}.
     """
     import torch
 
@@ -280,12 +269,19 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
             config = load_config(None, task["config"])
             run_dir, out["what"] = train_or_reuse(config)
             summary = json.loads((run_dir / "summary.json").read_text())
-            out["greedy_after"] = summary.get("eval_after", {}).get("eval/accuracy")
-            out["train_seconds"] = summary.get("train_seconds")
+            after = summary.get("eval_after", {})
+            out.update(greedy_after=after.get("eval/accuracy"), sampled_after=after.get("eval/sampled_accuracy"),
+                       train_seconds=summary.get("train_seconds"), steps=summary.get("steps"),
+                       total_token_passes=summary.get("total_token_passes"),
+                       total_train_sequences=summary.get("total_train_sequences"))
         if task.get("eval") is not None:
             e = task["eval"]
             out["evals"] = evaluate_run(Path(e["model"]), Path(e["dir"]), e["k"], e["temperature"], e["limit"],
                                         e["seed"], e["max_new_tokens"], e["trust_remote_code"], e["chat_template_kwargs"])
+            if task.get("curve"):
+                out["curve"] = _curve(Path(task["config"]["output_dir"]), e) + [
+                    {"step": out["steps"], "token_passes": out["total_token_passes"],
+                     "avg@k": out["evals"]["in-dist"]["avg@k"]}]
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -295,9 +291,9 @@ def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, d
     threads); prints one line per finished task; results in task order. A failed task stops the rest."""
     results: list[dict[str, Any] | None] = [None] * len(tasks)
     if jobs <= 1 or len(tasks) <= 1:
-        for number, task in enumerate(tasks):
-            results[number] = _job({**task, "log": None, "threads": None})
-            print(f"  [{number + 1}/{len(tasks)}] {describe(task, results[number])}", flush=True)
+        for i, task in enumerate(tasks):
+            results[i] = _job({**task, "log": None, "threads": None})
+            print(f"  [{i + 1}/{len(tasks)}] {describe(task, results[i])}", flush=True)
         return results  # type: ignore[return-value]
     threads = max(1, (os.cpu_count() or 2) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -332,93 +328,171 @@ def _rate_tag(point: dict[str, float]) -> str:
     return "-".join(f"{short[k]}{number(v, 'g')}" for k, v in point.items())
 
 
-def tune(methods: list[str], shared: dict[str, Any], out_dir: Path, grid: dict[str, list[float]],
-         jobs: int) -> dict[str, dict[str, Any]]:
-    """Train each method at every grid point (seed TUNE_SEED, greedy accuracy on sandbox:val) and keep
-    the best point per method (ties: the earlier, lower rates). Returns {method: {"chosen", "scores"}}."""
+def tune(labels: list[str], shared: dict[str, Any], out_dir: Path, grid: dict[str, list[float]], jobs: int,
+         k: int, temperature: float) -> dict[str, dict[str, Any]]:
+    """Train each method at every grid point (seed TUNE_SEED) and keep the point with the best sampled
+    accuracy (avg@k at `temperature`, the table's own metric) on sandbox:val (ties: the earlier, lower
+    rates); greedy accuracy is recorded beside it. A control row takes its method's rates.
+    Returns {method: {"chosen", "best", "scores"}}."""
+    methods = list(dict.fromkeys(method_of(label) for label in labels))
     tasks, points = [], []
     for method in methods:
         for point in tuning_grid(method, shared, grid):
             run_dir = out_dir / "tune" / f"{method}-{_rate_tag(point)}"
             values = {"method": method, **shared, **point, "seed": TUNE_SEED, "eval_data": "sandbox:val",
+                      "eval_samples": k, "eval_temperature": temperature,
                       "output_dir": str(run_dir), "save_every": 0, "progress": jobs <= 1}
             load_config(None, values)  # a bad value fails before anything runs
             tasks.append({"config": values, "log": str(out_dir / "logs" / f"tune-{run_dir.name}.log"), "point": point})
             points.append((method, point))
-    print(f"tuning: {len(tasks)} runs on sandbox:val (seed {TUNE_SEED})", flush=True)
+    print(f"tuning: {len(tasks)} runs on sandbox:val (seed {TUNE_SEED}), scored by avg@{k} at T {number(temperature, 'g')}",
+          flush=True)
 
     def describe(task, result):
         c = task["config"]
-        score = f": val greedy {number(result['greedy_after'], '.1%')}" if result.get("greedy_after") is not None else ""
+        score = (f": val avg@{k} {number(result['sampled_after'], '.1%')} (greedy {number(result['greedy_after'], '.1%')})"
+                 if result.get("sampled_after") is not None else "")
         return f"tune {c['method']} {_rate_tag(task['point'])}{score}"
 
     finished = run_jobs(tasks, jobs, describe)
     tuning: dict[str, dict[str, Any]] = {}
     for (method, point), result in zip(points, finished):
         entry = tuning.setdefault(method, {"scores": [], "chosen": None, "best": -1.0})
-        entry["scores"].append({**point, "val_greedy": result["greedy_after"]})
-        if result["greedy_after"] > entry["best"]:
-            entry["chosen"], entry["best"] = point, result["greedy_after"]
+        entry["scores"].append({**point, "val_sampled": result["sampled_after"], "val_greedy": result["greedy_after"]})
+        if result["sampled_after"] > entry["best"]:
+            entry["chosen"], entry["best"] = point, result["sampled_after"]
     return tuning
 
 
-def tuning_table(tuning: dict[str, dict[str, Any]]) -> str:
-    lines = ["| method | learning_rate | sft_learning_rate | val greedy | tried |", "|---|---:|---:|---:|---|"]
+def tuning_table(tuning: dict[str, dict[str, Any]], k: int) -> str:
+    lines = [f"| method | learning_rate | sft_learning_rate | val avg@{k} | tried (val avg@{k} / greedy) |",
+             "|---|---:|---:|---:|---|"]
     for method, entry in tuning.items():
         chosen = entry["chosen"]
-        tried = ", ".join(f"{_rate_tag({k: v for k, v in s.items() if k != 'val_greedy'})}: {number(s['val_greedy'], '.1%')}"
-                          for s in entry["scores"])
+        tried = ", ".join(
+            f"{_rate_tag({key: v for key, v in s.items() if not key.startswith('val_')})}: "
+            f"{number(s['val_sampled'], '.1%')} / {number(s['val_greedy'], '.1%')}" for s in entry["scores"])
         lines.append(f"| {method} | {chosen.get('learning_rate', '–')} | {chosen.get('sft_learning_rate', '–')} | "
                      f"{number(entry['best'], '.1%')} | {tried} |")
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------ regimes
+def expand_grid(grid: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
+    """`key=v1,v2 ...` -> the regimes: ("default", {}) first, then each key at each of its values with
+    every other setting at its default (one knob at a time, not their product), named `key=value`."""
+    from .config import parse_overrides
+
+    regimes: list[tuple[str, dict[str, Any]]] = [("default", {})]
+    for item in grid or []:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid: expected key=value1,value2,..., got {item!r}")
+        for text in values.split(","):
+            if not text.strip():
+                raise ConfigError(f"--grid: an empty value in {item!r}")
+            value = parse_overrides([f"{key.strip()}={text.strip()}"])[key.strip()]
+            name = f"{key.strip()}={text.strip()}"
+            if name in (n for n, _ in regimes):
+                raise ConfigError(f"--grid: {name} is given twice")
+            regimes.append((name, {key.strip(): value}))
+    return regimes
+
+
+def _run_key(config: Config) -> str:
+    """What makes two runs the same run: every result-changing setting (not where it is written)."""
+    from .config import RESULT_NEUTRAL_FIELDS
+
+    values = {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL_FIELDS and k != "output_dir"}
+    return json.dumps(values, sort_keys=True, default=str)
+
+
 # ------------------------------------------------------------------------------------ compare
 def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: dict[str, Any] | None = None,
             k: int = 4, temperature: float = 0.6, eval_limit: int = 200, checkpoint_every: int = 0,
-            overrides: dict[str, Any] | None = None, jobs: int = 1, tune_grid: dict[str, list[float]] | None = None
-            ) -> list[dict[str, Any]]:
-    """Train (or reuse) every method x seed, evaluate each, and write the tables, plots and report.
+            overrides: dict[str, Any] | None = None, jobs: int = 1, tune_grid: dict[str, list[float]] | None = None,
+            budget_kind: str = "steps", budget_amount: int | None = None, grid: list[str] | None = None,
+            curve_every: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Train (or reuse) every method x seed in every regime, evaluate each, and write the tables, plots
+    and reports; returns {regime: result rows}.
 
-    budget: the shared settings (default DEFAULT_BUDGET; keys given replace its values); overrides:
-    further config values for every run; tune_grid: {"learning_rate": [...], "sft_learning_rate":
-    [...]} to tune each method's rates on sandbox:val first (None: no tuning).
+    budget: the shared settings (default DEFAULT_BUDGET; keys given replace its values); budget_kind:
+    steps, sequences or tokens (budget_limits), budget_amount its size; overrides: further config values
+    for every run; grid: `key=v1,v2` items, each value a regime of its own beside the default (OUT/<regime>/,
+    and the regime map in OUT); tune_grid: {"learning_rate": [...], "sft_learning_rate": [...]} to tune
+    each method's rates on sandbox:val in the default regime first (None: no tuning); curve_every: keep
+    a checkpoint every N steps and evaluate each (learning curves).
     """
-    from .report import load_run, write_report
-
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if not known_label(m)]
     if unknown:
-        raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_ORDER)}")
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    budget = {**DEFAULT_BUDGET, **(budget or {})}
-    shared = {**budget_overrides(budget), **(overrides or {})}
-    for method in methods:  # fail early on a bad setting
-        run_config(method, seeds[0], out_dir / "check", shared, checkpoint_every)
-    start = time.perf_counter()
-    tuning = tune(methods, shared, out_dir, tune_grid, jobs) if tune_grid else {}
-    rates = {m: tuning[m]["chosen"] for m in tuning}
-    configs = [run_config(m, s, out_dir / f"{m}-seed{s}", {**shared, **rates.get(m, {}), "progress": jobs <= 1},
-                          checkpoint_every) for s in seeds for m in methods]
-    max_new_tokens = configs[0].max_completion_length
-    evaluation = {"k": k, "temperature": temperature, "limit": eval_limit, "max_new_tokens": max_new_tokens,
-                  "trust_remote_code": configs[0].trust_remote_code, "chat_template_kwargs": configs[0].chat_template_kwargs}
+    if curve_every < 0:
+        raise ConfigError(f"--curve-every: must be 0 (no curves) or positive, got {curve_every}")
     from .models import resolve_model_path
 
-    base = resolve_model_path(shared["model"])
-    tasks = [{"config": None, "eval": {**evaluation, "model": base, "dir": str(out_dir / f"base-seed{s}"), "seed": s},
-              "log": str(out_dir / "logs" / f"base-seed{s}.log"), "label": ("base", s)} for s in seeds]
-    tasks += [{"config": c.to_dict(), "log": str(out_dir / "logs" / f"{c.run_dir.name}.log"), "label": (c.method, c.seed),
-               "eval": {**evaluation, "model": str(c.run_dir / "model"), "dir": str(c.run_dir / "eval"), "seed": c.seed}}
-              for c in configs]
-    print(f"compare: {len(configs)} runs ({len(methods)} methods x {len(seeds)} seeds) and {len(seeds)} base-model "
-          f"evaluations, {jobs} at a time -> {out_dir}", flush=True)
+    regimes = expand_grid(grid)
+    out_dir = Path(out_dir)
+    base_budget = {**DEFAULT_BUDGET, **(budget or {})}
+    plans = []
+    for name, values in regimes:
+        regime_budget = {**base_budget, **{key: v for key, v in values.items() if key in DEFAULT_BUDGET}}
+        shared = {**budget_overrides(regime_budget), **(overrides or {}),
+                  **{key: v for key, v in values.items() if key not in DEFAULT_BUDGET}}
+        shared.update(budget_limits(budget_kind, shared, budget_amount))
+        directory = out_dir if len(regimes) == 1 else out_dir / name.replace("/", "-")
+        for label in methods:  # fail early on a bad setting
+            run_config(label, seeds[0], directory / "check", shared, checkpoint_every or curve_every)
+        plans.append((name, directory, regime_budget, shared))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tuning = tune(methods, plans[0][3], out_dir, tune_grid, jobs, k, temperature) if tune_grid else {}
+    save_every = curve_every or checkpoint_every
+
+    tasks: list[dict[str, Any]] = []
+    where: dict[str, int] = {}  # a run's key -> its task, so a run two regimes share is trained once
+    rows: dict[str, list[tuple[str, int, int]]] = {}  # regime -> (label, seed, task index)
+    for name, directory, regime_budget, shared in plans:
+        rows[name] = []
+        if CONTROL in methods:
+            shared = {**shared, "coin_reward_prob": control_prob(directory, shared)}
+        base_dir = out_dir if "model" not in dict(regimes)[name] else directory
+        for s in seeds:
+            model = resolve_model_path(shared["model"])
+            key = f"base:{model}:{s}"
+            if key not in where:
+                where[key] = len(tasks)
+                tasks.append({"config": None, "label": (BASE, s), "log": str(out_dir / "logs" / f"base-seed{s}.log"),
+                              "eval": {"model": model, "dir": str(base_dir / f"base-seed{s}"), "seed": s}})
+            rows[name].append((BASE, s, where[key]))
+        for s in seeds:
+            for label in methods:
+                rates = tuning.get(method_of(label), {}).get("chosen", {})
+                config = run_config(label, s, directory / f"{label}-seed{s}",
+                                    {**shared, **rates, "progress": jobs <= 1}, save_every)
+                key = _run_key(config)
+                if key not in where:
+                    where[key] = len(tasks)
+                    tasks.append({"config": config.to_dict(), "label": (label, s), "curve": bool(curve_every),
+                                  "log": str(directory / "logs" / f"{label}-seed{s}.log"),
+                                  "eval": {"model": str(config.run_dir / "model"), "dir": str(config.run_dir / "eval"),
+                                           "seed": s}})
+                rows[name].append((label, s, where[key]))
+    first = load_config(None, {"method": "sft", **plans[0][3]})
+    evaluation = {"k": k, "temperature": temperature, "limit": eval_limit, "max_new_tokens": first.max_completion_length,
+                  "trust_remote_code": first.trust_remote_code, "chat_template_kwargs": first.chat_template_kwargs}
+    for task in tasks:
+        task["eval"].update(evaluation)
+    trained = sum(task["config"] is not None for task in tasks)
+    print(f"compare: {trained} runs ({len(methods)} methods x {len(seeds)} seeds"
+          + (f" x {len(regimes)} regimes, runs that regimes share trained once" if len(regimes) > 1 else "")
+          + f", budget in {budget_kind}) and {len(tasks) - trained} base-model evaluations, {jobs} at a time "
+          f"-> {out_dir}", flush=True)
 
     def describe(task, result):
-        method, seed = task["label"]
-        text = f"{method} seed {seed}"
+        label, seed = task["label"]
+        text = f"{label} seed {seed}"
         if "evals" in result:
             text += (f": in-dist avg@{k} {number(result['evals']['in-dist']['avg@k'], '.1%')}, "
                      f"ood avg@{k} {number(result['evals']['ood']['avg@k'], '.1%')}")
@@ -426,45 +500,102 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
             text += f" ({result['what']}, {number(result['seconds'], '.0f')} s)"
         return text
 
-    finished = run_jobs(tasks, jobs, describe)
-    results = []
-    for task, result in zip(tasks, finished):
-        method, seed = task["label"]
-        row = {"method": method, "seed": seed, **result["evals"]}
-        if task["config"] is not None:
-            row.update(run_dir=task["config"]["output_dir"], greedy_after=result.get("greedy_after"),
-                       train_seconds=result.get("train_seconds"))
-        results.append(row)
+    # Regime by regime, each written as soon as its runs are done: a long grid leaves every finished
+    # regime's tables (and the map so far) behind even if it is stopped.
+    finished: list[dict[str, Any] | None] = [None] * len(tasks)
+    everything: dict[str, list[dict[str, Any]]] = {}
+    for name, directory, regime_budget, shared in plans:
+        todo = list(dict.fromkeys(i for _, _, i in rows[name] if finished[i] is None))
+        if len(regimes) > 1:
+            print(f"regime {name}: {len(todo)} runs and evaluations to do", flush=True)
+        for i, result in zip(todo, run_jobs([tasks[i] for i in todo], jobs, describe)):
+            finished[i] = result
+        results = []
+        for label, seed, index in rows[name]:
+            task, result = tasks[index], finished[index]
+            row = {"method": label, "seed": seed, **result["evals"]}
+            if task["config"] is not None:
+                row.update(run_dir=task["config"]["output_dir"],
+                           **{key: result.get(key) for key in ("greedy_after", "train_seconds", "steps",
+                                                               "total_token_passes", "total_train_sequences")})
+                if "curve" in result:
+                    base = next(finished[i]["evals"] for b, s, i in rows[name] if b == BASE and s == seed)
+                    row["curve"] = [{"step": 0, "token_passes": 0, "avg@k": base["in-dist"]["avg@k"]}] + result["curve"]
+            results.append(row)
+        write_regime(name, directory, results, regime_budget, shared, budget_kind, seeds, k, temperature, eval_limit,
+                     tuning, [Path(tasks[i]["config"]["output_dir"]) for label, s, i in rows[name] if label != BASE])
+        everything[name] = results
+        if len(regimes) > 1:
+            write_map(out_dir, [(n, everything[n]) for n, _ in regimes if n in everything], k, seeds)
+    print(f"done in {number(time.perf_counter() - start, '.0f')} s", flush=True)
+    return everything
 
+
+def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budget: dict[str, Any],
+                 shared: dict[str, Any], budget_kind: str, seeds: list[int], k: int, temperature: float,
+                 eval_limit: int, tuning: dict[str, Any], run_dirs: list[Path]) -> None:
+    """One regime's comparison.md, results.json, final_accuracy.png, curves.png and training report."""
+    from .report import load_run, write_report
+    from .summary import paired
+
+    directory.mkdir(parents=True, exist_ok=True)
     table, diffs = comparison_table(results, k), differences_table(results, k)
-    names = _names(results)
+    names = list(dict.fromkeys(r["method"] for r in results))
     pairs = {split: paired_differences(results, lambda r, s=split: r.get(s, {}).get("avg@k"), names)
              for split in ("in-dist", "ood")}
     sft_batch = budget.get("sft_batch_size") or budget["batch_size"]
-    budget_text = (f"{budget['max_steps']} steps; a step with a policy-gradient term takes {budget['batch_size']} "
+    limit = {"steps": f"{budget['max_steps']} steps",
+             "sequences": f"{shared.get('max_train_sequences')} trained sequences (at most "
+                          f"{shared.get('max_steps')} steps)",
+             "tokens": f"{shared.get('max_token_passes')} token passes (at most {shared.get('max_steps')} steps)"}
+    budget_text = (f"{limit[budget_kind]}; a step with a policy-gradient term takes {budget['batch_size']} "
                    f"prompts x {budget['num_generations']} rollouts at learning_rate {number(budget['learning_rate'], 'g')}, an "
                    f"SFT-only step {sft_batch} demonstrations at sft_learning_rate "
                    f"{number(budget.get('sft_learning_rate') or budget['learning_rate'], 'g')}"
                    f"{', tuned per method on sandbox:val' if tuning else ''}; evaluated on {eval_limit} prompts "
                    f"per split with {k} samples at temperature {temperature}")
-    (out_dir / "results.json").write_text(json.dumps(
-        {"budget": shared, "k": k, "temperature": temperature, "eval_limit": eval_limit, "seeds": seeds,
-         "tuning": tuning, "results": results, "paired_differences": pairs}, indent=2))
-    sections = [f"Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% confidence interval "
-                f"over seeds {', '.join(map(str, seeds))} (Student t). `chain` and `double` are the two problem "
-                f"families (see README, The sandbox).", table,
+    control = shared.get("coin_reward_prob") if any(r["method"] == CONTROL for r in results) else None
+    control_text = (f" `{CONTROL}` is the negative control: GRPO whose reward is a seeded coin paying 1 with "
+                    f"probability {control} (the base model's measured pass rate), unrelated to the answer; † marks "
+                    f"a gain not above the control's (paired 95% interval of the difference not above zero)."
+                    if control is not None else "")
+    (directory / "results.json").write_text(json.dumps(
+        {"regime": name, "budget": shared, "budget_kind": budget_kind, "k": k, "temperature": temperature,
+         "eval_limit": eval_limit, "seeds": seeds, "tuning": tuning, "results": results, "paired_differences": pairs,
+         "gains": {label: {"vs_base": paired(results, headline, label, BASE),
+                           "vs_control": paired(results, headline, label, CONTROL)}
+                   for label in names if label != BASE}}, indent=2))
+    sections = [f"Regime: {name}. Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% "
+                f"confidence interval over seeds {', '.join(map(str, seeds))} (Student t). The headline is the "
+                f"sampled avg@{k}; greedy accuracy is beside it. `chain` and `double` are the two problem families "
+                f"(see README, The sandbox).{control_text}", table,
                 "Paired differences (same seeds), in points; **bold**: the 95% interval excludes zero.", diffs]
     if tuning:
-        sections += [f"Learning rates chosen on sandbox:val (greedy accuracy, seed {TUNE_SEED}):", tuning_table(tuning)]
-    (out_dir / "comparison.md").write_text("\n\n".join(sections) + "\n")
-    plot_accuracy(results, k, out_dir / "final_accuracy.png")
-    runs = [load_run(Path(c.run_dir)) for c in configs]
+        sections += [f"Learning rates chosen on sandbox:val (avg@{k}, seed {TUNE_SEED}):", tuning_table(tuning, k)]
+    images = [directory / "final_accuracy.png"]
+    plot_accuracy(results, k, SPLITS, images[0])
+    if plot_curves(results, k, directory / "curves.png"):
+        images.append(directory / "curves.png")
+        sections += [f"Learning curves: `curves.png` (in-dist avg@{k} against steps and against token passes)."]
+    (directory / "comparison.md").write_text("\n\n".join(sections) + "\n")
+    runs = [load_run(path) for path in dict.fromkeys(run_dirs)]
     if runs:
-        write_report(runs, out_dir, title="sftrl compare: sandbox", extra_sections=[("Comparison", table),
-                                                                                     ("Paired differences", diffs)],
-                     extra_images=[out_dir / "final_accuracy.png"])
-    print(table)
-    print(f"wrote {out_dir / 'comparison.md'}, {out_dir / 'results.json'}, {out_dir / 'final_accuracy.png'}, "
-          f"{out_dir / 'report.html'} ({number(time.perf_counter() - start, '.0f')} s)", flush=True)
-    return results
+        write_report(runs, directory, title=f"sftrl compare: sandbox, {name}",
+                     extra_sections=[("Comparison", table), ("Paired differences", diffs)], extra_images=images)
+    print(f"[{name}]\n{table}")
+    print(f"wrote {directory / 'comparison.md'}, {directory / 'results.json'}, {directory / 'report.html'}", flush=True)
 
+
+def write_map(out_dir: Path, regimes: list[tuple[str, list[dict[str, Any]]]], k: int, seeds: list[int]) -> None:
+    """The regime map: regime_map.png, regime_map.md and regimes.json in out_dir."""
+    plot_regime_map(regimes, k, out_dir / "regime_map.png")
+    table = regime_map_table(regimes, k)
+    (out_dir / "regime_map.md").write_text(
+        f"Which method wins where: in-distribution avg@{k} (%), mean ± 95% CI over seeds "
+        f"{', '.join(map(str, seeds))}; each regime changes one setting from the default. **Bold**: the best in its "
+        f"regime; *italic*: not separated from the best (paired 95% interval of the difference includes zero); "
+        f"†: gain not above the random-reward control's. Full tables: <regime>/comparison.md.\n\n{table}\n")
+    (out_dir / "regimes.json").write_text(json.dumps(
+        {"k": k, "seeds": seeds, "cells": regime_cells(regimes), "regimes": [name for name, _ in regimes]}, indent=2))
+    print(table)
+    print(f"wrote {out_dir / 'regime_map.png'}, {out_dir / 'regime_map.md'}, {out_dir / 'regimes.json'}", flush=True)

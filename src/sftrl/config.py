@@ -34,7 +34,8 @@ SANDBOX_DOUBLE_FORMS = ("times", "sum")
 RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
                          "micro_batch_size", "generation_batch_size", "eval_batch_size", "vllm_gpu_memory_utilization",
                          "vllm_sleep_mode", "gradient_checkpointing", "merge_lora_on_save", "logprob_chunk_size",
-                         "report_to", "push_to_hub", "hub_model_id")
+                         "report_to", "push_to_hub", "hub_model_id",
+                         "eval_samples", "eval_temperature")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
 
@@ -73,12 +74,15 @@ class Config:
     sandbox_train_size: int = _f(5000, "Sandbox regime: number of training problems, each with its demonstration.")
     sandbox_double_form: str = _f("times", "Sandbox regime: how training demonstrations write the doubling line: times (10*2=20, new tokens) or sum (10+10=20, familiar tokens), to separate a new procedure from new tokens.")
     reward_funcs: list[str] = _f(["auto"], "Reward functions (TRL's signature): math, choice, sandbox, a name a plugin registered, module:function or file.py:function; auto = the training data source's verifier (sandbox for the sandbox), math otherwise.")
+    coin_reward_prob: float = _f(0.5, "Chance that the `coin` reward pays 1: a negative control whose reward is a seeded coin, unrelated to the completion (reward_funcs=[coin]); `sftrl compare` sets it to the base model's measured pass rate for its grpo-random row.")
     reward_weights: list[float] | None = _f(None, "One weight per reward function (default all 1.0), as in TRL.")
     demo_truncation: str = _f("cut", "Demonstrations longer than max_completion_length: cut (train on the first max_completion_length tokens), drop (leave those rows out) or keep (train on them whole); counts are printed at start.")
     plugins: list[str] = _f([], "Python modules imported before anything is looked up; they register rewards, datasets or models with sftrl.registry (as the sandbox does).")
 
     # --- optimisation --------------------------------------------------------------------------
     max_steps: int = _f(100, "Optimizer steps to train.")
+    max_train_sequences: int = _f(0, "Stop after the first step at which the sequences trained on (every row through a training forward/backward: demonstrations and rollouts; logged as total_train_sequences) reach this count, or at max_steps, whichever comes first; 0 = no sequence budget (`sftrl compare --budget sequences`).")
+    max_token_passes: int = _f(0, "Stop after the first step at which the run's token passes (generated tokens plus the prompt and target tokens of every sequence through a training forward/backward; logged as total_token_passes) reach this count, or at max_steps, whichever comes first; 0 = no token budget. `sftrl compare --budget tokens` sets it so every method is charged what its steps cost.")
     batch_size: int = _f(32, "Prompts per optimizer step with a policy-gradient term (each with num_generations rollouts); SFT-only steps take sft_batch_size demonstrations.")
     sft_batch_size: int | None = _f(None, "Demonstrations per SFT-only step (SFT, and the SFT steps of SASR, SFT→GRPO, GRPO→SFT, static alternate/probability) and per ReLIFT SFT update; null = batch_size. The papers' SFT stages use their own batch (e.g. 64).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward pass; accumulation over micro-batches gives the same gradient as one big batch.")
@@ -177,6 +181,8 @@ class Config:
     output_dir: str = _f("runs/{method}-seed{seed}", "Run directory; {method} and {seed} are filled in.")
     eval_every: int = _f(0, "Evaluate every N steps (0 = only before and after training).")
     eval_batch_size: int = _f(128, "Prompts per generate() call during evaluation.")
+    eval_samples: int = _f(4, "Evaluations during training also sample this many completions per prompt at eval_temperature and report their mean accuracy (avg@k, eval/sampled_accuracy, the headline: greedy accuracy on the sandbox flips with the base model's near 50/50 first-token choice); 0 = greedy accuracy only. Drawn from a generator of their own: training is the same whatever this is.")
+    eval_temperature: float = _f(0.6, "Sampling temperature of eval_samples (the papers' evaluation protocol: 0.6).")
     logging_steps: int = _f(1, "Write metrics every N steps.")
     save_every: int = _f(50, "Write a checkpoint every N steps (0 = only the final model).")
     save_total_limit: int = _f(2, "Keep the newest N checkpoints.")
@@ -345,6 +351,11 @@ def check_fields(c: Config) -> None:
     check(c.weight_decay >= 0, f"weight_decay: must be 0 or more, got {c.weight_decay}")
     check(0 <= c.sandbox_demo_error_rate <= 1, f"sandbox_demo_error_rate: must be in [0, 1], got {c.sandbox_demo_error_rate}")
     check(0 <= c.sandbox_skill_share <= 1, f"sandbox_skill_share: must be in [0, 1], got {c.sandbox_skill_share}")
+    check(c.max_train_sequences >= 0, f"max_train_sequences: must be 0 (no sequence budget) or positive, got {c.max_train_sequences}")
+    check(c.max_token_passes >= 0, f"max_token_passes: must be 0 (no token budget) or positive, got {c.max_token_passes}")
+    check(c.eval_samples >= 0, f"eval_samples: must be 0 (greedy only) or positive, got {c.eval_samples}")
+    check(c.eval_temperature > 0, f"eval_temperature: must be positive, got {c.eval_temperature}")
+    check(0 <= c.coin_reward_prob <= 1, f"coin_reward_prob: must be in [0, 1], got {c.coin_reward_prob}")
     check(c.sandbox_train_size >= 1, f"sandbox_train_size: must be at least 1, got {c.sandbox_train_size}")
     check(c.sandbox_double_form in SANDBOX_DOUBLE_FORMS,
           f"sandbox_double_form: {c.sandbox_double_form!r} is not one of {', '.join(SANDBOX_DOUBLE_FORMS)}")

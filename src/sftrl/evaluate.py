@@ -51,8 +51,10 @@ def evaluate_accuracy(
     progress=None,
     engine: Engine | None = None,
     chat_template_kwargs: dict | None = None,
+    num_samples: int = 1,
 ) -> dict[str, Any]:
-    """Share of examples solved by one completion each (greedy at temperature 0).
+    """Share of examples solved by one completion each (greedy at temperature 0), or with
+    `num_samples` > 1 the mean share over that many samples per example (avg@k, sampled at `temperature`).
 
     Each example is graded by the task's own verifier (:func:`grader_for`: the sandbox's check,
     option letters, or math-verify), never by a training reward, which may be shaped or noisy;
@@ -62,11 +64,15 @@ def evaluate_accuracy(
     (the training run's rollout engine; default sftrl's decode loop).
     """
     texts = [render_prompt(tokenizer, e.prompt, chat_template_kwargs) for e in examples]
-    completions = generate_completions(model, tokenizer, texts, num_generations=1, max_new_tokens=max_new_tokens,
+    if num_samples > 1 and temperature == 0.0:
+        raise ValueError("evaluate_accuracy: num_samples > 1 needs a temperature above 0 (greedy samples are identical)")
+    k = num_samples
+    completions = generate_completions(model, tokenizer, texts, num_generations=k, max_new_tokens=max_new_tokens,
                                        temperature=temperature or 1.0, batch_size=batch_size,
                                        greedy=temperature == 0.0, progress=progress, engine=engine)
-    questions = build_questions(examples, "eval", k=1, reward=grader)
-    grades = [g[0] for g in grade_samples(questions, [[text] for text in completions.texts])]
+    questions = build_questions(examples, "eval", k=k, reward=grader)
+    per_question = grade_samples(questions, [completions.texts[i * k:(i + 1) * k] for i in range(len(examples))])
+    grades = [avg_at_k(g) for g in per_question]
     by_source: dict[str, list[float]] = {}
     for question, grade in zip(questions, grades):
         by_source.setdefault(question.data_source, []).append(grade)

@@ -24,6 +24,7 @@ from .formatting import number
 
 # (file name, title, y label, metric keys); a panel is drawn when some run logged one of its keys.
 PANELS = [
+    ("sampled_accuracy", "Eval accuracy (sampled, avg@k: the headline)", "accuracy", ["eval/sampled_accuracy"]),
     ("accuracy", "Eval accuracy (greedy)", "accuracy", ["eval/accuracy"]),
     ("reward", "Training reward of rollouts", "mean reward", ["reward"]),
     ("length", "Response length of rollouts", "tokens", ["completions/mean_length"]),
@@ -34,7 +35,7 @@ PANELS = [
     ("sasr_p_sft", "SASR: probability of an SFT step (p_t)", "p_t", ["sasr/p_sft"]),
     ("srft_weights", "SRFT: weights of the SFT and RL terms", "weight", ["srft/w_sft", "srft/w_rl"]),
 ]
-SMOOTH_EXCEPT = {"eval/accuracy"}  # sparse points: drawn as they are, with markers
+SMOOTH_EXCEPT = {"eval/accuracy", "eval/sampled_accuracy"}  # sparse points: drawn as they are, with markers
 STEP_COLORS = {"sft": "#1f77b4", "grpo": "#ff7f0e", "sft+grpo": "#2ca02c"}
 
 

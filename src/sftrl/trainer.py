@@ -15,6 +15,7 @@ rows decided differently stay in step.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -44,12 +45,13 @@ from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, l
                      resolve_model_path, set_activation_checkpointing)
 from .parallel import Parallel
 from .progress import Progress
-from .rewards import as_completions, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
+from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
 from .rollout import generate_completions, make_engine
 from .schedules import lr_factor
 from .validate import check_processes
 
+EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
 BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
                "sasr/p_sft": "p_sft", "kl_ref": "kl"}
 
@@ -131,7 +133,9 @@ class Trainer:
                 answer_field=config.answer_field, demo_field=config.demo_field, require_demo=False,
                 system_prompt=config.system_prompt, limit=config.max_eval_examples)
         verifier = (data_source.verifier if data_source else None) or "math"  # "auto": the task's own verifier
-        specs = [verifier if s == "auto" else s for s in config.reward_funcs]
+        # "auto": the task's own verifier; "coin": the negative control, seeded by the run.
+        specs = [verifier if s == "auto" else coin_reward(config.coin_reward_prob, config.seed) if s == "coin" else s
+                 for s in config.reward_funcs]
         self.reward_fns = load_rewards(specs)
         self.reward_weights = config.reward_weights
 
@@ -176,6 +180,12 @@ class Trainer:
         self.method_state: dict[str, Any] = self.method.init_state(config, len(self.train_examples))
         self.total_steps = self.method.total_steps(config, self.method_state)
         self._loss = 0.0  # what _backward back-propagated since the last take_loss()
+        # Token passes (this process's, since the step began): generated tokens, and the prompt + target
+        # tokens of every sequence through a training forward (counted per sequence, whatever the layout).
+        self._step_token_passes = 0
+        self._step_sequences = 0  # this process's sequences through a training forward, this step
+        self.total_token_passes = 0  # every process's, over the run (checkpointed)
+        self.total_train_sequences = 0
         self._last_step_finite = True
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
@@ -346,6 +356,8 @@ class Trainer:
         """The targets' log-probabilities and entropies (batching.score_targets, chunked by
         logprob_chunk_size) from a training forward through the module sftrl.parallel says; one
         forward per micro-batch where the backend needs every process to run as many."""
+        self._step_token_passes += int(batch.prompt_mask.sum(dim=1)[batch.prompt_of].sum()) + int(batch.target_mask.sum())
+        self._step_sequences += batch.targets.shape[0]
         return score_targets(self._train_module, batch, temperature, chunk_size=self.config.logprob_chunk_size,
                              share_prompts=not self.parallel.sharded, **kwargs)
 
@@ -437,11 +449,13 @@ class Trainer:
         if continuations is not None:
             texts = [text + extra for text, extra in zip(texts, continuations)]
         with self.accelerator.autocast():
-            return generate_completions(
+            completions = generate_completions(
                 self.whole_policy(), self.tokenizer, texts, num_generations=num_generations,
                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                 batch_size=cfg.generation_batch_size, max_prompt_length=cfg.max_prompt_length, greedy=greedy,
                 min_new_tokens=cfg.min_completion_length, engine=self.rollout_engine)
+        self._step_token_passes += sum(len(ids) for ids in completions.completion_ids)
+        return completions
 
     def reward_kwargs_columns(self, examples: list[Example], repeat: int) -> dict[str, list]:
         """The dataset columns reward functions get, one value per completion: `answer`, every other
@@ -746,16 +760,39 @@ class Trainer:
         norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in self.whole_policy().parameters()])
         return bool(torch.isfinite(norms).all())
 
+    def budget_spent(self) -> bool:
+        """Whether max_token_passes or max_train_sequences is set and the run has reached it."""
+        cfg = self.config
+        return (0 < cfg.max_token_passes <= self.total_token_passes
+                or 0 < cfg.max_train_sequences <= self.total_train_sequences)
+
     def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy (`eval/accuracy`) and, with eval_samples, the mean accuracy of that many samples
+        per prompt at eval_temperature (`eval/sampled_accuracy`, avg@k: the headline)."""
+        cfg = self.config
         if not self.eval_examples:
             return {}
+        run = functools.partial(evaluate_accuracy, self.whole_policy(), self.tokenizer, self.eval_examples,
+                                cfg.eval_reward, max_new_tokens=cfg.max_completion_length,
+                                batch_size=cfg.eval_batch_size, engine=self.rollout_engine,
+                                chat_template_kwargs=cfg.chat_template_kwargs)
         with self.accelerator.autocast():
-            result = evaluate_accuracy(self.whole_policy(), self.tokenizer, self.eval_examples, self.config.eval_reward,
-                                       max_new_tokens=self.config.max_completion_length,
-                                       batch_size=self.config.eval_batch_size, engine=self.rollout_engine,
-                                       chat_template_kwargs=self.config.chat_template_kwargs)
-        return {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"],
-                **{f"eval/accuracy/{source}": value for source, value in result["by_source"].items()}}
+            result = run()
+            metrics = {"eval/accuracy": result["accuracy"], "eval/mean_length": result["mean_length"],
+                       **{f"eval/accuracy/{source}": value for source, value in result["by_source"].items()}}
+            if cfg.eval_samples:
+                # A generator of its own, the same at every evaluation: training's random draws are untouched.
+                devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(EVAL_SEED_OFFSET + cfg.seed)
+                    sampled = run(temperature=cfg.eval_temperature, num_samples=cfg.eval_samples)
+                metrics.update({"eval/sampled_accuracy": sampled["accuracy"],
+                                **{f"eval/sampled_accuracy/{source}": value
+                                   for source, value in sampled["by_source"].items()}})
+        return metrics
+
+    def _accuracy_text(self, metrics: dict[str, float]) -> str:
+        return _accuracy_text(metrics, self.config.eval_samples, self.config.eval_temperature)
 
     def _start(self) -> None:
         """Set up the run directory as planned: resume from a checkpoint, or start (again)."""
@@ -792,19 +829,22 @@ class Trainer:
             summary["eval_before"] = self.evaluate()
             if summary["eval_before"]:
                 self._log({"step": 0, **summary["eval_before"]})
-                self._print(f"accuracy before training: {_accuracy_text(summary['eval_before'])} "
+                self._print(f"accuracy before training: {self._accuracy_text(summary['eval_before'])} "
                             f"on {len(self.eval_examples)} eval prompts")
         bar = Progress(self.total_steps, cfg.method, enabled=cfg.progress and main, initial=self.step, unit="step")
         self._bar = bar
         start = time.perf_counter()
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not self.budget_spent():
                 self._train_step()
         finally:
             bar.close()
             self._bar = None
         summary["train_seconds"] = time.perf_counter() - start
         summary["skipped_steps"] = self.skipped_steps
+        summary["steps"] = self.step
+        summary["total_token_passes"] = self.total_token_passes
+        summary["total_train_sequences"] = self.total_train_sequences
         summary["eval_after"] = self.evaluate()
         if summary["eval_after"]:
             self._log({"step": self.step, **summary["eval_after"]})
@@ -813,8 +853,8 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(runlog.finite_or_none(summary), indent=2))
             if summary["eval_after"]:
                 before = summary.get("eval_before") or {}
-                self._print((f"accuracy before training: {_accuracy_text(before)}\n" if before else "")
-                            + f"accuracy after training:  {_accuracy_text(summary['eval_after'])} ({cfg.method}, "
+                self._print((f"accuracy before training: {self._accuracy_text(before)}\n" if before else "")
+                            + f"accuracy after training:  {self._accuracy_text(summary['eval_after'])} ({cfg.method}, "
                             f"{self.step} steps, {number(summary['train_seconds'], '.0f')} s)")
             self._print(f"model saved to {self.run_dir / 'model'}"
                         + (f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})"
@@ -836,6 +876,7 @@ class Trainer:
         examples = [self.train_examples[i] for i in indices]
         self.model.train()
         self._loss = 0.0
+        self._step_token_passes = self._step_sequences = 0
         metrics = self.method.step(self, self.method_state, examples, kind)
         # The loss logged is the loss optimised: the sum of everything the step back-propagated, with
         # the weights the method gave each term (SRFT's w_SFT, a weighted mixture's μ, ...).
@@ -857,10 +898,18 @@ class Trainer:
                         f"is above skip_update_grad_norm={cfg.skip_update_grad_norm}; no update was made")
         # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
         self.method.after_step(self, self.method_state, metrics)
+        # What the step cost (ReLIFT's SFT update included), for budgets in tokens or sequences.
+        tokens, sequences = self._global_sums([self._step_token_passes, self._step_sequences])
+        metrics["token_passes"], metrics["train_sequences"] = int(tokens), int(sequences)
+        self.total_token_passes += int(tokens)
+        self.total_train_sequences += int(sequences)
+        metrics["total_token_passes"] = self.total_token_passes
+        metrics["total_train_sequences"] = self.total_train_sequences
         metrics["step_type"] = "+".join(name for name in ("sft", "grpo") if f"{name}/loss" in metrics)
         metrics["epoch"] = self.sampler.epochs_done
         metrics["time/step"] = time.perf_counter() - t0
-        if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+        last = self.step >= self.total_steps or self.budget_spent()  # the final evaluation and save follow
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
             metrics.update(self.evaluate())
         if self.step % cfg.logging_steps == 0 or not stepped:
             self._log({"step": self.step, **metrics})
@@ -873,7 +922,7 @@ class Trainer:
         postfix = {short: number(metrics[k], ".3g") for k, short in BAR_METRICS.items()
                    if isinstance(metrics.get(k), (int, float))}
         self._bar.update(1, step=metrics["step_type"], **postfix)
-        if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+        if cfg.save_every and self.step % cfg.save_every == 0 and not last:
             self.save_checkpoint()
 
     # ------------------------------------------------------------------ logging and checkpoints
@@ -900,6 +949,8 @@ class Trainer:
         return {
             "step": self.step,
             "skipped_steps": self.skipped_steps,
+            "total_token_passes": self.total_token_passes,
+            "total_train_sequences": self.total_train_sequences,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "warned_unscorable": self._warned_unscorable,
             "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
@@ -974,6 +1025,9 @@ class Trainer:
             self.reference = frozen_copy(reference).to(self.accelerator.device)
         self.step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        # 0 in checkpoints written before they were counted
+        self.total_token_passes = state.get("total_token_passes", 0)
+        self.total_train_sequences = state.get("total_train_sequences", 0)
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
         self._warned_unscorable = state.get("warned_unscorable", False)
         random.setstate(state["rng"]["python"])
@@ -986,11 +1040,17 @@ class Trainer:
         self._print(f"resumed from {latest} at step {self.step}")
 
 
-def _accuracy_text(metrics: dict[str, float]) -> str:
-    """'41.0%', or '41.0% (math 55.0%, gsm8k 8.3%)' when the eval set has several data sources."""
-    prefix = "eval/accuracy/"
-    parts = [f"{key[len(prefix):]} {number(value, '.1%')}" for key, value in metrics.items() if key.startswith(prefix)]
-    return number(metrics["eval/accuracy"], ".1%") + (f" ({', '.join(parts)})" if parts else "")
+def _accuracy_text(metrics: dict[str, float], samples: int = 0, temperature: float = 0.0) -> str:
+    """'41.0%', or '41.0% (math 55.0%, gsm8k 8.3%)' when the eval set has several data sources; with
+    sampled accuracy logged, 'avg@4 (T 0.6) 30.9% (...); greedy 14.5% (...)', the sampled one first."""
+    def text(name: str) -> str:
+        prefix = f"eval/{name}/"
+        parts = [f"{key[len(prefix):]} {number(value, '.1%')}" for key, value in metrics.items() if key.startswith(prefix)]
+        return number(metrics[f'eval/{name}'], '.1%') + (f" ({', '.join(parts)})" if parts else "")
+
+    if "eval/sampled_accuracy" not in metrics:
+        return text("accuracy")
+    return f"avg@{samples} (T {number(temperature, 'g')}) {text('sampled_accuracy')}; greedy {text('accuracy')}"
 
 
 def _tracker_config(config: Config) -> dict[str, Any]:
