@@ -177,6 +177,13 @@ def test_analyze_commands_write_their_files(compared, tiny_model_dir, tmp_path, 
     tokens = json.loads((tmp_path / "tokens.json").read_text())
     assert set(tokens["models"]) == {"sft-seed0", "static-seed0"}
     assert tokens["models"]["sft-seed0"]["tokens"] > 6 * 10 and tokens["models"]["sft-seed0"]["mean_abs_shift"] > 0
+    # The shifts split by the base model's entropy at each token: every token in exactly one bin, and the
+    # bins' weighted mean |Δp| is the overall mean.
+    sft = tokens["models"]["sft-seed0"]
+    bins = sft["by_base_entropy"]
+    assert [b["entropy"] for b in bins] == ["0-0.1", "0.1-1", ">=1"]
+    assert sum(b["tokens"] for b in bins) == sft["tokens"] and sum(b["share"] for b in bins) == pytest.approx(1.0)
+    assert sum(b["tokens"] * b["mean_abs_shift"] for b in bins) / sft["tokens"] == pytest.approx(sft["mean_abs_shift"])
     assert (tmp_path / "tokens.png").stat().st_size > 1000 and "<span" in (tmp_path / "tokens.html").read_text()
     capsys.readouterr()  # the tokens command's lines start with the same labels as the map's
 
@@ -257,3 +264,13 @@ def test_compare_help_names_every_compared_method():
     compare_parser = build_parser()._subparsers._group_actions[0].choices["compare"]
     help_text = next(a.help for a in compare_parser._actions if "--methods" in a.option_strings)
     assert help_text.split("(")[1].rstrip(")").split() == compare_module.METHOD_ORDER
+
+
+def test_shift_by_entropy_bins_tokens_by_the_base_models_entropy():
+    before = [[("a", 0.9), ("b", 0.5), ("c", 0.2)], [("d", 0.1)]]
+    after = [[("a", 0.95), ("b", 0.1), ("c", 0.9)], [("d", 0.1)]]
+    entropy = [[0.05, 0.5, 2.0], [0.1]]  # 0.1 sits in the middle bin: bins are [lo, hi)
+    bins = analyze.shift_by_entropy(before, after, entropy)
+    assert [b["tokens"] for b in bins] == [1, 2, 1]
+    assert [b["mean_abs_shift"] for b in bins] == pytest.approx([0.05, 0.2, 0.7])
+    assert [b["share_moved_0.2"] for b in bins] == [0.0, 0.5, 1.0]

@@ -47,9 +47,11 @@ def load_scorer(name: str, trust_remote_code: bool = False):
 
 
 @torch.no_grad()
-def response_token_probs(model, tokenizer, pairs: list[tuple[Any, str]], batch_size: int = 64,
-                         chat_template_kwargs: dict | None = None) -> list[list[tuple[str, float]]]:
-    """For each pair, every response token (its text) and the probability the model gives it."""
+def response_token_scores(model, tokenizer, pairs: list[tuple[Any, str]], batch_size: int = 64,
+                          chat_template_kwargs: dict | None = None
+                          ) -> tuple[list[list[tuple[str, float]]], list[list[float]]]:
+    """For each pair, every response token (its text) with the probability the model gives it, and the
+    entropy (nats) of the model's whole next-token distribution at that position."""
     eos = tokenizer.eos_token_id
     prompts = [tokenizer(render_prompt(tokenizer, p, chat_template_kwargs), add_special_tokens=False)["input_ids"]
                for p, _ in pairs]
@@ -57,14 +59,45 @@ def response_token_probs(model, tokenizer, pairs: list[tuple[Any, str]], batch_s
                  for _, r in pairs]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
+    probs, entropies = [], []
     for start in range(0, len(pairs), batch_size):
         batch = pack(prompts[start:start + batch_size], responses[start:start + batch_size], pad, device)
-        logps, _ = target_logprobs(model, batch, with_entropy=False)  # (B, T)
+        with torch.no_grad():
+            logps, entropy = target_logprobs(model, batch, with_entropy=True)  # (B, T) each
         for row, ids in enumerate(responses[start:start + batch_size]):
             texts = [tokenizer.decode([t]) for t in ids]
-            out.append([(text, math.exp(float(lp))) for text, lp in zip(texts, logps[row, :len(ids)].tolist())])
-    return out
+            probs.append([(text, math.exp(float(lp))) for text, lp in zip(texts, logps[row, :len(ids)].tolist())])
+            entropies.append([float(h) for h in entropy[row, :len(ids)].tolist()])
+    return probs, entropies
+
+
+def response_token_probs(model, tokenizer, pairs: list[tuple[Any, str]], batch_size: int = 64,
+                         chat_template_kwargs: dict | None = None) -> list[list[tuple[str, float]]]:
+    """For each pair, every response token (its text) and the probability the model gives it."""
+    return response_token_scores(model, tokenizer, pairs, batch_size, chat_template_kwargs)[0]
+
+
+# Bins of the base model's entropy at a token (nats): confident, in between, uncertain. The SRFT paper
+# (Sec. 3) says RL moves mainly the high-entropy positions and SFT moves every position.
+ENTROPY_EDGES = (0.1, 1.0)
+
+
+def shift_by_entropy(before: list[list[tuple[str, float]]], after: list[list[tuple[str, float]]],
+                     entropy: list[list[float]], edges: tuple[float, ...] = ENTROPY_EDGES) -> list[dict[str, Any]]:
+    """Per bin of the before-model's entropy at each token: its tokens, their share, the mean |Δp| and
+    the share moved more than 0.2 (empty bins are listed with 0 tokens)."""
+    bounds = [0.0, *edges, math.inf]
+    bins = [[] for _ in range(len(bounds) - 1)]
+    for row_before, row_after, row_h in zip(before, after, entropy):
+        for (_, p0), (_, p1), h in zip(row_before, row_after, row_h):
+            index = next(i for i in range(len(bins)) if h < bounds[i + 1] or i == len(bins) - 1)
+            bins[index].append(abs(p1 - p0))
+    total = sum(len(b) for b in bins)
+    return [{"entropy": f"{number(lo, 'g')}-{number(hi, 'g')}" if hi != math.inf else f">={number(lo, 'g')}",
+             "tokens": len(b), "share": len(b) / total if total else 0.0,
+             "mean_abs_shift": sum(b) / len(b) if b else 0.0,
+             "share_moved_0.2": sum(m > 0.2 for m in b) / len(b) if b else 0.0}
+            for lo, hi, b in zip(bounds[:-1], bounds[1:], bins)]
 
 
 def probability_shift_stats(before: list[list[tuple[str, float]]], after: list[list[tuple[str, float]]],
@@ -124,17 +157,18 @@ def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out
     out_dir.mkdir(parents=True, exist_ok=True)
     def scores(name: str):
         model, tokenizer = load_scorer(name, trust_remote_code)
-        return response_token_probs(model, tokenizer, pairs, chat_template_kwargs=chat_template_kwargs)
+        return response_token_scores(model, tokenizer, pairs, chat_template_kwargs=chat_template_kwargs)
 
-    base = scores(before)
+    base, base_entropy = scores(before)
     results, page = {}, [f"<!doctype html><meta charset='utf-8'><title>token shifts</title><h1>Token probability "
                          f"shifts from {html.escape(before)}</h1><p>Hover a token for p before → after.</p>"]
     fig, (hist, scatter) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (after, label) in enumerate(zip(afters, labels)):
         color, style = series_style(i)
-        probs = scores(after)
+        probs = scores(after)[0]
         stats = probability_shift_stats(base, probs)
-        results[label] = {"model": after, **stats}
+        by_entropy = shift_by_entropy(base, probs, base_entropy)
+        results[label] = {"model": after, **stats, "by_base_entropy": by_entropy}
         deltas = [p1 - p0 for r0, r1 in zip(base, probs) for (_, p0), (_, p1) in zip(r0, r1)]
         hist.hist(deltas, bins=50, range=(-1, 1), histtype="step", linewidth=1.5, color=color, linestyle=style,
                   label=f"{label}: mean |Δp| {number(stats['mean_abs_shift'], '.3f')}, "
@@ -144,7 +178,10 @@ def analyze_tokens(before: str, afters: list[str], labels: list[str], pairs, out
         scatter.scatter(p0, p1, s=3, alpha=0.35, color=color, label=label)
         page.append(f"<h2>{html.escape(label)}</h2><p>{stats['tokens']} tokens; mean |Δp| "
                     f"{number(stats['mean_abs_shift'], '.3f')}; {number(stats['share_up'], '.1%')} rose and "
-                    f"{number(stats['share_down'], '.1%')} fell by more than 0.05.</p>" + _token_html(base, probs))
+                    f"{number(stats['share_down'], '.1%')} fell by more than 0.05. By the base model's entropy "
+                    "at the token: " + "; ".join(
+                        f"{b['entropy']} nats ({b['tokens']} tokens): mean |Δp| {number(b['mean_abs_shift'], '.3f')}"
+                        for b in by_entropy) + ".</p>" + _token_html(base, probs))
     hist.set(yscale="log", xlabel="Δp = p_after − p_before (per response token)", ylabel="tokens",
              title=f"Token probability shifts from {Path(before).name or before}")
     scatter.plot([0, 1], [0, 1], color="gray", linewidth=0.8)

@@ -245,6 +245,9 @@ def cmd_analyze_tokens(args: argparse.Namespace) -> int:
               f"{number(stats['share_moved_0.2'], '.1%')} of {stats['tokens']} tokens moved > 0.2 "
               f"({number(stats['share_up'], '.1%')} up, {number(stats['share_down'], '.1%')} down by > 0.05); "
               f"mean p {number(stats['mean_p_before'], '.3f')} -> {number(stats['mean_p_after'], '.3f')}")
+        print("  by the before-model's entropy at the token (nats): " + "; ".join(
+            f"{b['entropy']}: {b['tokens']} tokens, mean |dp| {number(b['mean_abs_shift'], '.3f')}"
+            for b in stats["by_base_entropy"]))
     out = Path(args.output_dir)
     print(f"wrote {out / 'tokens.png'}, {out / 'tokens.json'} and {out / 'tokens.html'}")
     return 0

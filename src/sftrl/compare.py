@@ -1,21 +1,35 @@
-"""`sftrl compare`: methods x seeds on the sandbox under one budget, each evaluated in and out of
-distribution, summarised with 95% confidence intervals and paired (same-seed) differences.
+"""`sftrl compare`: methods x seeds (x regimes) on the sandbox under one budget, each evaluated in and
+out of distribution, summarised with 95% confidence intervals, paired (same-seed) differences, and the
+gain of every method over the base model and over a negative control.
 
-    sftrl compare                                   # every method, 5 seeds, the sandbox budget, 2 jobs
+    sftrl compare                                   # every method + the control, 5 seeds, 2 jobs
     sftrl compare --tune                            # first pick each method's learning rate(s) on sandbox:val
-    sftrl compare --methods sft grpo sasr --seeds 0 1 --max-steps 20 -o runs/compare-small
+    sftrl compare --methods sft grpo grpo-random --seeds 0 1 --max-steps 20 -o runs/compare-small
+    sftrl compare --grid sandbox_skill_share=0,0.7 max_steps=200 --curve-every 50 -o runs/map   # regime map
 
-Equal budget: every run takes the same optimizer steps with the same prompts per step and rollouts
-per prompt; phase lengths scale with it (SFT→GRPO and GRPO→SFT switch at half the steps, SASR warms
-up for a fifth, UFT's hints last 60% of the steps as its 300 of 500). Learning rates: `learning_rate` for steps with a policy-gradient term and
-`sft_learning_rate` for SFT-only steps, from the budget, or per method from `--tune`, which trains
-each method once per point of a small grid (seed `TUNE_SEED`, never one of the compared seeds) and
-keeps the rates with the best greedy accuracy on the validation split `sandbox:val` (never the test
-split). Runs go to OUT/<method>-seed<seed>/ (tuning runs to OUT/tune/); a finished run with the same
-settings is reused, an interrupted one resumes from its newest checkpoint, and evaluations resume
-from their samples files. `--jobs N` runs N runs at once in separate processes, each with its share
-of the CPU threads, logging to OUT/logs/. Outputs: results.json, comparison.md,
-final_accuracy.png and the training-dynamics report (report.md / report.html and its plots).
+The headline is sampled accuracy (avg@k at temperature 0.6 on sandbox:test); greedy accuracy sits
+beside it (it flips with the base model's near 50/50 first-token choice, see README, Results). The
+row `grpo-random` is GRPO rewarded by a seeded coin paying 1 with the base model's measured pass rate
+(control.json per regime): how far a run drifts with a reward that says nothing about the answer; a
+gain not above the control's is marked †.
+
+Budgets (`--budget`): `steps` (default) gives every run max_steps optimizer steps with the same prompts
+per step and rollouts per prompt, phase lengths scaling with it (SFT→GRPO and GRPO→SFT switch at half,
+SASR warms up for a fifth, UFT's hints last 60% as its 300 of 500); `sequences` the same count of
+trained sequences; `tokens` the same count of token passes (generated + trained tokens, counted by the
+loop), so each step kind is charged what it costs. Learning rates: `learning_rate` for steps with a
+policy-gradient term and `sft_learning_rate` for SFT-only steps, from the budget, or per method from
+`--tune` (seed TUNE_SEED, never a compared seed; scored by avg@k on sandbox:val, never the test split).
+
+Regimes (`--grid key=v1,v2 ...`): each value of each key alone beside the default, in OUT/<key=value>/,
+with the regime map (regime_map.png / .md, regimes.json) in OUT, rewritten as each regime finishes; a
+run two regimes share (a method without demonstrations under a demonstration-only knob) is trained
+once. `--curve-every N` keeps a checkpoint every N steps and evaluates each (learning curves against
+steps and token passes). Runs go to OUT[/<regime>]/<method>-seed<seed>/; a finished run with the same
+settings is reused, an interrupted one resumes from its newest checkpoint, and evaluations resume from
+their samples files. `--jobs N` runs N runs at once in separate processes, each with its share of the
+CPU threads, logging to OUT/logs/. Outputs per regime: results.json, comparison.md, final_accuracy.png,
+curves.png (with --curve-every) and the training-dynamics report (report.md / report.html and plots).
 """
 
 from __future__ import annotations
