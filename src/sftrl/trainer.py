@@ -106,6 +106,7 @@ class Trainer:
                                        project_dir=str(self.run_dir / "trackers") if trackers else None)
         self.world = self.accelerator.num_processes
         self.parallel = Parallel(self.accelerator)
+        self.collective = self.parallel.collective
         plugin = self.accelerator.state.deepspeed_plugin if self.parallel.backend == "deepspeed" else None
         check_processes(config, self.world, self.parallel.backend,
                         deepspeed_config=plugin.deepspeed_config if plugin is not None else None)
@@ -247,70 +248,22 @@ class Trainer:
             self._prompt_cache[key] = ids
         return self._prompt_cache[key]
 
-    def _global_sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
-        return float(self.accelerator.reduce(tensor, reduction="sum").item())
-
-    def _global_sums(self, values: list[float]) -> list[float]:
-        """Element-wise sums over every process, in one all-reduce."""
-        if self.world == 1:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        return [float(v) for v in self.accelerator.reduce(tensor, reduction="sum").cpu()]
-
-    def _gather_tensors(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """Each tensor concatenated (dim 0) over every process in rank order; collective."""
-        if self.world == 1:
-            return list(tensors)
-        everyone: list = [None] * self.world
-        torch.distributed.all_gather_object(everyone, [t.detach().cpu() for t in tensors])
-        return [torch.cat([shard[i] for shard in everyone]) for i in range(len(tensors))]
-
-    def _gather_lists(self, values: dict[str, list]) -> dict[str, list]:
-        """Per key, every process's lists concatenated; collective."""
-        if self.world == 1:
-            return dict(values)
-        everyone: list = [None] * self.world
-        torch.distributed.all_gather_object(everyone, dict(values))
-        merged: dict[str, list] = defaultdict(list)
-        for shard in everyone:
-            for key, items in shard.items():
-                merged[key] += items
-        return dict(merged)
-
-    def _union(self, keys: list[str]) -> list[str]:
-        """The sorted union of every process's keys (so all reduce the same vector); collective."""
-        if self.world == 1:
-            return sorted(keys)
-        everyone: list = [None] * self.world
-        torch.distributed.all_gather_object(everyone, list(keys))
-        return sorted(set().union(*everyone))
-
     def global_sum(self, value: float) -> float:
         """`value` summed over every process (collective: every process must call it)."""
-        return self._global_sum(value)
+        return self.collective.sum(value)
 
     def global_sums(self, values: list[float]) -> list[float]:
         """Each value summed over every process, in one all-reduce (collective)."""
-        return self._global_sums(values)
+        return self.collective.sums(values)
 
     def gather_rows(self, values: list) -> list:
         """Every process's per-row values of a list sharded as global[rank::world] (the step's prompts,
         drawn demonstrations), put back in the global order; collective."""
-        if self.world == 1:
-            return list(values)
-        shards: list = [None] * self.world
-        torch.distributed.all_gather_object(shards, list(values))
-        merged = []
-        for i in range(max(len(shard) for shard in shards)):
-            merged += [shard[i] for shard in shards if i < len(shard)]
-        return merged
+        return self.collective.gather_rows(values)
 
     def local_rows(self, values: list) -> list:
         """This process's share of a global per-row list: values[rank::world], as the step's prompts are sharded."""
-        return list(values)[self.accelerator.process_index::self.world]
+        return self.collective.local_rows(values)
 
     def draw_demonstrations(self, count: int) -> list[Example]:
         """This process's share of `count` training rows drawn for their demonstrations from a sampler of
@@ -330,7 +283,7 @@ class Trainer:
         """The loss back-propagated since the last call, summed over processes (each process's share is
         normalised by whole-step counts, so the sum is the step's loss); collective."""
         value, self._loss = self._loss, 0.0
-        return self._global_sum(value)
+        return self.collective.sum(value)
 
     def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
         return micro_batches(lengths, self.config.micro_batch_size)
@@ -398,7 +351,7 @@ class Trainer:
         prompts = [self.prompt_ids(e) for e in examples]
         demos = targets if targets is not None else [self.demonstration_ids(e)[0] for e in examples]
         local_tokens = sum(len(d) for d in demos)
-        step_tokens = self._global_sum(local_tokens)
+        step_tokens = self.collective.sum(local_tokens)
         if kl_coef > 0 and self.reference is None:
             raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
         sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
@@ -428,7 +381,7 @@ class Trainer:
             if weights is not None:
                 sums["weight"] += float((weights * mask).sum())
         self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        sequences, nll, ent, wsum, kl_sum = self._global_sums(
+        sequences, nll, ent, wsum, kl_sum = self.collective.sums(
             [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
         if step_tokens == 0:
             return {}
@@ -546,9 +499,9 @@ class Trainer:
         lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
         # The metrics are the whole step's, over every process's rollouts (as TRL logs them); the
         # advantages stay this process's.
-        rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = self._gather_tensors(
+        rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = self.collective.gather_tensors(
             rewards, per_function, demo, cut, lengths, group_std)
-        logged = {name: sum(values) / len(values) for name, values in self._gather_lists(logged).items()}
+        logged = {name: sum(values) / len(values) for name, values in self.collective.gather_lists(logged).items()}
         if self.config.scale_rewards == "batch":  # TRL: zero std means the batch's
             zero_std = float(torch.isclose(losses.nanstd(rewards_all), torch.tensor(0.0)))
         else:
@@ -575,7 +528,7 @@ class Trainer:
             "time/score": time.perf_counter() - t0 - t_gen,
         }
         if demo.any():
-            advantages_all, = self._gather_tensors(advantages)
+            advantages_all, = self.collective.gather_tensors(advantages)
             metrics.update({"demo/reward": nanmean(rewards[demo]), **function_metrics(per_function[demo], names, "demo/"),
                             "demo/advantage": float(advantages_all[demo].mean()),
                             "demo/mean_length": float(lengths[demo].mean())})
@@ -604,7 +557,7 @@ class Trainer:
         t0 = time.perf_counter()
         n = len(rollouts.target_ids)
         excluded = rollouts.truncated.tolist() if cfg.mask_truncated_completions else [False] * n
-        step_tokens, step_sequences = self._global_sums([counted_tokens(rollouts.target_ids, excluded), n])
+        step_tokens, step_sequences = self.collective.sums([counted_tokens(rollouts.target_ids, excluded), n])
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
@@ -651,8 +604,8 @@ class Trainer:
             sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
             counts["demo/entropy"] += float(demo_tokens.sum())
         self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        keys = self._union(sorted(sums))  # a process with no rows has no stats of its own
-        totals = self._global_sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
+        keys = self.collective.union(sorted(sums))  # a process with no rows has no stats of its own
+        totals = self.collective.sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
         metrics = {"grpo/loss": totals[0], **rollouts.metrics}
         names = {"low_clipped": "clip_ratio/low_mean", "high_clipped": "clip_ratio/high_mean"}
         for i, key in enumerate(keys):
@@ -681,9 +634,9 @@ class Trainer:
         eps = self.method.std_eps(cfg)  # TRL's 1e-4 or the method's reference code's (verl: 1e-6)
         if self.world == 1 or cfg.scale_rewards != "batch":
             return losses.group_advantages(rewards, group_size, cfg.scale_rewards, eps)
-        everyone = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
+        everyone = self.collective.gather(rewards)
         advantages, group_std = losses.group_advantages(everyone, group_size, "batch", eps)
-        start = self.accelerator.process_index * len(rewards)
+        start = self.collective.rank * len(rewards)
         groups = len(rewards) // group_size
         return advantages[start:start + len(rewards)], group_std[start // group_size:][:groups]
 
@@ -716,14 +669,14 @@ class Trainer:
         engine clips and steps (validate refuses skip_update_grad_norm there), and only a non-finite
         loss skips."""
         if self.parallel.backend == "deepspeed":
-            finite = math.isfinite(self._global_sum(loss))
+            finite = math.isfinite(self.collective.sum(loss))
             self.parallel.sync(self.model, self._idle_token)
             grad_norm = self.parallel.deepspeed_step(self.model, self.optimizer, learning_rate, finite)
             self.parallel.updates += finite
             self._last_step_finite = finite
             return grad_norm, finite
         grad_norm = self._reduce_and_clip(self.config.max_grad_norm)
-        finite = math.isfinite(grad_norm) and math.isfinite(self._global_sum(loss))
+        finite = math.isfinite(grad_norm) and math.isfinite(self.collective.sum(loss))
         limit = self.config.skip_update_grad_norm
         taken = finite and not (limit > 0 and grad_norm > limit)
         if taken:
@@ -803,7 +756,7 @@ class Trainer:
                 self._print(f"{self.run_dir} holds a run with these settings that stopped before its first "
                             "checkpoint: starting it again from step 0")
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        self.accelerator.wait_for_everyone()
+        self.collective.barrier()
         if self.plan.checkpoints:
             self._resume(self.plan.checkpoints)
         if main:
@@ -872,7 +825,7 @@ class Trainer:
         t0 = time.perf_counter()
         kind = self.method.plan(cfg, self.step, self.method_state)
         size = cfg.sft_batch if kind is StepKind.SFT else cfg.batch_size
-        indices = self.sampler.next_batch(size)[self.accelerator.process_index::self.world]
+        indices = self.collective.local_rows(self.sampler.next_batch(size))
         examples = [self.train_examples[i] for i in indices]
         self.model.train()
         self._loss = 0.0
@@ -899,7 +852,7 @@ class Trainer:
         # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
         self.method.after_step(self, self.method_state, metrics)
         # What the step cost (ReLIFT's SFT update included), for budgets in tokens or sequences.
-        tokens, sequences = self._global_sums([self._step_token_passes, self._step_sequences])
+        tokens, sequences = self.collective.sums([self._step_token_passes, self._step_sequences])
         metrics["token_passes"], metrics["train_sequences"] = int(tokens), int(sequences)
         self.total_token_passes += int(tokens)
         self.total_train_sequences += int(sequences)
@@ -973,19 +926,19 @@ class Trainer:
         """checkpoints/step-NNNNNN (see :mod:`sftrl.checkpoint`), written by the main process; never
         with non-finite weights, so the older checkpoints it would rotate out stay."""
         self._refuse_nonfinite_weights("a checkpoint")
-        self.accelerator.wait_for_everyone()
+        self.collective.barrier()
         path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
         state = self._trainer_state()  # collective under FSDP (the optimizer's shards), so on every process
         if self.accelerator.is_main_process:
             reference = self.reference if self.reference_step is not None else None
             path = checkpoint.save_checkpoint(self.run_dir, self.step, self.whole_policy(), self.tokenizer,
                                               state, reference, self.config.save_total_limit)
-        self.accelerator.wait_for_everyone()
+        self.collective.barrier()
         return path
 
     def save_final(self) -> None:
         self._refuse_nonfinite_weights("the final model")
-        self.accelerator.wait_for_everyone()
+        self.collective.barrier()
         if self.accelerator.is_main_process:
             checkpoint.save_model(self.run_dir, self.whole_policy(), self.tokenizer)  # a LoRA run: the adapter
             if self.config.use_peft and self.config.merge_lora_on_save:
