@@ -16,7 +16,7 @@ from sftrl.progress import Progress
 from sftrl.trainer import Trainer
 from sftrl.validate import load_config
 
-from test_trainer import grads, make_config, read_metrics
+from conftest import grads, make_config, read_metrics
 
 
 # ---------------------------------------------------------------------------------------------- HPT
