@@ -191,7 +191,7 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.nonfinite_in_a_row = 0
-        self._warned_unscorable = False
+        self.warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
 
     def _start_rollout_engine(self, model_path: str):
@@ -490,8 +490,8 @@ class Trainer:
         demo = torch.tensor(is_demo)
         cut = torch.tensor(truncated)
         unscorable = rewards.isnan()
-        if unscorable.any() and not self._warned_unscorable:
-            self._warned_unscorable = True
+        if unscorable.any() and not self.warned_unscorable:
+            self.warned_unscorable = True
             self._print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
                         f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
                         "from every reward function; they are left out of the group means and stds and get "
@@ -898,23 +898,33 @@ class Trainer:
         """Evaluation metrics already in metrics.jsonl for `step` (a resumed run does not repeat them)."""
         return runlog.logged_eval(self.run_dir / "metrics.jsonl", step)
 
-    def _trainer_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "skipped_steps": self.skipped_steps,
-            "total_token_passes": self.total_token_passes,
-            "total_train_sequences": self.total_train_sequences,
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
-            "warned_unscorable": self._warned_unscorable,
-            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
-            "sampler": self.sampler.state_dict(),
-            "demo_sampler": self.demo_sampler.state_dict(),
-            "extra_optimizer": self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
-            "method_state": self.method_state,
-            "reference_step": self.reference_step,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }
+    def run_state(self) -> checkpoint.RunState:
+        """What a checkpoint holds besides the weights (collective under FSDP: the optimizer's shards)."""
+        return checkpoint.RunState(
+            **{name: getattr(self, name) for name in checkpoint.RunState.COUNTERS},
+            optimizer=self.parallel.optimizer_state(self.model, self.optimizer),
+            sampler=self.sampler.state_dict(), demo_sampler=self.demo_sampler.state_dict(),
+            extra_optimizer=self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
+            method_state=self.method_state, rng=checkpoint.capture_rng())
+
+    def restore(self, state: checkpoint.RunState) -> None:
+        """Continue from `state` (the weights are loaded apart): optimizers, samplers, method state,
+        counters, and last the random generators."""
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state.optimizer)
+        self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
+        self.sampler.load_state_dict(state.sampler)
+        if state.demo_sampler is not None:
+            self.demo_sampler.load_state_dict(state.demo_sampler)
+        if self.extra_optimizer is not None:
+            if state.extra_optimizer is None:
+                raise RunError(f"the checkpoint at step {state.step} holds no state of {self.config.method}'s "
+                               "extra optimizer, so it cannot be resumed as this method")
+            self.extra_optimizer.load_state_dict(state.extra_optimizer)
+        self.method_state = state.method_state
+        self.total_steps = self.method.total_steps(self.config, self.method_state)
+        for name in checkpoint.RunState.COUNTERS:
+            setattr(self, name, getattr(state, name))
+        checkpoint.restore_rng(state.rng)
 
     def _refuse_nonfinite_weights(self, what: str) -> None:
         if not self._parameters_finite():
@@ -928,7 +938,7 @@ class Trainer:
         self._refuse_nonfinite_weights("a checkpoint")
         self.collective.barrier()
         path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
-        state = self._trainer_state()  # collective under FSDP (the optimizer's shards), so on every process
+        state = self.run_state()  # collective under FSDP (the optimizer's shards), so on every process
         if self.accelerator.is_main_process:
             reference = self.reference if self.reference_step is not None else None
             path = checkpoint.save_checkpoint(self.run_dir, self.step, self.whole_policy(), self.tokenizer,
@@ -964,30 +974,9 @@ class Trainer:
             peft.set_peft_model_state_dict(self.policy, weights)
         else:
             self.parallel.load_full_state_dict(self.model, self.policy, weights)
-        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
-        self.sampler.load_state_dict(state["sampler"])
-        if "demo_sampler" in state:
-            self.demo_sampler.load_state_dict(state["demo_sampler"])
-        if self.extra_optimizer is not None:
-            self.extra_optimizer.load_state_dict(state["extra_optimizer"])
-        self.method_state = state["method_state"]
-        self.total_steps = self.method.total_steps(self.config, self.method_state)
-        self.reference_step = state.get("reference_step")
         if reference is not None:
             self.reference = frozen_copy(reference).to(self.accelerator.device)
-        self.step = state["step"]
-        self.skipped_steps = state.get("skipped_steps", 0)
-        # 0 in checkpoints written before they were counted
-        self.total_token_passes = state.get("total_token_passes", 0)
-        self.total_train_sequences = state.get("total_train_sequences", 0)
-        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
-        self._warned_unscorable = state.get("warned_unscorable", False)
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.restore(state)
         if self.accelerator.is_main_process:
             runlog.keep_until(self.run_dir / "metrics.jsonl", self.step)
         self._print(f"resumed from {latest} at step {self.step}")
