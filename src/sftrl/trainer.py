@@ -44,7 +44,6 @@ from .methods.base import Observer, TokenView
 from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer,
                      resolve_model_path, set_activation_checkpointing)
 from .parallel import Parallel
-from .progress import Progress
 from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
 from .rollout import generate_completions, make_engine
@@ -52,8 +51,6 @@ from .schedules import lr_factor
 from .validate import check_processes
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
-BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
-               "sasr/p_sft": "p_sft", "kl_ref": "kl"}
 
 
 @dataclass
@@ -105,6 +102,7 @@ class Trainer:
                                        log_with=trackers or None,
                                        project_dir=str(self.run_dir / "trackers") if trackers else None)
         self.world = self.accelerator.num_processes
+        self.logger = runlog.RunLogger(self.run_dir, self.accelerator)
         self.parallel = Parallel(self.accelerator)
         self.collective = self.parallel.collective
         plugin = self.accelerator.state.deepspeed_plugin if self.parallel.backend == "deepspeed" else None
@@ -112,7 +110,6 @@ class Trainer:
                         deepspeed_config=plugin.deepspeed_config if plugin is not None else None)
         # What the run directory allows (finished, other settings, resume): decided before anything loads.
         self.plan = checkpoint.plan_run(config)
-        self._bar: Progress | None = None
         _seed_everything(config.seed)
 
         # Data first: a bad row fails here, before any model is loaded.
@@ -222,9 +219,9 @@ class Trainer:
         effect = {"cut": f"each is trained on (and, inside LUFFY/SRFT groups, scored by) its first {limit} tokens",
                   "drop": f"those rows are left out of training ({len(examples) - len(long)} remain)",
                   "keep": "they are trained on whole"}[cfg.demo_truncation]
-        self._print(f"warning: {len(long)} of {len(examples)} demonstrations are longer than max_completion_length="
-                    f"{limit} tokens (the longest has {max(lengths)}); demo_truncation={cfg.demo_truncation}: {effect}. "
-                    "Set demo_truncation to cut, drop or keep to choose.")
+        self.logger.print(f"warning: {len(long)} of {len(examples)} demonstrations are longer than max_completion_length="
+                          f"{limit} tokens (the longest has {max(lengths)}); demo_truncation={cfg.demo_truncation}: {effect}. "
+                          "Set demo_truncation to cut, drop or keep to choose.")
         if cfg.demo_truncation == "drop":
             if len(long) == len(examples):
                 raise ConfigError(f"demo_truncation: drop leaves no training rows: every demonstration is longer than "
@@ -492,10 +489,10 @@ class Trainer:
         unscorable = rewards.isnan()
         if unscorable.any() and not self.warned_unscorable:
             self.warned_unscorable = True
-            self._print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
-                        f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
-                        "from every reward function; they are left out of the group means and stds and get "
-                        "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
+            self.logger.print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
+                              f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
+                              "from every reward function; they are left out of the group means and stds and get "
+                              "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
         lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
         # The metrics are the whole step's, over every process's rollouts (as TRL logs them); the
         # advantages stay this process's.
@@ -745,7 +742,7 @@ class Trainer:
         return metrics
 
     def _accuracy_text(self, metrics: dict[str, float]) -> str:
-        return _accuracy_text(metrics, self.config.eval_samples, self.config.eval_temperature)
+        return runlog.accuracy_text(metrics, self.config.eval_samples, self.config.eval_temperature)
 
     def _start(self) -> None:
         """Set up the run directory as planned: resume from a checkpoint, or start (again)."""
@@ -753,46 +750,42 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.plan.restart:
-                self._print(f"{self.run_dir} holds a run with these settings that stopped before its first "
-                            "checkpoint: starting it again from step 0")
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                self.logger.print(f"{self.run_dir} holds a run with these settings that stopped before its first "
+                                  "checkpoint: starting it again from step 0")
+                self.logger.clear()
         self.collective.barrier()
         if self.plan.checkpoints:
             self._resume(self.plan.checkpoints)
         if main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        if self.accelerator.log_with:
-            self.accelerator.init_trackers(self.run_dir.name, config=_tracker_config(self.config))
+        self.logger.start_trackers(self.config.to_dict())
 
     def train(self) -> dict[str, Any]:
         try:
             return self._train()
         finally:
-            if self.accelerator.log_with:
-                self.accelerator.end_training()  # flushes and closes the trackers' files
+            self.logger.close()
 
     def _train(self) -> dict[str, Any]:
         cfg = self.config
         main = self.accelerator.is_main_process
         self._start()
-        summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "eval_before": self._logged_eval(0)}
+        summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "eval_before": self.logger.logged_eval(0)}
         if self.demo_report:
             summary["demonstrations"] = self.demo_report
         if self.step == 0:
             summary["eval_before"] = self.evaluate()
             if summary["eval_before"]:
-                self._log({"step": 0, **summary["eval_before"]})
-                self._print(f"accuracy before training: {self._accuracy_text(summary['eval_before'])} "
-                            f"on {len(self.eval_examples)} eval prompts")
-        bar = Progress(self.total_steps, cfg.method, enabled=cfg.progress and main, initial=self.step, unit="step")
-        self._bar = bar
+                self.logger.log({"step": 0, **summary["eval_before"]})
+                self.logger.print(f"accuracy before training: {self._accuracy_text(summary['eval_before'])} "
+                                  f"on {len(self.eval_examples)} eval prompts")
+        self.logger.open_bar(self.total_steps, cfg.method, enabled=cfg.progress, initial=self.step)
         start = time.perf_counter()
         try:
             while self.step < self.total_steps and not self.budget_spent():
                 self._train_step()
         finally:
-            bar.close()
-            self._bar = None
+            self.logger.close_bar()
         summary["train_seconds"] = time.perf_counter() - start
         summary["skipped_steps"] = self.skipped_steps
         summary["steps"] = self.step
@@ -800,23 +793,23 @@ class Trainer:
         summary["total_train_sequences"] = self.total_train_sequences
         summary["eval_after"] = self.evaluate()
         if summary["eval_after"]:
-            self._log({"step": self.step, **summary["eval_after"]})
+            self.logger.log({"step": self.step, **summary["eval_after"]})
         self.save_final()
         if main:
             (self.run_dir / "summary.json").write_text(json.dumps(runlog.finite_or_none(summary), indent=2))
             if summary["eval_after"]:
                 before = summary.get("eval_before") or {}
-                self._print((f"accuracy before training: {self._accuracy_text(before)}\n" if before else "")
-                            + f"accuracy after training:  {self._accuracy_text(summary['eval_after'])} ({cfg.method}, "
-                            f"{self.step} steps, {number(summary['train_seconds'], '.0f')} s)")
-            self._print(f"model saved to {self.run_dir / 'model'}"
-                        + (f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})"
-                           if cfg.use_peft and cfg.merge_lora_on_save else " (LoRA adapter)" if cfg.use_peft else ""))
+                self.logger.print((f"accuracy before training: {self._accuracy_text(before)}\n" if before else "")
+                                  + f"accuracy after training:  {self._accuracy_text(summary['eval_after'])} "
+                                  f"({cfg.method}, {self.step} steps, {number(summary['train_seconds'], '.0f')} s)")
+            self.logger.print(f"model saved to {self.run_dir / 'model'}"
+                              + (f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})"
+                                 if cfg.use_peft and cfg.merge_lora_on_save else " (LoRA adapter)" if cfg.use_peft else ""))
             if cfg.push_to_hub:
                 folder = self.run_dir / ("model-merged" if cfg.use_peft and cfg.merge_lora_on_save else "model")
                 url = hub.push_model(folder, cfg.hub_model_id or self.run_dir.name,
                                      f"sftrl {cfg.method}, {self.step} steps")
-                self._print(f"pushed {folder} to {url}")
+                self.logger.print(f"pushed {folder} to {url}")
         return summary
 
     def _train_step(self) -> None:
@@ -844,11 +837,13 @@ class Trainer:
         metrics["time/optimizer"] = time.perf_counter() - t_opt
         self.step += 1
         if not finite:
-            self._print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite "
-                        f"(loss {metrics['loss']}, grad_norm {metrics['grad_norm']}); no update was made")
+            self.logger.print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite (loss "
+                              f"{number(metrics['loss'], '.4g')}, grad_norm {number(metrics['grad_norm'], '.4g')}); "
+                              "no update was made")
         elif not stepped:
-            self._print(f"warning: step {self.step} skipped: its gradient norm {number(metrics['grad_norm'], '.4g')} "
-                        f"is above skip_update_grad_norm={cfg.skip_update_grad_norm}; no update was made")
+            self.logger.print(f"warning: step {self.step} skipped: its gradient norm {number(metrics['grad_norm'], '.4g')} "
+                              f"is above skip_update_grad_norm={number(cfg.skip_update_grad_norm, 'g')}; "
+                              "no update was made")
         # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
         self.method.after_step(self, self.method_state, metrics)
         # What the step cost (ReLIFT's SFT update included), for budgets in tokens or sequences.
@@ -865,39 +860,18 @@ class Trainer:
         if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
             metrics.update(self.evaluate())
         if self.step % cfg.logging_steps == 0 or not stepped:
-            self._log({"step": self.step, **metrics})
+            self.logger.log({"step": self.step, **metrics})
         if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
             kept = checkpoint.checkpoint_dirs(self.run_dir)
             raise RunError(f"stopped at step {self.step}: {self.nonfinite_in_a_row} steps in a row had a non-finite "
                            f"loss or gradient (max_nonfinite_steps={cfg.max_nonfinite_steps}); no model was written, "
                            f"the last good checkpoint is {kept[-1] if kept else 'none'}. Lower learning_rate, or check "
                            "the data and reward functions")
-        postfix = {short: number(metrics[k], ".3g") for k, short in BAR_METRICS.items()
-                   if isinstance(metrics.get(k), (int, float))}
-        self._bar.update(1, step=metrics["step_type"], **postfix)
+        self.logger.advance(metrics)
         if cfg.save_every and self.step % cfg.save_every == 0 and not last:
             self.save_checkpoint()
 
     # ------------------------------------------------------------------ logging and checkpoints
-    def _print(self, text: str) -> None:
-        if self.accelerator.is_main_process:
-            if self._bar is not None:
-                self._bar.write(text)
-            else:
-                print(text, flush=True)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            runlog.append(self.run_dir / "metrics.jsonl", record)
-            if self.accelerator.log_with:  # the same numbers, for TensorBoard / W&B / Trackio
-                numbers = {key: value for key, value in record.items() if key != "step"
-                           and isinstance(value, (int, float)) and not isinstance(value, bool)}
-                self.accelerator.log(numbers, step=record["step"])
-
-    def _logged_eval(self, step: int) -> dict[str, float]:
-        """Evaluation metrics already in metrics.jsonl for `step` (a resumed run does not repeat them)."""
-        return runlog.logged_eval(self.run_dir / "metrics.jsonl", step)
-
     def run_state(self) -> checkpoint.RunState:
         """What a checkpoint holds besides the weights (collective under FSDP: the optimizer's shards)."""
         return checkpoint.RunState(
@@ -969,7 +943,7 @@ class Trainer:
         else:
             weights_at = lambda path: model_at(path).state_dict()  # noqa: E731
         latest, (state, weights, reference) = checkpoint.load_newest_readable(checkpoints, weights_at, model_at,
-                                                                             self._print)
+                                                                             self.logger.print)
         if cfg.use_peft:
             peft.set_peft_model_state_dict(self.policy, weights)
         else:
@@ -977,29 +951,8 @@ class Trainer:
         if reference is not None:
             self.reference = frozen_copy(reference).to(self.accelerator.device)
         self.restore(state)
-        if self.accelerator.is_main_process:
-            runlog.keep_until(self.run_dir / "metrics.jsonl", self.step)
-        self._print(f"resumed from {latest} at step {self.step}")
-
-
-def _accuracy_text(metrics: dict[str, float], samples: int = 0, temperature: float = 0.0) -> str:
-    """'41.0%', or '41.0% (math 55.0%, gsm8k 8.3%)' when the eval set has several data sources; with
-    sampled accuracy logged, 'avg@4 (T 0.6) 30.9% (...); greedy 14.5% (...)', the sampled one first."""
-    def text(name: str) -> str:
-        prefix = f"eval/{name}/"
-        parts = [f"{key[len(prefix):]} {number(value, '.1%')}" for key, value in metrics.items() if key.startswith(prefix)]
-        return number(metrics[f'eval/{name}'], '.1%') + (f" ({', '.join(parts)})" if parts else "")
-
-    if "eval/sampled_accuracy" not in metrics:
-        return text("accuracy")
-    return f"avg@{samples} (T {number(temperature, 'g')}) {text('sampled_accuracy')}; greedy {text('accuracy')}"
-
-
-def _tracker_config(config: Config) -> dict[str, Any]:
-    """The config as trackers take hyperparameters: numbers, strings and booleans (TensorBoard's hparams
-    refuse lists and None)."""
-    return {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-            for key, value in config.to_dict().items()}
+        self.logger.keep_until(self.step)
+        self.logger.print(f"resumed from {latest} at step {self.step}")
 
 
 def _seed_everything(seed: int) -> None:
