@@ -47,7 +47,6 @@ from .parallel import Parallel
 from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
 from .rollout import generate_completions, make_engine
-from .schedules import lr_factor
 from .validate import check_processes
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
@@ -79,12 +78,6 @@ class Rollouts:
 
 # (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
 TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-def lr_lambda(config: Config):
-    """The run's schedule factor for a 0-based step: linear warm-up to 1, then constant or cosine decay
-    to 0 at max_steps (methods.base.run_learning_rate multiplies the step's peak rate by it)."""
-    return lambda step: lr_factor(step, config.max_steps, config.warmup_steps, config.lr_scheduler)
 
 
 class Trainer:
@@ -170,7 +163,6 @@ class Trainer:
             self.trainable, lr=config.learning_rate, weight_decay=spec.weight_decay,
             betas=(config.adam_beta1, config.adam_beta2))
         self.extra_max_grad_norm = 0.0 if spec is None else spec.max_grad_norm
-        self.lr_factor = lr_lambda(config)
         self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
         # CHORD's expert rows: drawn from the training rows independently of the step's prompts.
         self.demo_sampler = PromptSampler(len(self.train_examples), 1, config.seed, stream="demonstrations")
