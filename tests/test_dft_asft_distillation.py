@@ -44,7 +44,8 @@ def test_dft_loss_matches_a_per_token_loop_and_its_gradient_is_minus_p():
     n = int(mask.sum())
     loss = losses.sft_loss(logps, mask, n, losses.dft_weights(logps))
     values = logps.detach()
-    naive = sum(-math.exp(float(values[b, t])) * float(values[b, t]) for b in range(3) for t in range(5) if mask[b, t]) / n
+    naive = sum(-math.exp(float(values[b, t])) * float(values[b, t])
+                for b in range(3) for t in range(5) if mask[b, t]) / n
     assert float(loss.detach()) == pytest.approx(naive, rel=1e-12)
     loss.backward()
     torch.testing.assert_close(logps.grad, -logps.detach().exp() * mask / n)  # d(-sg(p)·log p)/d log p = -p
@@ -115,7 +116,7 @@ def test_token_mean_shares_add_up_to_the_step_mean():
 
 # ---------------------------------------------------------------------------------- against the references
 def trl_dft_loss(log_probs, label_mask, num_items_in_batch):
-    """TRL 1.16 trl/trainer/sft_trainer.py SFTTrainer.compute_loss, lines 1611-1617 (loss_type="dft"), re-typed:
+    """TRL 1.16 trl/trainer/sft_trainer.py SFTTrainer.compute_loss, lines 1612-1618 (loss_type="dft"), re-typed:
     `outputs.log_probs` is zero on ignored positions; per_token_loss = -log_probs; DFT multiplies it by
     log_probs.exp().detach(); loss = per_token_loss.sum() / num_items_in_batch (the tokens of every
     micro-batch of the step: transformers passes num_items_in_batch, and Trainer sums the micro-batches'
@@ -169,14 +170,14 @@ def nemo_calculate_kl(logprobs, logprobs_reference, kl_type="k3", input_clamp_va
 
 
 def nemo_masked_mean(values, mask, dim=None, global_normalization_factor=None):
-    """NeMo-RL nemo_rl/algorithms/utils.py masked_mean (lines 211-221), re-typed."""
+    """NeMo-RL nemo_rl/algorithms/utils.py masked_mean (lines 211-223), re-typed."""
     normalization_factor = torch.sum(mask, dim=dim) if global_normalization_factor is None else \
         global_normalization_factor
     return torch.sum(values * mask, dim=dim) / (normalization_factor + 1e-8)
 
 
 def nemo_asft_loss(next_token_logprobs, ref_logprobs, mask, global_valid_toks, kl_weight=0.03):
-    """NeMo-RL nemo_rl/algorithms/loss/loss_functions.py ASFTLossFn.__call__ (lines 1110-1160), re-typed
+    """NeMo-RL nemo_rl/algorithms/loss/loss_functions.py ASFTLossFn.__call__ (lines 1110-1179), re-typed
     after its masks are applied (token_mask · sample_mask, shifted and aligned by the caller)."""
     dft_weights = torch.exp(next_token_logprobs).detach()
     nll_loss = -next_token_logprobs
@@ -335,7 +336,8 @@ def test_opsd_teacher_prompt_of_chat_messages_keeps_the_system_message():
     assert out == [{"role": "system", "content": "be brief"},
                    {"role": "user", "content": "Q: Compute 2+2.\nA: 2+2=4 \\boxed{4}\nNow you:"}]
     assert messages[1]["content"] == "Compute 2+2."  # the example's own prompt is left as it was
-    assert opsd.fill_template("{prompt}|{demonstration}|\\boxed{}", "{demonstration}", "d") == "{demonstration}|d|\\boxed{}"
+    filled = opsd.fill_template("{prompt}|{demonstration}|\\boxed{}", "{demonstration}", "d")
+    assert filled == "{demonstration}|d|\\boxed{}"  # one pass: a placeholder inside a value stays
 
 
 def test_opd_teacher_must_share_the_tokenizer(tmp_path, tiny_model_dir):

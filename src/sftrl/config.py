@@ -164,7 +164,7 @@ class Config:
     asft_kl_coef: float = _f(0.03, "asft: λ, weight of the k3 KL(π_θ‖π_ref) on demonstration tokens added to the DFT loss (ASFT, arXiv 2509.23753; NeMo-RL's kl_weight: 0.03); 0 = DFT.")
     asft_kl_input_clamp: float | None = _f(20.0, "asft: clamp of log π_ref - log π_θ to ±this before the k3 (NeMo-RL's kl_input_clamp_value: 20); null = none.")
     asft_kl_output_clamp: float | None = _f(10.0, "asft: clamp of each token's k3 to ±this (NeMo-RL's kl_output_clamp_value: 10); null = none.")
-    opsd_teacher: str = _f("live", "opsd: the teacher's weights: live (the current policy, no gradient: OPSD's p_θ(·|x, y*), arXiv 2601.18734) or base (the model as loaded, frozen: TRL SDFTConfig's default).")
+    opsd_teacher: str = _f("live", "opsd: the teacher's weights: live (the current policy, no gradient: OPSD's p_θ(· ∣ x, y*), arXiv 2601.18734) or base (the model as loaded, frozen: TRL SDFTConfig's default).")
     opsd_teacher_template: str = _f(OPSD_TEMPLATE, "opsd: the teacher's user message, {prompt} and {demonstration} filled in (OPSD, arXiv 2601.18734, Fig. 2, as NeMo-RL's DEFAULT_DISTILLATION_TEACHER_BIAS_TEMPLATE writes it).")
     opd_teacher: str | None = _f(None, "opd: the teacher model, a local directory or hub id, loaded like `model` and frozen; it must share the policy's tokenizer (GKD, arXiv 2306.13649).")
     distill_reward_coef: float = _f(0.0, "opsd, opd: w in the per-token advantage log π_T - log π_θ + w·A, A the task reward's GRPO advantage (verl's use_task_rewards); 0 = pure distillation.")

@@ -15,7 +15,6 @@ from typing import Any
 from . import registry
 from .config import Config, ConfigError, build_config, parse_overrides, read_recipe
 from .methods import METHODS
-from .models import resolve_model_path
 
 
 def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
@@ -50,8 +49,6 @@ def check_config(c: Config) -> None:
         raise ConfigError(f"use_peft: {c.method} with these settings makes the policy of mid-training its KL "
                           "reference, which a LoRA run does not support (its reference is the base model); use "
                           "sasr_reference=initial / sft_kl_coef=0, or train without use_peft")
-    if c.method == "opd":
-        resolve_model_path(c.opd_teacher, "opd_teacher")  # a local path that holds no model: one line, before any run
     if c.use_peft and c.rollout_backend == "vllm":
         raise ConfigError("use_peft: rollout_backend=vllm does not load LoRA adapters yet; use rollout_backend=torch "
                           "or generate")

@@ -8,10 +8,19 @@ advantages = -distillation_losses.detach()). Normalised by `loss_type` over the 
 `dapo` is verl's token-mean (and TRL's DistillationTrainer's division by the step's token count).
 """
 
+from ..models import resolve_model_path
+
 from .base import Method, StepKind, always, only
 from .opsd import distill_backward
 
 PRESET = {"loss_type": "dapo"}
+
+
+def init_state(config, train_size: int) -> dict:
+    """No state; checks, as the run starts and before its first step, that a local opd_teacher holds a model
+    (one line otherwise). A recipe may name a teacher that a run before it writes (recipes/sandbox-opd.yaml)."""
+    resolve_model_path(config.opd_teacher, "opd_teacher")
+    return {}
 
 
 def step(trainer, state, examples, kind):
@@ -20,4 +29,4 @@ def step(trainer, state, examples, kind):
 
 
 METHOD = Method(name="opd", plan=always(StepKind.POLICY), step=step, kinds=only(StepKind.POLICY),
-                needs_demonstrations=False, needs_rollouts=True, preset=PRESET)
+                needs_demonstrations=False, needs_rollouts=True, init_state=init_state, preset=PRESET)
