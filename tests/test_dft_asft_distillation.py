@@ -90,13 +90,14 @@ def test_distillation_token_loss_matches_a_per_token_loop(reward_coef, clip):
     teacher = -torch.rand(3, 5, generator=g, dtype=torch.float64) * 3
     adv = torch.tensor([1.2, -0.4, 0.0], dtype=torch.float64)
     loss, stats = losses.distillation_token_loss(logps, old, teacher, adv, reward_coef, 0.2, 0.28, clip)
+    loss, values = loss.detach(), logps.detach()
     for b in range(3):
         for t in range(5):
             a = float(teacher[b, t] - old[b, t]) + reward_coef * float(adv[b])
-            ratio = math.exp(float(logps[b, t] - old[b, t]))
+            ratio = math.exp(float(values[b, t] - old[b, t]))
             expected = -min(ratio * a, min(max(ratio, 0.8), 1.28) * a) if clip else -ratio * a
             assert float(loss[b, t]) == pytest.approx(expected, rel=1e-12, abs=1e-15)
-            assert float(stats["reverse_kl"][b, t]) == pytest.approx(float(logps[b, t] - teacher[b, t]), rel=1e-12)
+            assert float(stats["reverse_kl"][b, t]) == pytest.approx(float(values[b, t] - teacher[b, t]), rel=1e-12)
     on_policy, _ = losses.distillation_token_loss(logps, logps.detach(), teacher)  # ρ = 1: the k1 estimate
     torch.testing.assert_close(on_policy, (logps - teacher).detach())
     on_policy.sum().backward()
