@@ -1,4 +1,6 @@
-"""Shared fixtures: offline mode, a tiny untrained sandbox model saved locally, a reward file."""
+"""Shared fixtures and helpers: offline mode, a tiny untrained sandbox model saved locally, reward files,
+the small run's config every trainer test starts from, and reading a run's metrics. Test modules import
+the helpers from here (`from conftest import make_config`), never from one another."""
 
 import os
 
@@ -11,6 +13,40 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_config(tmp_path, model_dir, **overrides):
+    """A small sandbox run's config: 64 training rows, no evaluation, 2 steps of 4 prompts x 4 rollouts of at
+    most 12 tokens, no checkpoints, in tmp_path/run; `overrides` win."""
+    from sftrl.validate import load_config
+
+    values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None,
+                  max_steps=2, batch_size=4, num_generations=4, max_completion_length=12, progress=False,
+                  output_dir=str(tmp_path / "run"), save_every=0, learning_rate=1e-3)
+    values.update(overrides)
+    return load_config(overrides=values)
+
+
+def read_metrics(run_dir):
+    """The records of run_dir/metrics.jsonl."""
+    from sftrl import runlog
+
+    return runlog.read(run_dir / "metrics.jsonl")
+
+
+def comparable(records):
+    """Records without their timings (`time/*`), which differ from run to run."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+def files_of(directory):
+    """Every file under `directory`, by relative path, with its bytes."""
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def grads(model):
+    """The gradients of a model's parameters that have one, copied."""
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 
 def pytest_terminal_summary(terminalreporter):

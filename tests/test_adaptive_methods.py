@@ -12,11 +12,10 @@ from sftrl import losses
 from sftrl.batching import pack, target_logits
 from sftrl.config import ConfigError
 from sftrl.methods import hpt, relift, uft
-from sftrl.progress import Progress
 from sftrl.trainer import Trainer
 from sftrl.validate import load_config
 
-from test_trainer import grads, make_config, read_metrics
+from conftest import grads, make_config, read_metrics
 
 
 # ---------------------------------------------------------------------------------------------- HPT
@@ -278,7 +277,6 @@ def test_uft_step_adds_the_hint_nll_with_its_weight(tmp_path, tiny_model_dir, re
 def run_steps(trainer, steps):
     if trainer.step == 0:
         trainer._start()  # the run directory, as train() makes it
-    trainer._bar = Progress(steps, "test", enabled=False)
     for _ in range(steps):
         trainer._train_step()
 

@@ -11,7 +11,7 @@ from sftrl.sandbox.model import build_model
 from sftrl.sandbox.tokenizer import build_tokenizer
 from sftrl.trainer import Trainer
 
-from test_trainer import make_config
+from conftest import make_config
 
 
 def random_groups(groups: int, size: int, seed: int = 0):

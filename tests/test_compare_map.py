@@ -15,15 +15,14 @@ from sftrl.summary import comparison_table, regime_cells
 from sftrl.trainer import Trainer
 from sftrl.validate import load_config
 
+from conftest import make_config
 from test_bad_input import fails_cleanly
 
 
-def make_config(tmp_path, model_dir, **overrides):
-    values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None,
-                  max_steps=1, batch_size=4, sft_batch_size=6, num_generations=3, max_completion_length=10,
-                  progress=False, output_dir=str(tmp_path / "run"), save_every=0, learning_rate=1e-3)
-    values.update(overrides)
-    return load_config(overrides=values)
+def small_config(tmp_path, model_dir, **overrides):
+    """conftest's small run, 1 step, 3 rollouts of at most 10 tokens, 6 demonstrations per SFT step."""
+    return make_config(tmp_path, model_dir, **{"max_steps": 1, "sft_batch_size": 6, "num_generations": 3,
+                                               "max_completion_length": 10, **overrides})
 
 
 def recording_trainer(config):
@@ -67,7 +66,7 @@ def logged_steps(run_dir):
                                            ("static", "sft+grpo")])
 def test_token_passes_of_each_step_kind_match_a_hand_count(tmp_path, tiny_model_dir, method, expect):
     overrides = {"static_mode": "weighted"} if method == "static" else {}
-    trainer, seen = recording_trainer(make_config(tmp_path, tiny_model_dir, method=method, **overrides))
+    trainer, seen = recording_trainer(small_config(tmp_path, tiny_model_dir, method=method, **overrides))
     trainer.train()
     step = logged_steps(tmp_path / "run")[0]
     assert step["step_type"] == expect
@@ -85,7 +84,7 @@ def test_token_passes_of_each_step_kind_match_a_hand_count(tmp_path, tiny_model_
 @pytest.mark.parametrize("method", ["sft", "grpo", "srft"])
 def test_token_budget_stops_every_method_within_one_step_of_the_same_count(tmp_path, tiny_model_dir, method):
     budget = 1500
-    config = make_config(tmp_path, tiny_model_dir, method=method, max_steps=200, max_token_passes=budget)
+    config = small_config(tmp_path, tiny_model_dir, method=method, max_steps=200, max_token_passes=budget)
     Trainer(config).train()
     steps = logged_steps(tmp_path / "run")
     total = steps[-1]["total_token_passes"]
@@ -98,7 +97,7 @@ def test_token_budget_stops_every_method_within_one_step_of_the_same_count(tmp_p
 def test_sequence_budget_and_resume_keep_counting(tmp_path, tiny_model_dir):
     common = dict(method="sft", max_steps=50, max_train_sequences=20, save_every=2)
     run = tmp_path / "run"
-    Trainer(make_config(tmp_path, tiny_model_dir, **common)).train()
+    Trainer(small_config(tmp_path, tiny_model_dir, **common)).train()
     steps = logged_steps(run)
     assert [s["total_train_sequences"] for s in steps] == [6, 12, 18, 24]  # 6 demonstrations a step
     # A run stopped right after its step-2 checkpoint counts on from there when resumed, not from zero.
@@ -106,7 +105,7 @@ def test_sequence_budget_and_resume_keep_counting(tmp_path, tiny_model_dir):
     shutil.copytree(run / "checkpoints" / "step-000002", part / "checkpoints" / "step-000002")
     shutil.copy(run / "config.yaml", part / "config.yaml")
     (part / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps[:2]))
-    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part), resume=True, **common)).train()
+    Trainer(small_config(tmp_path, tiny_model_dir, output_dir=str(part), resume=True, **common)).train()
     assert [s["total_train_sequences"] for s in logged_steps(part)] == [6, 12, 18, 24]
     assert json.loads((part / "summary.json").read_text())["total_train_sequences"] == 24
 

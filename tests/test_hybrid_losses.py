@@ -208,7 +208,7 @@ def test_chord_loss_is_the_mu_mixture_of_its_terms(tmp_path, tiny_model_dir, rew
     """The logged loss of one CHORD step is (1-μ)·L_GRPO + μ·L_SFT-φ, L_SFT-φ recomputed per token."""
     from sftrl.batching import pack, target_logits
     from sftrl.trainer import Trainer
-    from test_trainer import make_config
+    from conftest import make_config
 
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="chord", reward_funcs=[reward_spec], batch_size=2,
                                   chord_mu_peak=0.3, chord_mu_valley=0.3, expert_data_ratio=0.5))

@@ -13,21 +13,21 @@ from sftrl.batching import pack, score_targets  # noqa: E402
 from sftrl.config import ConfigError  # noqa: E402
 from sftrl.models import AdapterFreeReference, load_model  # noqa: E402
 from sftrl.trainer import Trainer  # noqa: E402
-from sftrl.validate import load_config  # noqa: E402
+
+from conftest import make_config  # noqa: E402
+
+LORA = dict(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=3e-2,
+            method="grpo", beta=0.1)
 
 
-def make_config(tmp_path, model_dir, **overrides):
-    values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None, max_steps=2,
-                  batch_size=4, num_generations=4, max_completion_length=12, progress=False, use_peft=True,
-                  lora_r=4, lora_alpha=8, lora_dropout=0.0, output_dir=str(tmp_path / "run"), save_every=0,
-                  learning_rate=3e-2, method="grpo", beta=0.1)
-    values.update(overrides)
-    return load_config(overrides=values)
+def lora_config(tmp_path, model_dir, **overrides):
+    """conftest's small run, as GRPO with a KL on rank-4 LoRA adapters."""
+    return make_config(tmp_path, model_dir, **{**LORA, **overrides})
 
 
 @pytest.mark.float_sensitive
 def test_lora_trains_the_adapters_only_against_the_base_with_adapters_off(tmp_path, tiny_model_dir, reward_spec):
-    trainer = Trainer(make_config(tmp_path, tiny_model_dir, reward_funcs=[reward_spec]))
+    trainer = Trainer(lora_config(tmp_path, tiny_model_dir, reward_funcs=[reward_spec]))
     named = dict(trainer.policy.named_parameters())
     adapters = {n for n, p in named.items() if p.requires_grad}
     assert adapters and all("lora_" in n for n in adapters)
@@ -65,7 +65,7 @@ def test_lora_trains_the_adapters_only_against_the_base_with_adapters_off(tmp_pa
 
 @pytest.mark.float_sensitive
 def test_saved_adapter_loads_with_peft_and_sftrl_with_the_same_logits(tmp_path, tiny_model_dir, reward_spec):
-    config = make_config(tmp_path, tiny_model_dir, reward_funcs=[reward_spec], max_steps=3, merge_lora_on_save=True)
+    config = lora_config(tmp_path, tiny_model_dir, reward_funcs=[reward_spec], max_steps=3, merge_lora_on_save=True)
     trainer = Trainer(config)
     trainer.train()
     run = config.run_dir
@@ -86,13 +86,13 @@ def test_saved_adapter_loads_with_peft_and_sftrl_with_the_same_logits(tmp_path, 
 def test_lora_run_resumes_with_the_same_metrics(tmp_path, tiny_model_dir, reward_spec):
     common = dict(reward_funcs=[reward_spec], max_steps=4, save_every=2)
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
-    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(full_dir), **common)).train()
+    Trainer(lora_config(tmp_path, tiny_model_dir, output_dir=str(full_dir), **common)).train()
     assert (full_dir / "checkpoints" / "step-000002" / "adapter_model.safetensors").exists()
     full = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
     shutil.copytree(full_dir / "checkpoints", part_dir / "checkpoints")
     shutil.copy(full_dir / "config.yaml", part_dir / "config.yaml")
     (part_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full[:2]))
-    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(part_dir), resume=True, **common)).train()
+    Trainer(lora_config(tmp_path, tiny_model_dir, output_dir=str(part_dir), resume=True, **common)).train()
     resumed = [json.loads(line) for line in (part_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(full[2:], resumed[2:]):
@@ -103,9 +103,9 @@ def test_lora_run_resumes_with_the_same_metrics(tmp_path, tiny_model_dir, reward
 
 def test_lora_refuses_a_reference_snapshot_and_vllm_in_one_line(tmp_path, tiny_model_dir):
     with pytest.raises(ConfigError, match="use_peft: sasr .* reference"):
-        make_config(tmp_path, tiny_model_dir, method="sasr", sasr_reference="warmup")
+        lora_config(tmp_path, tiny_model_dir, method="sasr", sasr_reference="warmup")
     with pytest.raises(ConfigError, match="use_peft: grpo-then-sft"):
-        make_config(tmp_path, tiny_model_dir, method="grpo-then-sft", sft_kl_coef=0.1)
+        lora_config(tmp_path, tiny_model_dir, method="grpo-then-sft", sft_kl_coef=0.1)
     with pytest.raises(ConfigError, match="use_peft: rollout_backend=vllm"):
-        make_config(tmp_path, tiny_model_dir, rollout_backend="vllm")
-    make_config(tmp_path, tiny_model_dir, method="sasr", sasr_reference="initial")  # the base is the reference
+        lora_config(tmp_path, tiny_model_dir, rollout_backend="vllm")
+    lora_config(tmp_path, tiny_model_dir, method="sasr", sasr_reference="initial")  # the base is the reference

@@ -14,7 +14,7 @@ from sftrl.validate import load_config
 from sftrl.methods import METHODS, sasr, static
 from sftrl.trainer import Trainer
 
-from test_trainer import comparable, make_config, read_metrics
+from conftest import comparable, make_config, read_metrics
 
 
 # ---------------------------------------------------------------------------------------------- SASR

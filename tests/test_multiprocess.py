@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from sftrl.trainer import Trainer
 from sftrl.validate import load_config
 
-from test_trainer import read_metrics
+from conftest import read_metrics
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -16,7 +16,7 @@ from sftrl.trainer import Trainer
 from sftrl.validate import load_config
 
 from test_hybrid_losses import PublicController, trinity_mu_schedule, trinity_sft_phi_loss
-from test_trainer import grads, make_config
+from conftest import grads, make_config
 
 
 # ------------------------------------------------------------------------------------ 1. CHORD's μ

@@ -14,7 +14,7 @@ from sftrl.errors import RewardError
 from sftrl.rewards import load_reward, reward_matrix
 from sftrl.trainer import Trainer
 
-from test_trainer import make_config
+from conftest import make_config
 
 TRL_REWARDS = '''
 import asyncio

@@ -14,7 +14,7 @@ from sftrl.evaluate import evaluate_accuracy
 from sftrl.sandbox.task import verify
 from sftrl.trainer import Trainer
 
-from test_trainer import comparable, files_of, make_config
+from conftest import comparable, files_of, make_config
 
 
 def strict_records(run_dir):

@@ -8,20 +8,18 @@ import pytest
 from sftrl import cli
 from sftrl.data import render_prompt
 from sftrl.trainer import Trainer
-from sftrl.validate import load_config
+
+from conftest import make_config
 
 
-def make_config(tmp_path, model_dir, **overrides):
-    values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=32, eval_data=None, max_steps=3,
-                  batch_size=4, method="sft", max_completion_length=12, progress=False,
-                  output_dir=str(tmp_path / "run"), save_every=0, learning_rate=1e-3)
-    values.update(overrides)
-    return load_config(overrides=values)
+def sft_config(tmp_path, model_dir, **overrides):
+    """conftest's small run, as SFT for 3 steps on 32 rows."""
+    return make_config(tmp_path, model_dir, **{"method": "sft", "max_steps": 3, "max_train_examples": 32, **overrides})
 
 
 def test_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path, tiny_model_dir):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    config = make_config(tmp_path, tiny_model_dir, report_to="tensorboard")
+    config = sft_config(tmp_path, tiny_model_dir, report_to="tensorboard")
     Trainer(config).train()
     records = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
     # The run's scalars are in trackers/<run name>; the hyperparameters in a subdirectory of it.
@@ -46,7 +44,7 @@ def test_push_to_hub_uploads_the_final_model_directory(tmp_path, tiny_model_dir,
                         lambda self, repo_id, exist_ok=False: calls.append(("create", repo_id)) or Repo("https://hf.co/x"))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
                         lambda self, repo_id, folder_path, commit_message: calls.append(("upload", repo_id, folder_path)))
-    config = make_config(tmp_path, tiny_model_dir, max_steps=1, push_to_hub=True, hub_model_id="someone/sandbox-sft")
+    config = sft_config(tmp_path, tiny_model_dir, max_steps=1, push_to_hub=True, hub_model_id="someone/sandbox-sft")
     Trainer(config).train()
     assert calls == [("create", "someone/sandbox-sft"), ("upload", "someone/sandbox-sft", str(config.run_dir / "model"))]
 
@@ -75,7 +73,7 @@ def test_chat_template_kwargs_reach_training_and_evaluation(tmp_path, template_m
     assert render_prompt(tokenizer, "1+1=") == "1+1=:think"
     assert render_prompt(tokenizer, "1+1=", {"think": False}) == "1+1=:quiet"
 
-    trainer = Trainer(make_config(tmp_path, template_model_dir, chat_template_kwargs={"think": False},
+    trainer = Trainer(sft_config(tmp_path, template_model_dir, chat_template_kwargs={"think": False},
                                   eval_data="sandbox:test", max_eval_examples=1))
     example = trainer.train_examples[0]
     assert tokenizer.decode(trainer.prompt_ids(example)).endswith(":quiet")  # the tokens trained on

@@ -11,16 +11,7 @@ from sftrl.errors import RunError
 from sftrl.validate import load_config
 from sftrl.trainer import Trainer
 
-def make_config(tmp_path, model_dir, **overrides):
-    values = dict(model=str(model_dir), train_data="sandbox", max_train_examples=64, eval_data=None,
-                  max_steps=2, batch_size=4, num_generations=4, max_completion_length=12, progress=False,
-                  output_dir=str(tmp_path / "run"), save_every=0, learning_rate=1e-3)
-    values.update(overrides)
-    return load_config(overrides=values)
-
-
-def grads(model):
-    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+from conftest import comparable, files_of, grads, make_config, read_metrics
 
 
 @pytest.mark.parametrize("loss_type,beta,mask_truncated",
@@ -75,14 +66,6 @@ def test_sft_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_dir
     assert abs(metrics["sft/loss"] - torch.log(torch.tensor(float(vocab)))) < 0.5
 
 
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def comparable(records):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
-
-
 @pytest.mark.parametrize("method", ["sft-then-grpo"])
 def test_resume_continues_with_the_same_metrics(tmp_path, tiny_model_dir, reward_spec, method):
     common = dict(method=method, sft_steps=2, max_steps=5, save_every=3, reward_funcs=[reward_spec],
@@ -116,10 +99,6 @@ def test_resume_continues_with_the_same_metrics(tmp_path, tiny_model_dir, reward
     w_part = load_file(part_dir / "model" / "model.safetensors")
     for name in w_full:
         torch.testing.assert_close(w_full[name], w_part[name])
-
-
-def files_of(directory):
-    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_a_finished_run_is_never_overwritten_or_continued(tmp_path, tiny_model_dir):

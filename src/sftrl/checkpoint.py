@@ -2,8 +2,8 @@
 
 A checkpoint is ``checkpoints/step-NNNNNN`` with the model and tokenizer (``from_pretrained`` loads it;
 a LoRA run's holds the adapter, which ``PeftModel.from_pretrained`` loads onto the base model),
-``trainer_state.pt`` (optimizer, sampler, method state, random generators) and, when the reference
-model is a snapshot taken during training, ``reference/``. It is written to a temporary directory and
+``trainer_state.pt`` (a :class:`RunState` as a plain dict: optimizers, samplers, method state, counters,
+random generators) and, when the reference model is a snapshot taken during training, ``reference/``. It is written to a temporary directory and
 renamed into place, so a crash never leaves a half-written checkpoint.
 
 Before a run starts, :func:`plan_run` decides from the run directory what may happen, writing nothing:
@@ -16,11 +16,13 @@ one with checkpoints resumes only with ``resume=true``, from the newest checkpoi
 from __future__ import annotations
 
 import os
+import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 import yaml
 
@@ -38,6 +40,59 @@ class RunPlan:
 
     checkpoints: list[Path] = field(default_factory=list)
     restart: bool = False
+
+
+@dataclass(kw_only=True)
+class RunState:
+    """Everything a resumed run needs besides the weights, as one checkpoint holds it. Saved as a plain
+    dict (`to_dict`; trainer_state.pt), so a checkpoint loads without this class; `from_dict` reads one
+    written by any sftrl since checkpoints began: a field it lacks takes the default here (0 for the
+    counters that came later). The trainer captures it (`Trainer.run_state`) and restores it (`resume`).
+    """
+
+    step: int  # optimizer steps finished
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    total_token_passes: int = 0  # every process's, over the run
+    total_train_sequences: int = 0
+    nonfinite_in_a_row: int = 0
+    warned_unscorable: bool = False  # the warning about unscorable rollouts was given
+    optimizer: dict[str, Any]  # the policy optimizer's state dict, whole (FSDP: gathered)
+    sampler: dict[str, Any]  # the step's prompt sampler
+    demo_sampler: dict[str, Any] | None = None  # CHORD's expert rows' sampler; None: written before it
+    extra_optimizer: dict[str, Any] | None = None  # Method.extra_optimizer's state (ReLIFT)
+    method_state: dict[str, Any]
+    reference_step: int | None = None  # the step of the reference snapshot saved in reference/; None: none
+    rng: dict[str, Any]  # python, numpy, torch and cuda generators (`capture_rng`)
+
+    # Counters the trainer keeps as attributes of the same names.
+    COUNTERS: ClassVar[tuple[str, ...]] = ("step", "skipped_steps", "total_token_passes", "total_train_sequences", "nonfinite_in_a_row",
+                "warned_unscorable", "reference_step")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "RunState":
+        """A ValueError names the fields a dict lacks that have no default."""
+        missing = [f.name for f in fields(cls) if f.name not in state
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of every random generator a run draws from (python, numpy, torch, and cuda's where present)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def config_differences(old: dict[str, Any], new: Config) -> list[str]:
@@ -105,7 +160,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir())
 
 
-def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, trainer_state: dict[str, Any], reference=None,
+def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, state: RunState, reference=None,
                     keep: int = 2) -> Path:
     """Write checkpoints/step-NNNNNN atomically and keep only the newest `keep` checkpoints."""
     root = run_dir / "checkpoints"
@@ -115,7 +170,7 @@ def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, trainer_state: 
     tmp.mkdir(parents=True)
     policy.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    torch.save(trainer_state, tmp / TRAINER_STATE)
+    torch.save(state.to_dict(), tmp / TRAINER_STATE)
     if reference is not None:  # a snapshot taken during training: keep it for resuming
         reference.save_pretrained(tmp / "reference")
     if final.exists():
@@ -146,8 +201,8 @@ def _why(exc: BaseException) -> str:
 
 
 def load_checkpoint(path: Path, load_weights: Callable[[str], dict[str, torch.Tensor]], load_model: Callable[[str], Any]
-                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
-    """(trainer state, policy weights, reference model or None) of one checkpoint; `load_weights(path)`
+                    ) -> tuple[RunState, dict[str, torch.Tensor], Any]:
+    """(run state, policy weights, reference model or None) of one checkpoint; `load_weights(path)`
     reads the policy's weights (the whole model's, or a LoRA run's adapter), `load_model(path)` loads a
     model directory. A DamagedCheckpoint names what is wrong (an empty folder, a missing or truncated
     trainer_state.pt, weights that do not load)."""
@@ -164,11 +219,15 @@ def load_checkpoint(path: Path, load_weights: Callable[[str], dict[str, torch.Te
     if not isinstance(state, dict) or "step" not in state:
         raise DamagedCheckpoint(f"{TRAINER_STATE} holds no trainer state (no step)")
     try:
+        state = RunState.from_dict(state)
+    except ValueError as exc:
+        raise DamagedCheckpoint(f"{TRAINER_STATE} is incomplete ({exc})") from exc
+    try:
         weights = load_weights(str(path))
     except Exception as exc:  # noqa: BLE001
         raise DamagedCheckpoint(f"its model weights cannot be loaded ({_why(exc)})") from exc
     try:
-        reference = load_model(str(path / "reference")) if state.get("reference_step") is not None else None
+        reference = load_model(str(path / "reference")) if state.reference_step is not None else None
     except Exception as exc:  # noqa: BLE001
         raise DamagedCheckpoint(f"its reference/ model cannot be loaded ({_why(exc)})") from exc
     return state, weights, reference
@@ -182,7 +241,7 @@ def checkpoint_step(path: Path) -> int | None:
 
 def load_newest_readable(checkpoints: list[Path], load_weights: Callable[[str], dict[str, torch.Tensor]],
                          load_model: Callable[[str], Any], warn: Callable[[str], None]
-                         ) -> tuple[Path, tuple[dict[str, Any], dict[str, torch.Tensor], Any]]:
+                         ) -> tuple[Path, tuple[RunState, dict[str, torch.Tensor], Any]]:
     """The first of `checkpoints` (newest first) that loads, and what it holds. Nothing falls back
     silently: each damaged one skipped on the way is named with what is wrong with it, and a resume
     from an older checkpoint says how many steps will be trained again. A RunError when none loads."""
@@ -195,7 +254,7 @@ def load_newest_readable(checkpoints: list[Path], load_weights: Callable[[str], 
             warn(f"warning: skipped checkpoint {path}: {exc}")
             continue
         if damaged:
-            step, newest = loaded[0]["step"], checkpoint_step(checkpoints[0])
+            step, newest = loaded[0].step, checkpoint_step(checkpoints[0])
             redo = newest - step if newest is not None and newest > step else None
             lost = f"{redo} step{'s' if redo != 1 else ''}" if redo else "the steps after it"
             warn(f"warning: resuming from {path} (step {step}), not from the newest checkpoint {checkpoints[0]}: "

@@ -22,6 +22,7 @@ of processes, so the average is the whole step's gradient.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -41,11 +42,100 @@ def backend_of(accelerator: Accelerator) -> str:
     return "ddp" if accelerator.num_processes > 1 else "none"
 
 
+class Collective:
+    """Every exchange between the run's processes that is not a gradient: sums, maxima, gathers, and
+    the sharding of a step's rows (global[rank::world]). Each call is collective (every process makes
+    it, in the same order) except `local_rows`; with one process each returns its input. Sums are in
+    float64. The exchanges themselves are `_reduce_sum`, `_max` and `_everyone` (all_gather_object)."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.world = accelerator.num_processes
+        self.rank = accelerator.process_index
+
+    # ------------------------------------------------------------------ the exchanges
+    def _reduce_sum(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return [float(v) for v in self.accelerator.reduce(tensor, reduction="sum").cpu()]
+
+    def _max(self, value: int) -> int:
+        tensor = torch.tensor([value], dtype=torch.long, device=self.accelerator.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return int(tensor.item())
+
+    def _everyone(self, value: Any) -> list:
+        """Every process's `value`, in rank order."""
+        everyone: list = [None] * self.world
+        torch.distributed.all_gather_object(everyone, value)
+        return everyone
+
+    # ------------------------------------------------------------------ what the loop and methods use
+    def sum(self, value: float) -> float:
+        """`value` summed over every process."""
+        return value if self.world == 1 else self._reduce_sum([value])[0]
+
+    def sums(self, values: list[float]) -> list[float]:
+        """Element-wise sums over every process, in one all-reduce."""
+        return list(values) if self.world == 1 else self._reduce_sum(list(values))
+
+    def max(self, value: int) -> int:
+        """The largest `value` of any process."""
+        return value if self.world == 1 else self._max(value)
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's tensor (same shape on each) concatenated on dim 0 in rank order, on the CPU."""
+        if self.world == 1:
+            return tensor
+        return self.accelerator.gather(tensor.to(self.accelerator.device)).cpu()
+
+    def gather_tensors(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Each tensor concatenated (dim 0) over every process in rank order (their lengths may differ)."""
+        if self.world == 1:
+            return list(tensors)
+        everyone = self._everyone([t.detach().cpu() for t in tensors])
+        return [torch.cat([shard[i] for shard in everyone]) for i in range(len(tensors))]
+
+    def gather_lists(self, values: dict[str, list]) -> dict[str, list]:
+        """Per key, every process's lists concatenated."""
+        if self.world == 1:
+            return dict(values)
+        merged: dict[str, list] = defaultdict(list)
+        for shard in self._everyone(dict(values)):
+            for key, items in shard.items():
+                merged[key] += items
+        return dict(merged)
+
+    def union(self, keys: list[str]) -> list[str]:
+        """The sorted union of every process's keys (so that all reduce the same vector)."""
+        if self.world == 1:
+            return sorted(keys)
+        return sorted(set().union(*self._everyone(list(keys))))
+
+    def gather_rows(self, values: list) -> list:
+        """Every process's per-row values of a list sharded as global[rank::world] (the step's prompts,
+        drawn demonstrations), put back in the global order."""
+        if self.world == 1:
+            return list(values)
+        shards = self._everyone(list(values))
+        merged = []
+        for i in range(max(len(shard) for shard in shards)):
+            merged += [shard[i] for shard in shards if i < len(shard)]
+        return merged
+
+    def local_rows(self, values: list) -> list:
+        """This process's share of a global per-row list: values[rank::world] (not collective)."""
+        return list(values)[self.rank::self.world]
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+
 class Parallel:
     """The run's data-parallel backend, as the training loop uses it (see the module docstring)."""
 
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
+        self.collective = Collective(accelerator)
         self.backend = backend_of(accelerator)
         self.world = accelerator.num_processes
         self.sharded = self.backend in ("fsdp", "deepspeed")
@@ -83,18 +173,13 @@ class Parallel:
             with self.accelerator.no_sync(model):
                 self.accelerator.backward(scaled)
 
-    def _global_max(self, value: int) -> int:
-        tensor = torch.tensor([value], dtype=torch.long, device=self.accelerator.device)
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-        return int(tensor.item())
-
     def most_passes(self, passes: int) -> int:
         """Under FSDP or DeepSpeed with several processes: the most forward/backward passes any process
         will run for a term (collective). Call it before the passes: a process that has none would
         otherwise wait here while another gathers shards for its first forward."""
         if not self.sharded or self.world == 1:
             return passes
-        return self._global_max(passes)
+        return self.collective.max(passes)
 
     def even_out(self, model, passes: int, most: int, token_id: int) -> None:
         """After a term's `passes` forward/backward passes: run zero-loss passes up to `most` (from

@@ -1,4 +1,5 @@
-"""A run's metrics.jsonl: one JSON record per logged step (and per evaluation), appended as training goes.
+"""A run's metrics.jsonl: one JSON record per logged step (and per evaluation), appended as training goes;
+and :class:`RunLogger`, through which a training run logs and prints.
 
 The file stays strict JSON whatever happens: a NaN or infinite metric is written as null (Python's
 json would write the non-standard NaN/Infinity that other readers reject), and a last line cut off
@@ -15,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunError
+from .formatting import number
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
+
+# What the progress bar shows beside the step count: metric -> short name.
+BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
+               "sasr/p_sft": "p_sft", "kl_ref": "kl"}
 
 
 def finite_or_none(value: Any) -> Any:
@@ -76,3 +83,95 @@ def keep_until(path: Path, step: int) -> None:
 def logged_eval(path: Path, step: int) -> dict[str, float]:
     """Evaluation metrics already logged for `step` (a resumed run does not repeat them)."""
     return {k: v for r in read(path) if r["step"] == step for k, v in r.items() if k.startswith("eval/")}
+
+
+def tracker_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as trackers take hyperparameters: numbers, strings and booleans (TensorBoard's hparams
+    refuse lists and None)."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+            for key, value in config.items()}
+
+
+def accuracy_text(metrics: dict[str, float], samples: int = 0, temperature: float = 0.0) -> str:
+    """'41.0%', or '41.0% (math 55.0%, gsm8k 8.3%)' when the eval set has several data sources; with
+    sampled accuracy logged, 'avg@4 (T 0.6) 30.9% (...); greedy 14.5% (...)', the sampled one first."""
+    def text(name: str) -> str:
+        prefix = f"eval/{name}/"
+        parts = [f"{key[len(prefix):]} {number(value, '.1%')}" for key, value in metrics.items() if key.startswith(prefix)]
+        return number(metrics[f'eval/{name}'], '.1%') + (f" ({', '.join(parts)})" if parts else "")
+
+    if "eval/sampled_accuracy" not in metrics:
+        return text("accuracy")
+    return f"avg@{samples} (T {number(temperature, 'g')}) {text('sampled_accuracy')}; greedy {text('accuracy')}"
+
+
+class RunLogger:
+    """Where a training run's records and messages go, from the main process only (the others' calls do
+    nothing): metrics.jsonl, the trackers of `report_to` (the same numbers, through accelerate:
+    TensorBoard, W&B, Trackio), and printed lines, written above the progress bar while one is shown.
+
+    `accelerator` is accelerate's Accelerator (its is_main_process, log_with, init_trackers, log and
+    end_training are used)."""
+
+    def __init__(self, run_dir: Path, accelerator: Any):
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.bar: Progress | None = None
+
+    def print(self, text: str) -> None:
+        if self.main:
+            if self.bar is not None:
+                self.bar.write(text)
+            else:
+                print(text, flush=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append `record` (it has a `step`) to metrics.jsonl, and give its numbers to the trackers."""
+        if self.main:
+            append(self.path, record)
+            if self.accelerator.log_with:
+                numbers = {key: value for key, value in record.items() if key != "step"
+                           and isinstance(value, (int, float)) and not isinstance(value, bool)}
+                self.accelerator.log(numbers, step=record["step"])
+
+    def logged_eval(self, step: int) -> dict[str, float]:
+        """Evaluation metrics already in metrics.jsonl for `step` (a resumed run does not repeat them)."""
+        return logged_eval(self.path, step)
+
+    def keep_until(self, step: int) -> None:
+        """Drop the records after `step` (a resumed run logs them again)."""
+        if self.main:
+            keep_until(self.path, step)
+
+    def clear(self) -> None:
+        """Forget every record (a run that starts again from step 0)."""
+        if self.main:
+            self.path.unlink(missing_ok=True)
+
+    def start_trackers(self, config: dict[str, Any]) -> None:
+        """Open the trackers (if any), with the run's config as their hyperparameters; collective."""
+        if self.accelerator.log_with:
+            self.accelerator.init_trackers(self.run_dir.name, config=tracker_config(config))
+
+    def close(self) -> None:
+        """Flush and close the trackers' files."""
+        if self.accelerator.log_with:
+            self.accelerator.end_training()
+
+    def open_bar(self, total: int, desc: str, enabled: bool, initial: int) -> None:
+        """Show a progress bar of optimizer steps (on the main process, when `enabled`)."""
+        self.bar = Progress(total, desc, enabled=enabled and self.main, initial=initial, unit="step")
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def advance(self, metrics: dict[str, Any]) -> None:
+        """One step done: the bar shows its kind and its BAR_METRICS."""
+        if self.bar is not None:
+            postfix = {short: number(metrics[k], ".3g") for k, short in BAR_METRICS.items()
+                       if isinstance(metrics.get(k), (int, float))}
+            self.bar.update(1, step=metrics["step_type"], **postfix)

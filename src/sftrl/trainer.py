@@ -44,16 +44,12 @@ from .methods.base import Observer, TokenView
 from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer,
                      resolve_model_path, set_activation_checkpointing)
 from .parallel import Parallel
-from .progress import Progress
 from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
 from .rollout import generate_completions, make_engine
-from .schedules import lr_factor
 from .validate import check_processes
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
-BAR_METRICS = {"loss": "loss", "reward": "reward", "sft/loss": "sft", "entropy": "H", "grad_norm": "|g|",
-               "sasr/p_sft": "p_sft", "kl_ref": "kl"}
 
 
 @dataclass
@@ -84,12 +80,6 @@ class Rollouts:
 TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def lr_lambda(config: Config):
-    """The run's schedule factor for a 0-based step: linear warm-up to 1, then constant or cosine decay
-    to 0 at max_steps (methods.base.run_learning_rate multiplies the step's peak rate by it)."""
-    return lambda step: lr_factor(step, config.max_steps, config.warmup_steps, config.lr_scheduler)
-
-
 class Trainer:
     """Sets up model, data, rewards and optimizer from a Config, then runs `train()`."""
 
@@ -105,13 +95,14 @@ class Trainer:
                                        log_with=trackers or None,
                                        project_dir=str(self.run_dir / "trackers") if trackers else None)
         self.world = self.accelerator.num_processes
+        self.logger = runlog.RunLogger(self.run_dir, self.accelerator)
         self.parallel = Parallel(self.accelerator)
+        self.collective = self.parallel.collective
         plugin = self.accelerator.state.deepspeed_plugin if self.parallel.backend == "deepspeed" else None
         check_processes(config, self.world, self.parallel.backend,
                         deepspeed_config=plugin.deepspeed_config if plugin is not None else None)
         # What the run directory allows (finished, other settings, resume): decided before anything loads.
         self.plan = checkpoint.plan_run(config)
-        self._bar: Progress | None = None
         _seed_everything(config.seed)
 
         # Data first: a bad row fails here, before any model is loaded.
@@ -172,7 +163,6 @@ class Trainer:
             self.trainable, lr=config.learning_rate, weight_decay=spec.weight_decay,
             betas=(config.adam_beta1, config.adam_beta2))
         self.extra_max_grad_norm = 0.0 if spec is None else spec.max_grad_norm
-        self.lr_factor = lr_lambda(config)
         self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
         # CHORD's expert rows: drawn from the training rows independently of the step's prompts.
         self.demo_sampler = PromptSampler(len(self.train_examples), 1, config.seed, stream="demonstrations")
@@ -190,7 +180,7 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.nonfinite_in_a_row = 0
-        self._warned_unscorable = False
+        self.warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
 
     def _start_rollout_engine(self, model_path: str):
@@ -221,9 +211,9 @@ class Trainer:
         effect = {"cut": f"each is trained on (and, inside LUFFY/SRFT groups, scored by) its first {limit} tokens",
                   "drop": f"those rows are left out of training ({len(examples) - len(long)} remain)",
                   "keep": "they are trained on whole"}[cfg.demo_truncation]
-        self._print(f"warning: {len(long)} of {len(examples)} demonstrations are longer than max_completion_length="
-                    f"{limit} tokens (the longest has {max(lengths)}); demo_truncation={cfg.demo_truncation}: {effect}. "
-                    "Set demo_truncation to cut, drop or keep to choose.")
+        self.logger.print(f"warning: {len(long)} of {len(examples)} demonstrations are longer than max_completion_length="
+                          f"{limit} tokens (the longest has {max(lengths)}); demo_truncation={cfg.demo_truncation}: {effect}. "
+                          "Set demo_truncation to cut, drop or keep to choose.")
         if cfg.demo_truncation == "drop":
             if len(long) == len(examples):
                 raise ConfigError(f"demo_truncation: drop leaves no training rows: every demonstration is longer than "
@@ -247,70 +237,22 @@ class Trainer:
             self._prompt_cache[key] = ids
         return self._prompt_cache[key]
 
-    def _global_sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
-        return float(self.accelerator.reduce(tensor, reduction="sum").item())
-
-    def _global_sums(self, values: list[float]) -> list[float]:
-        """Element-wise sums over every process, in one all-reduce."""
-        if self.world == 1:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        return [float(v) for v in self.accelerator.reduce(tensor, reduction="sum").cpu()]
-
-    def _gather_tensors(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """Each tensor concatenated (dim 0) over every process in rank order; collective."""
-        if self.world == 1:
-            return list(tensors)
-        everyone: list = [None] * self.world
-        torch.distributed.all_gather_object(everyone, [t.detach().cpu() for t in tensors])
-        return [torch.cat([shard[i] for shard in everyone]) for i in range(len(tensors))]
-
-    def _gather_lists(self, values: dict[str, list]) -> dict[str, list]:
-        """Per key, every process's lists concatenated; collective."""
-        if self.world == 1:
-            return dict(values)
-        everyone: list = [None] * self.world
-        torch.distributed.all_gather_object(everyone, dict(values))
-        merged: dict[str, list] = defaultdict(list)
-        for shard in everyone:
-            for key, items in shard.items():
-                merged[key] += items
-        return dict(merged)
-
-    def _union(self, keys: list[str]) -> list[str]:
-        """The sorted union of every process's keys (so all reduce the same vector); collective."""
-        if self.world == 1:
-            return sorted(keys)
-        everyone: list = [None] * self.world
-        torch.distributed.all_gather_object(everyone, list(keys))
-        return sorted(set().union(*everyone))
-
     def global_sum(self, value: float) -> float:
         """`value` summed over every process (collective: every process must call it)."""
-        return self._global_sum(value)
+        return self.collective.sum(value)
 
     def global_sums(self, values: list[float]) -> list[float]:
         """Each value summed over every process, in one all-reduce (collective)."""
-        return self._global_sums(values)
+        return self.collective.sums(values)
 
     def gather_rows(self, values: list) -> list:
         """Every process's per-row values of a list sharded as global[rank::world] (the step's prompts,
         drawn demonstrations), put back in the global order; collective."""
-        if self.world == 1:
-            return list(values)
-        shards: list = [None] * self.world
-        torch.distributed.all_gather_object(shards, list(values))
-        merged = []
-        for i in range(max(len(shard) for shard in shards)):
-            merged += [shard[i] for shard in shards if i < len(shard)]
-        return merged
+        return self.collective.gather_rows(values)
 
     def local_rows(self, values: list) -> list:
         """This process's share of a global per-row list: values[rank::world], as the step's prompts are sharded."""
-        return list(values)[self.accelerator.process_index::self.world]
+        return self.collective.local_rows(values)
 
     def draw_demonstrations(self, count: int) -> list[Example]:
         """This process's share of `count` training rows drawn for their demonstrations from a sampler of
@@ -330,7 +272,7 @@ class Trainer:
         """The loss back-propagated since the last call, summed over processes (each process's share is
         normalised by whole-step counts, so the sum is the step's loss); collective."""
         value, self._loss = self._loss, 0.0
-        return self._global_sum(value)
+        return self.collective.sum(value)
 
     def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
         return micro_batches(lengths, self.config.micro_batch_size)
@@ -398,7 +340,7 @@ class Trainer:
         prompts = [self.prompt_ids(e) for e in examples]
         demos = targets if targets is not None else [self.demonstration_ids(e)[0] for e in examples]
         local_tokens = sum(len(d) for d in demos)
-        step_tokens = self._global_sum(local_tokens)
+        step_tokens = self.collective.sum(local_tokens)
         if kl_coef > 0 and self.reference is None:
             raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
         sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
@@ -428,7 +370,7 @@ class Trainer:
             if weights is not None:
                 sums["weight"] += float((weights * mask).sum())
         self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        sequences, nll, ent, wsum, kl_sum = self._global_sums(
+        sequences, nll, ent, wsum, kl_sum = self.collective.sums(
             [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
         if step_tokens == 0:
             return {}
@@ -537,18 +479,18 @@ class Trainer:
         demo = torch.tensor(is_demo)
         cut = torch.tensor(truncated)
         unscorable = rewards.isnan()
-        if unscorable.any() and not self._warned_unscorable:
-            self._warned_unscorable = True
-            self._print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
-                        f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
-                        "from every reward function; they are left out of the group means and stds and get "
-                        "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
+        if unscorable.any() and not self.warned_unscorable:
+            self.warned_unscorable = True
+            self.logger.print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
+                              f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
+                              "from every reward function; they are left out of the group means and stds and get "
+                              "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
         lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
         # The metrics are the whole step's, over every process's rollouts (as TRL logs them); the
         # advantages stay this process's.
-        rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = self._gather_tensors(
+        rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = self.collective.gather_tensors(
             rewards, per_function, demo, cut, lengths, group_std)
-        logged = {name: sum(values) / len(values) for name, values in self._gather_lists(logged).items()}
+        logged = {name: sum(values) / len(values) for name, values in self.collective.gather_lists(logged).items()}
         if self.config.scale_rewards == "batch":  # TRL: zero std means the batch's
             zero_std = float(torch.isclose(losses.nanstd(rewards_all), torch.tensor(0.0)))
         else:
@@ -575,7 +517,7 @@ class Trainer:
             "time/score": time.perf_counter() - t0 - t_gen,
         }
         if demo.any():
-            advantages_all, = self._gather_tensors(advantages)
+            advantages_all, = self.collective.gather_tensors(advantages)
             metrics.update({"demo/reward": nanmean(rewards[demo]), **function_metrics(per_function[demo], names, "demo/"),
                             "demo/advantage": float(advantages_all[demo].mean()),
                             "demo/mean_length": float(lengths[demo].mean())})
@@ -604,7 +546,7 @@ class Trainer:
         t0 = time.perf_counter()
         n = len(rollouts.target_ids)
         excluded = rollouts.truncated.tolist() if cfg.mask_truncated_completions else [False] * n
-        step_tokens, step_sequences = self._global_sums([counted_tokens(rollouts.target_ids, excluded), n])
+        step_tokens, step_sequences = self.collective.sums([counted_tokens(rollouts.target_ids, excluded), n])
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         loss_total = 0.0
@@ -651,8 +593,8 @@ class Trainer:
             sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
             counts["demo/entropy"] += float(demo_tokens.sum())
         self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        keys = self._union(sorted(sums))  # a process with no rows has no stats of its own
-        totals = self._global_sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
+        keys = self.collective.union(sorted(sums))  # a process with no rows has no stats of its own
+        totals = self.collective.sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
         metrics = {"grpo/loss": totals[0], **rollouts.metrics}
         names = {"low_clipped": "clip_ratio/low_mean", "high_clipped": "clip_ratio/high_mean"}
         for i, key in enumerate(keys):
@@ -681,9 +623,9 @@ class Trainer:
         eps = self.method.std_eps(cfg)  # TRL's 1e-4 or the method's reference code's (verl: 1e-6)
         if self.world == 1 or cfg.scale_rewards != "batch":
             return losses.group_advantages(rewards, group_size, cfg.scale_rewards, eps)
-        everyone = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
+        everyone = self.collective.gather(rewards)
         advantages, group_std = losses.group_advantages(everyone, group_size, "batch", eps)
-        start = self.accelerator.process_index * len(rewards)
+        start = self.collective.rank * len(rewards)
         groups = len(rewards) // group_size
         return advantages[start:start + len(rewards)], group_std[start // group_size:][:groups]
 
@@ -716,14 +658,14 @@ class Trainer:
         engine clips and steps (validate refuses skip_update_grad_norm there), and only a non-finite
         loss skips."""
         if self.parallel.backend == "deepspeed":
-            finite = math.isfinite(self._global_sum(loss))
+            finite = math.isfinite(self.collective.sum(loss))
             self.parallel.sync(self.model, self._idle_token)
             grad_norm = self.parallel.deepspeed_step(self.model, self.optimizer, learning_rate, finite)
             self.parallel.updates += finite
             self._last_step_finite = finite
             return grad_norm, finite
         grad_norm = self._reduce_and_clip(self.config.max_grad_norm)
-        finite = math.isfinite(grad_norm) and math.isfinite(self._global_sum(loss))
+        finite = math.isfinite(grad_norm) and math.isfinite(self.collective.sum(loss))
         limit = self.config.skip_update_grad_norm
         taken = finite and not (limit > 0 and grad_norm > limit)
         if taken:
@@ -792,7 +734,7 @@ class Trainer:
         return metrics
 
     def _accuracy_text(self, metrics: dict[str, float]) -> str:
-        return _accuracy_text(metrics, self.config.eval_samples, self.config.eval_temperature)
+        return runlog.accuracy_text(metrics, self.config.eval_samples, self.config.eval_temperature)
 
     def _start(self) -> None:
         """Set up the run directory as planned: resume from a checkpoint, or start (again)."""
@@ -800,46 +742,42 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.plan.restart:
-                self._print(f"{self.run_dir} holds a run with these settings that stopped before its first "
-                            "checkpoint: starting it again from step 0")
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        self.accelerator.wait_for_everyone()
+                self.logger.print(f"{self.run_dir} holds a run with these settings that stopped before its first "
+                                  "checkpoint: starting it again from step 0")
+                self.logger.clear()
+        self.collective.barrier()
         if self.plan.checkpoints:
             self._resume(self.plan.checkpoints)
         if main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        if self.accelerator.log_with:
-            self.accelerator.init_trackers(self.run_dir.name, config=_tracker_config(self.config))
+        self.logger.start_trackers(self.config.to_dict())
 
     def train(self) -> dict[str, Any]:
         try:
             return self._train()
         finally:
-            if self.accelerator.log_with:
-                self.accelerator.end_training()  # flushes and closes the trackers' files
+            self.logger.close()
 
     def _train(self) -> dict[str, Any]:
         cfg = self.config
         main = self.accelerator.is_main_process
         self._start()
-        summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "eval_before": self._logged_eval(0)}
+        summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "eval_before": self.logger.logged_eval(0)}
         if self.demo_report:
             summary["demonstrations"] = self.demo_report
         if self.step == 0:
             summary["eval_before"] = self.evaluate()
             if summary["eval_before"]:
-                self._log({"step": 0, **summary["eval_before"]})
-                self._print(f"accuracy before training: {self._accuracy_text(summary['eval_before'])} "
-                            f"on {len(self.eval_examples)} eval prompts")
-        bar = Progress(self.total_steps, cfg.method, enabled=cfg.progress and main, initial=self.step, unit="step")
-        self._bar = bar
+                self.logger.log({"step": 0, **summary["eval_before"]})
+                self.logger.print(f"accuracy before training: {self._accuracy_text(summary['eval_before'])} "
+                                  f"on {len(self.eval_examples)} eval prompts")
+        self.logger.open_bar(self.total_steps, cfg.method, enabled=cfg.progress, initial=self.step)
         start = time.perf_counter()
         try:
             while self.step < self.total_steps and not self.budget_spent():
                 self._train_step()
         finally:
-            bar.close()
-            self._bar = None
+            self.logger.close_bar()
         summary["train_seconds"] = time.perf_counter() - start
         summary["skipped_steps"] = self.skipped_steps
         summary["steps"] = self.step
@@ -847,23 +785,23 @@ class Trainer:
         summary["total_train_sequences"] = self.total_train_sequences
         summary["eval_after"] = self.evaluate()
         if summary["eval_after"]:
-            self._log({"step": self.step, **summary["eval_after"]})
+            self.logger.log({"step": self.step, **summary["eval_after"]})
         self.save_final()
         if main:
             (self.run_dir / "summary.json").write_text(json.dumps(runlog.finite_or_none(summary), indent=2))
             if summary["eval_after"]:
                 before = summary.get("eval_before") or {}
-                self._print((f"accuracy before training: {self._accuracy_text(before)}\n" if before else "")
-                            + f"accuracy after training:  {self._accuracy_text(summary['eval_after'])} ({cfg.method}, "
-                            f"{self.step} steps, {number(summary['train_seconds'], '.0f')} s)")
-            self._print(f"model saved to {self.run_dir / 'model'}"
-                        + (f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})"
-                           if cfg.use_peft and cfg.merge_lora_on_save else " (LoRA adapter)" if cfg.use_peft else ""))
+                self.logger.print((f"accuracy before training: {self._accuracy_text(before)}\n" if before else "")
+                                  + f"accuracy after training:  {self._accuracy_text(summary['eval_after'])} "
+                                  f"({cfg.method}, {self.step} steps, {number(summary['train_seconds'], '.0f')} s)")
+            self.logger.print(f"model saved to {self.run_dir / 'model'}"
+                              + (f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})"
+                                 if cfg.use_peft and cfg.merge_lora_on_save else " (LoRA adapter)" if cfg.use_peft else ""))
             if cfg.push_to_hub:
                 folder = self.run_dir / ("model-merged" if cfg.use_peft and cfg.merge_lora_on_save else "model")
                 url = hub.push_model(folder, cfg.hub_model_id or self.run_dir.name,
                                      f"sftrl {cfg.method}, {self.step} steps")
-                self._print(f"pushed {folder} to {url}")
+                self.logger.print(f"pushed {folder} to {url}")
         return summary
 
     def _train_step(self) -> None:
@@ -872,7 +810,7 @@ class Trainer:
         t0 = time.perf_counter()
         kind = self.method.plan(cfg, self.step, self.method_state)
         size = cfg.sft_batch if kind is StepKind.SFT else cfg.batch_size
-        indices = self.sampler.next_batch(size)[self.accelerator.process_index::self.world]
+        indices = self.collective.local_rows(self.sampler.next_batch(size))
         examples = [self.train_examples[i] for i in indices]
         self.model.train()
         self._loss = 0.0
@@ -891,15 +829,17 @@ class Trainer:
         metrics["time/optimizer"] = time.perf_counter() - t_opt
         self.step += 1
         if not finite:
-            self._print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite "
-                        f"(loss {metrics['loss']}, grad_norm {metrics['grad_norm']}); no update was made")
+            self.logger.print(f"warning: step {self.step} skipped: its loss or gradient norm is not finite (loss "
+                              f"{number(metrics['loss'], '.4g')}, grad_norm {number(metrics['grad_norm'], '.4g')}); "
+                              "no update was made")
         elif not stepped:
-            self._print(f"warning: step {self.step} skipped: its gradient norm {number(metrics['grad_norm'], '.4g')} "
-                        f"is above skip_update_grad_norm={cfg.skip_update_grad_norm}; no update was made")
+            self.logger.print(f"warning: step {self.step} skipped: its gradient norm {number(metrics['grad_norm'], '.4g')} "
+                              f"is above skip_update_grad_norm={number(cfg.skip_update_grad_norm, 'g')}; "
+                              "no update was made")
         # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
         self.method.after_step(self, self.method_state, metrics)
         # What the step cost (ReLIFT's SFT update included), for budgets in tokens or sequences.
-        tokens, sequences = self._global_sums([self._step_token_passes, self._step_sequences])
+        tokens, sequences = self.collective.sums([self._step_token_passes, self._step_sequences])
         metrics["token_passes"], metrics["train_sequences"] = int(tokens), int(sequences)
         self.total_token_passes += int(tokens)
         self.total_train_sequences += int(sequences)
@@ -912,56 +852,45 @@ class Trainer:
         if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
             metrics.update(self.evaluate())
         if self.step % cfg.logging_steps == 0 or not stepped:
-            self._log({"step": self.step, **metrics})
+            self.logger.log({"step": self.step, **metrics})
         if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
             kept = checkpoint.checkpoint_dirs(self.run_dir)
             raise RunError(f"stopped at step {self.step}: {self.nonfinite_in_a_row} steps in a row had a non-finite "
                            f"loss or gradient (max_nonfinite_steps={cfg.max_nonfinite_steps}); no model was written, "
                            f"the last good checkpoint is {kept[-1] if kept else 'none'}. Lower learning_rate, or check "
                            "the data and reward functions")
-        postfix = {short: number(metrics[k], ".3g") for k, short in BAR_METRICS.items()
-                   if isinstance(metrics.get(k), (int, float))}
-        self._bar.update(1, step=metrics["step_type"], **postfix)
+        self.logger.advance(metrics)
         if cfg.save_every and self.step % cfg.save_every == 0 and not last:
             self.save_checkpoint()
 
     # ------------------------------------------------------------------ logging and checkpoints
-    def _print(self, text: str) -> None:
-        if self.accelerator.is_main_process:
-            if self._bar is not None:
-                self._bar.write(text)
-            else:
-                print(text, flush=True)
+    def run_state(self) -> checkpoint.RunState:
+        """What a checkpoint holds besides the weights (collective under FSDP: the optimizer's shards)."""
+        return checkpoint.RunState(
+            **{name: getattr(self, name) for name in checkpoint.RunState.COUNTERS},
+            optimizer=self.parallel.optimizer_state(self.model, self.optimizer),
+            sampler=self.sampler.state_dict(), demo_sampler=self.demo_sampler.state_dict(),
+            extra_optimizer=self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
+            method_state=self.method_state, rng=checkpoint.capture_rng())
 
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            runlog.append(self.run_dir / "metrics.jsonl", record)
-            if self.accelerator.log_with:  # the same numbers, for TensorBoard / W&B / Trackio
-                numbers = {key: value for key, value in record.items() if key != "step"
-                           and isinstance(value, (int, float)) and not isinstance(value, bool)}
-                self.accelerator.log(numbers, step=record["step"])
-
-    def _logged_eval(self, step: int) -> dict[str, float]:
-        """Evaluation metrics already in metrics.jsonl for `step` (a resumed run does not repeat them)."""
-        return runlog.logged_eval(self.run_dir / "metrics.jsonl", step)
-
-    def _trainer_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "skipped_steps": self.skipped_steps,
-            "total_token_passes": self.total_token_passes,
-            "total_train_sequences": self.total_train_sequences,
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
-            "warned_unscorable": self._warned_unscorable,
-            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
-            "sampler": self.sampler.state_dict(),
-            "demo_sampler": self.demo_sampler.state_dict(),
-            "extra_optimizer": self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
-            "method_state": self.method_state,
-            "reference_step": self.reference_step,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }
+    def restore(self, state: checkpoint.RunState) -> None:
+        """Continue from `state` (the weights are loaded apart): optimizers, samplers, method state,
+        counters, and last the random generators."""
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state.optimizer)
+        self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
+        self.sampler.load_state_dict(state.sampler)
+        if state.demo_sampler is not None:
+            self.demo_sampler.load_state_dict(state.demo_sampler)
+        if self.extra_optimizer is not None:
+            if state.extra_optimizer is None:
+                raise RunError(f"the checkpoint at step {state.step} holds no state of {self.config.method}'s "
+                               "extra optimizer, so it cannot be resumed as this method")
+            self.extra_optimizer.load_state_dict(state.extra_optimizer)
+        self.method_state = state.method_state
+        self.total_steps = self.method.total_steps(self.config, self.method_state)
+        for name in checkpoint.RunState.COUNTERS:
+            setattr(self, name, getattr(state, name))
+        checkpoint.restore_rng(state.rng)
 
     def _refuse_nonfinite_weights(self, what: str) -> None:
         if not self._parameters_finite():
@@ -973,19 +902,19 @@ class Trainer:
         """checkpoints/step-NNNNNN (see :mod:`sftrl.checkpoint`), written by the main process; never
         with non-finite weights, so the older checkpoints it would rotate out stay."""
         self._refuse_nonfinite_weights("a checkpoint")
-        self.accelerator.wait_for_everyone()
+        self.collective.barrier()
         path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
-        state = self._trainer_state()  # collective under FSDP (the optimizer's shards), so on every process
+        state = self.run_state()  # collective under FSDP (the optimizer's shards), so on every process
         if self.accelerator.is_main_process:
             reference = self.reference if self.reference_step is not None else None
             path = checkpoint.save_checkpoint(self.run_dir, self.step, self.whole_policy(), self.tokenizer,
                                               state, reference, self.config.save_total_limit)
-        self.accelerator.wait_for_everyone()
+        self.collective.barrier()
         return path
 
     def save_final(self) -> None:
         self._refuse_nonfinite_weights("the final model")
-        self.accelerator.wait_for_everyone()
+        self.collective.barrier()
         if self.accelerator.is_main_process:
             checkpoint.save_model(self.run_dir, self.whole_policy(), self.tokenizer)  # a LoRA run: the adapter
             if self.config.use_peft and self.config.merge_lora_on_save:
@@ -1006,58 +935,16 @@ class Trainer:
         else:
             weights_at = lambda path: model_at(path).state_dict()  # noqa: E731
         latest, (state, weights, reference) = checkpoint.load_newest_readable(checkpoints, weights_at, model_at,
-                                                                             self._print)
+                                                                             self.logger.print)
         if cfg.use_peft:
             peft.set_peft_model_state_dict(self.policy, weights)
         else:
             self.parallel.load_full_state_dict(self.model, self.policy, weights)
-        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
-        self.sampler.load_state_dict(state["sampler"])
-        if "demo_sampler" in state:
-            self.demo_sampler.load_state_dict(state["demo_sampler"])
-        if self.extra_optimizer is not None:
-            self.extra_optimizer.load_state_dict(state["extra_optimizer"])
-        self.method_state = state["method_state"]
-        self.total_steps = self.method.total_steps(self.config, self.method_state)
-        self.reference_step = state.get("reference_step")
         if reference is not None:
             self.reference = frozen_copy(reference).to(self.accelerator.device)
-        self.step = state["step"]
-        self.skipped_steps = state.get("skipped_steps", 0)
-        # 0 in checkpoints written before they were counted
-        self.total_token_passes = state.get("total_token_passes", 0)
-        self.total_train_sequences = state.get("total_train_sequences", 0)
-        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
-        self._warned_unscorable = state.get("warned_unscorable", False)
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        if self.accelerator.is_main_process:
-            runlog.keep_until(self.run_dir / "metrics.jsonl", self.step)
-        self._print(f"resumed from {latest} at step {self.step}")
-
-
-def _accuracy_text(metrics: dict[str, float], samples: int = 0, temperature: float = 0.0) -> str:
-    """'41.0%', or '41.0% (math 55.0%, gsm8k 8.3%)' when the eval set has several data sources; with
-    sampled accuracy logged, 'avg@4 (T 0.6) 30.9% (...); greedy 14.5% (...)', the sampled one first."""
-    def text(name: str) -> str:
-        prefix = f"eval/{name}/"
-        parts = [f"{key[len(prefix):]} {number(value, '.1%')}" for key, value in metrics.items() if key.startswith(prefix)]
-        return number(metrics[f'eval/{name}'], '.1%') + (f" ({', '.join(parts)})" if parts else "")
-
-    if "eval/sampled_accuracy" not in metrics:
-        return text("accuracy")
-    return f"avg@{samples} (T {number(temperature, 'g')}) {text('sampled_accuracy')}; greedy {text('accuracy')}"
-
-
-def _tracker_config(config: Config) -> dict[str, Any]:
-    """The config as trackers take hyperparameters: numbers, strings and booleans (TensorBoard's hparams
-    refuse lists and None)."""
-    return {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-            for key, value in config.to_dict().items()}
+        self.restore(state)
+        self.logger.keep_until(self.step)
+        self.logger.print(f"resumed from {latest} at step {self.step}")
 
 
 def _seed_everything(seed: int) -> None:
