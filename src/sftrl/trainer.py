@@ -22,7 +22,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from transformers import TrainerState
 
 from . import checkpoint, hub, losses, registry, runlog
-from .batching import counted_tokens, micro_batches, pack, score_targets
+from .batching import counted_tokens, micro_batches, pack, pad_rows, score_targets, target_logprobs
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
@@ -41,8 +41,8 @@ from .evaluate import evaluate_accuracy, reward_columns
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
-from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer,
-                     resolve_model_path, set_activation_checkpointing)
+from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_frozen, load_model,
+                     load_tokenizer, resolve_model_path, set_activation_checkpointing)
 from .parallel import Parallel
 from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
@@ -65,6 +65,9 @@ class Rollouts:
     advantages: torch.Tensor  # (N,) over each group, demonstration included
     group_size: int
     metrics: dict[str, float]
+    # Per-row, per-token values the method's token loss takes by name (OPSD's and OPD's teacher log-probs),
+    # each row's (len(target),) tensor; policy_backward pads them to the micro-batch's (B, T).
+    token_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def select(self, groups: list[int]) -> "Rollouts":
         """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
@@ -73,7 +76,7 @@ class Rollouts:
         index = torch.tensor(rows, dtype=torch.long)
         return Rollouts([self.prompt_ids[i] for i in rows], [self.target_ids[i] for i in rows], self.is_demo[index],
                         self.truncated[index], self.rewards[index], self.advantages[index], self.group_size,
-                        self.metrics)
+                        self.metrics, {name: [values[i] for i in rows] for name, values in self.token_inputs.items()})
 
 
 # (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
@@ -182,6 +185,7 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
+        self._frozen_models: dict[str, Any] = {}  # teachers loaded by frozen_model, once per run
 
     def _start_rollout_engine(self, model_path: str):
         """The engine that samples rollouts (`rollout_backend`); vLLM starts here, once per run."""
@@ -307,6 +311,40 @@ class Trainer:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def context_ids(self, prompt: str | list[dict]) -> list[int]:
+        """Token ids of a prompt (text or chat messages) rendered as training prompts are (chat template,
+        chat_template_kwargs), not cut by max_prompt_length (OPSD's teacher context)."""
+        text = render_prompt(self.tokenizer, prompt, self.config.chat_template_kwargs)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def frozen_model(self, name: str, what: str):
+        """A frozen model (a teacher) loaded as the policy is (models.load_frozen: a local directory or hub id,
+        the run's dtype; its tokenizer must have the policy's vocabulary), on this process's device, loaded
+        once per run; `what` names the config field in errors."""
+        if name not in self._frozen_models:
+            cfg = self.config
+            self._frozen_models[name] = load_frozen(name, what, self.tokenizer, cfg.dtype,
+                                                    cfg.trust_remote_code).to(self.accelerator.device)
+        return self._frozen_models[name]
+
+    @torch.no_grad()
+    def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
+                   temperature: float = 1.0) -> list[torch.Tensor]:
+        """log π(target_t | prompt, target_<t) of each row under `model` (None: the current policy), no
+        gradient, at `temperature`: one (len(target),) tensor per row (OPSD's and OPD's teachers).
+        Collective under FSDP and ZeRO-3 when model is None (whole_policy)."""
+        model = self.whole_policy() if model is None else model
+        out: list[torch.Tensor | None] = [None] * len(target_ids)
+        for rows in self._micro_batches([len(p) + len(t) for p, t in zip(prompt_ids, target_ids)]):
+            batch = pack([prompt_ids[i] for i in rows], [target_ids[i] for i in rows], self.pad_id,
+                         self.accelerator.device)
+            with self.accelerator.autocast():
+                logps, _ = target_logprobs(model, batch, temperature, with_entropy=False,
+                                           chunk_size=self.config.logprob_chunk_size)
+            for j, i in enumerate(rows):
+                out[i] = logps[j, :len(target_ids[i])].float().cpu()
+        return out
+
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
         """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
         keep; and whether it was cut."""
@@ -320,7 +358,9 @@ class Trainer:
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
-                     entropy_tokens: int | None = None) -> dict[str, float]:
+                     entropy_tokens: int | None = None,
+                     token_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+                     ) -> dict[str, float]:
         """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics.
 
         token_weights: (log-probs, entropy), both (B, T) -> per-token weights of the NLL, as constants
@@ -333,6 +373,8 @@ class Trainer:
         temperature: the logits are divided by it before the log-softmax (1 = the plain NLL; CHORD's,
             GAC's and HPT's code score demonstrations at the rollout temperature).
         observe: shown every micro-batch (detached), for statistics (GAC).
+        token_loss: (log-probs with gradient, the reference's log-probs or None) -> (B, T) per-token loss
+            that replaces the (weighted) NLL, reduced by the same token mean (ASFT's DFT + λ·k3).
         Collective: every process calls it with its own rows (maybe none); the token mean and the metrics
         are over every process's rows. With a reference model loaded, the KL to it is measured (`kl_ref`)
         whether or not it is trained on. Returns {} when no process had a row.
@@ -349,10 +391,14 @@ class Trainer:
         for rows in plan:
             batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
             mask = batch.target_mask
-            scores = self._score(batch, temperature, reference=self.reference, kl_grad=kl_coef > 0)
+            scores = self._score(batch, temperature, reference=self.reference, kl_grad=kl_coef > 0,
+                                 ref_logps=token_loss is not None and self.reference is not None)
             logps, entropy = scores.logps, scores.entropy
             weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
-            loss = losses.sft_loss(logps, mask, step_tokens, weights)
+            if token_loss is not None:
+                loss = losses.token_mean(token_loss(logps, scores.ref_logps), mask, step_tokens)
+            else:
+                loss = losses.sft_loss(logps, mask, step_tokens, weights)
             if self.reference is not None:
                 kl = scores.kl  # (B, T) exact KL(π_θ‖π_ref), differentiable when trained on
                 if kl_coef > 0:
@@ -563,8 +609,10 @@ class Trainer:
             scores = self._score(batch, cfg.temperature, reference=self.reference, ref_logps=cfg.beta > 0)
             logps, entropy = scores.logps, scores.entropy
             advantages = rollouts.advantages[idx].to(device)
+            inputs = {name: pad_rows([values[i] for i in idx], logps.shape[1], device)
+                      for name, values in rollouts.token_inputs.items()}  # (B, T) each
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
-            per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo)
+            per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo, **inputs)
             stats = dict(stats)
             if self.reference is not None:
                 stats["kl_ref"] = scores.kl  # detached: measured, not trained on

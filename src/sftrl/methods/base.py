@@ -18,9 +18,9 @@ Each optimizer step the trainer
 Several processes: the step's prompts (and demonstrations) are sharded ``global[rank::world]``, so
 ``examples`` holds this process's share. A method must make every process call the same collective
 primitives in the same order, whatever its own rows decided (``sft_backward``, ``policy_backward``,
-``rollouts``, ``global_sum``, ``gather_rows`` and ``draw_demonstrations`` are collective); a process
-with no rows of a term still calls it with an empty list, and the term's normaliser counts every
-process's rows. Decisions that skip a term must be taken on global counts, the same on every process.
+``rollouts``, ``global_sum``, ``gather_rows``, ``draw_demonstrations`` and ``score_rows`` are
+collective); a process with no rows of a term still calls it with an empty list, and the term's
+normaliser counts every process's rows. Decisions that skip a term must be taken on global counts, the same on every process.
 
 ``state`` is the method's own dict, made by ``init_state(config, train_size)``; it must hold only
 picklable values, and it is saved in every checkpoint and restored on resume, so a resumed run makes
@@ -91,7 +91,9 @@ class Primitives(Protocol):
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
-                     entropy_tokens: int | None = None) -> dict[str, float]: ...
+                     entropy_tokens: int | None = None,
+                     token_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+                     ) -> dict[str, float]: ...
 
     def rollouts(self, examples: list, placement: Placement = Placement.NONE,
                  hints: list[str] | None = None) -> Any: ...
@@ -127,6 +129,13 @@ class Primitives(Protocol):
     def demonstration_ids(self, example: Any) -> tuple[list[int], bool]: ...
 
     def text_ids(self, text: str) -> list[int]: ...
+
+    def context_ids(self, prompt: str | list[dict]) -> list[int]: ...
+
+    def frozen_model(self, name: str, what: str) -> Any: ...
+
+    def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
+                   temperature: float = 1.0) -> list[torch.Tensor]: ...
 
 
 LEARNING_RATE_FIELDS = {StepKind.SFT: "sft_learning_rate", StepKind.POLICY: "learning_rate"}
