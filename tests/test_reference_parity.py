@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sftrl import losses
 from sftrl.batching import pack, target_logits
 from sftrl.methods import METHODS, chord, gac
 from sftrl.methods.base import TokenView

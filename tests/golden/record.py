@@ -1,7 +1,8 @@
 """Golden outputs of the training loop: what every method logs and trains to, recorded before the loop is
 refactored (issue 22), so that each move can be shown to change no number.
 
-What a case runs: one of the 13 methods (``sftrl.methods.METHODS``) trains the shipped sandbox base
+What a case runs: one of the methods (``sftrl.methods.METHODS``; OPD, whose teacher would have to be
+trained first, is left out) trains the shipped sandbox base
 model on the sandbox task for 4 optimizer steps (``CASES``: settings chosen so that each method's phases
 occur within them: SASR's warm-up, reference snapshot and coin; SFT→GRPO's and GRPO→SFT's two stages;
 the static schedule's cycle; HPT's gate, ReLIFT's buffer and its second optimizer; GAC's statistics;
@@ -66,6 +67,9 @@ CASES: dict[str, dict[str, Any]] = {
     "sft-then-grpo": dict(sft_steps=2),  # the RL stage starts with a fresh optimizer
     "grpo-then-sft": dict(grpo_steps=2, sft_kl_coef=0.1),  # the SFT stage's KL to the end-of-RL snapshot
     "static": dict(static_sft_steps=1, static_grpo_steps=2),
+    "dft": dict(),
+    "asft": dict(),  # DFT + λ·k3 to the reference on demonstration tokens
+    "opsd": dict(),  # the live teacher with the demonstration in its context
 }
 
 
