@@ -144,7 +144,7 @@ def test_dft_matches_trls_sft_trainer_loss_in_value_and_gradient():
         logps = gathered(logits[i:i + 1], tokens[i:i + 1])
         ours = ours + losses.sft_loss(logps, mask[i:i + 1], n, losses.dft_weights(logps))
     ours.backward()
-    value_gap = abs(float(ours) - float(trl))
+    value_gap = abs(float(ours.detach()) - float(trl.detach()))
     grad_gap = float((logits.grad - trl_grad).abs().max())
     print(f"DFT vs TRL: |loss diff| {value_gap:.3e}, max |grad diff| {grad_gap:.3e}")
     assert value_gap <= 1e-12 and grad_gap <= 1e-12
