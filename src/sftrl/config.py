@@ -29,6 +29,7 @@ ROLLOUT_BACKENDS = ("torch", "generate", "vllm")
 # How the sandbox's training demonstrations write the doubling line (sftrl.sandbox.task): "times"
 # (`10*2=20`, a `*` the base model has never seen) or "sum" (`10+10=20`, tokens it already produces).
 SANDBOX_DOUBLE_FORMS = ("times", "sum")
+UFT_SCHEDULES = ("uft", "questa", "prefix-rft")  # uft's hint schedules (sftrl.methods.uft)
 # Fields that cannot change what a run computes (memory knobs, logging, checkpoint cadence, the
 # resume switch itself): a resumed run may set them differently. Every other field must match.
 RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
@@ -149,12 +150,16 @@ class Config:
     gac_prior_weight: float = _f(1.0, "gac: λ, μ_c = (1-λ)·prior(t) + λ·μ_adaptive, prior = CHORD's schedule (chord_mu_*); 1 = no prior (code default; README example 0.5).")
     gac_trim_ratio: float = _f(0.1, "gac: share of the lowest and of the highest demonstration NLLs dropped before σ_s² (code default 0.1).")
     gac_delta_g2_cap: float = _f(0.0, "gac: κ, cap Δg² <= κ·(σ_s² + σ_r²); 0 = no cap (code default).")
-    uft_hint_steps: int = _f(300, "uft: T_hint, steps over which the hint shrinks by a cosine; none after (UFT, arXiv 2505.16984, released code: 300 of 500).")
+    uft_hint_steps: int = _f(300, "uft: T_hint, steps over which the hint shrinks by a cosine; none after (UFT, arXiv 2505.16984, released code: 300 of 500); questa: stage 1's length; prefix-rft: low_t's cosine's.")
     uft_hint_prob_high: float = _f(0.95, "uft: p_hi, the chance that each hint block is given at step 0 (released code: 0.95).")
     uft_hint_prob_low: float = _f(0.05, "uft: p_lo, that chance at step T_hint (released code: 0.05).")
     uft_hint_blocks: int = _f(5, "uft: K, the demonstration's solution steps are grouped into min(K, steps) hint blocks (released code: 5).")
     uft_hint_coef: float = _f(0.001, "uft: c_h, weight of the token-mean NLL of the hint tokens added to the GRPO loss (released code: 0.001).")
     uft_step_separator: str = _f("\n", "uft: separator of a demonstration's solution steps; the last segment is the answer and never a hint.")
+    uft_schedule: str = _f("uft", "uft: hint schedule: uft (UFT's cosine over blocks), questa (QuestA, arXiv 2507.13266: a solution prefix in the question) or prefix-rft (Prefix-RFT, arXiv 2507.01679: one extra rollout per group continues a prefix); see ALGORITHMS.md.")
+    uft_prefix_high: float | None = _f(None, "uft questa: stage 1's share of the solution in the hint (QuestA: 0.5); prefix-rft: the prefix share's upper bound and low_t's start (Prefix-RFT: 0.95); null: those.")
+    uft_prefix_low: float | None = _f(None, "uft questa: stage 2's share, after uft_hint_steps (QuestA: 0.25); prefix-rft: low_t at uft_hint_steps and after (Prefix-RFT: 0.05); null: those.")
+    uft_entropy_top: float = _f(0.2, "uft prefix-rft: share of a micro-batch's prefix tokens, highest entropy first, that keep their advantage; the rest get 0 (Prefix-RFT: top 20%).")
 
     # --- rollouts and GRPO (names as in TRL) ---------------------------------------------------
     num_generations: int = _f(8, "Rollouts sampled per prompt (G, the GRPO group size).")
@@ -397,6 +402,13 @@ def check_fields(c: Config) -> None:
           f"uft_hint_prob_low: must not exceed uft_hint_prob_high={c.uft_hint_prob_high}, got {c.uft_hint_prob_low}")
     check(c.uft_hint_blocks >= 1, f"uft_hint_blocks: must be at least 1, got {c.uft_hint_blocks}")
     check(c.uft_step_separator != "", "uft_step_separator: must not be empty")
+    check(c.uft_schedule in UFT_SCHEDULES, f"uft_schedule: {c.uft_schedule!r} is not one of {', '.join(UFT_SCHEDULES)}")
+    for name in ("uft_prefix_high", "uft_prefix_low"):
+        value = getattr(c, name)
+        check(value is None or 0 <= value <= 1, f"{name}: must be in [0, 1] or null, got {value}")
+    check(c.uft_prefix_low is None or c.uft_prefix_high is None or c.uft_prefix_low <= c.uft_prefix_high,
+          f"uft_prefix_low: must not exceed uft_prefix_high={c.uft_prefix_high}, got {c.uft_prefix_low}")
+    check(0 < c.uft_entropy_top <= 1, f"uft_entropy_top: must be in (0, 1], got {c.uft_entropy_top}")
     check(0 <= c.adam_beta1 < 1, f"adam_beta1: must be in [0, 1), got {c.adam_beta1}")
     check(0 <= c.adam_beta2 < 1, f"adam_beta2: must be in [0, 1), got {c.adam_beta2}")
     check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")

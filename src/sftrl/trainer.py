@@ -65,6 +65,10 @@ class Rollouts:
     advantages: torch.Tensor  # (N,) over each group, demonstration included
     group_size: int
     metrics: dict[str, float]
+    # Prefix-RFT (sftrl.methods.uft): leading target tokens that are a demonstration's prefix, and
+    # their advantage, (N,) each; given to the token loss as keywords. `select` drops them.
+    prefix_lengths: torch.Tensor | None = None
+    prefix_advantages: torch.Tensor | None = None
 
     def select(self, groups: list[int]) -> "Rollouts":
         """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
@@ -306,6 +310,10 @@ class Trainer:
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (Prefix-RFT's demonstration prefix)."""
+        return self.tokenizer.decode(ids)
 
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
         """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
@@ -564,7 +572,10 @@ class Trainer:
             logps, entropy = scores.logps, scores.entropy
             advantages = rollouts.advantages[idx].to(device)
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
-            per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo)
+            prefix = {} if rollouts.prefix_lengths is None else {
+                "prefix_lengths": rollouts.prefix_lengths[idx].to(device),
+                "prefix_advantages": rollouts.prefix_advantages[idx].to(device)}
+            per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo, **prefix)
             stats = dict(stats)
             if self.reference is not None:
                 stats["kl_ref"] = scores.kl  # detached: measured, not trained on
