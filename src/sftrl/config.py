@@ -36,7 +36,7 @@ RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "s
                          "micro_batch_size", "generation_batch_size", "eval_batch_size", "vllm_gpu_memory_utilization",
                          "vllm_sleep_mode", "gradient_checkpointing", "merge_lora_on_save", "logprob_chunk_size",
                          "report_to", "push_to_hub", "hub_model_id",
-                         "eval_samples", "eval_temperature")
+                         "eval_samples", "eval_temperature", "kl_from_base_examples")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
 
@@ -188,6 +188,7 @@ class Config:
     eval_batch_size: int = _f(128, "Prompts per generate() call during evaluation.")
     eval_samples: int = _f(4, "Evaluations during training also sample this many completions per prompt at eval_temperature and report their mean accuracy (avg@k, eval/sampled_accuracy, the headline: greedy accuracy on the sandbox flips with the base model's near 50/50 first-token choice); 0 = greedy accuracy only. Drawn from a generator of their own: training is the same whatever this is.")
     eval_temperature: float = _f(0.6, "Sampling temperature of eval_samples (the papers' evaluation protocol: 0.6).")
+    kl_from_base_examples: int = _f(8, "Evaluations also log kl_from_base, the forward KL(π_base ‖ π_θ) per token on the first N eval rows' demonstrations (RL's Razor, arXiv 2509.04259: it tracks forgetting); the base's top-256 log-probs are computed once at the start; 0 = off.")
     logging_steps: int = _f(1, "Write metrics every N steps.")
     save_every: int = _f(50, "Write a checkpoint every N steps (0 = only the final model).")
     save_total_limit: int = _f(2, "Keep the newest N checkpoints.")
@@ -331,7 +332,8 @@ def check_fields(c: Config) -> None:
                  "generation_batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
         check(getattr(c, name) >= 1, f"{name}: must be at least 1, got {getattr(c, name)}")
     for name in ("warmup_steps", "sft_steps", "grpo_steps", "static_sft_steps", "static_grpo_steps", "eval_every",
-                 "save_every", "hpt_gate", "chord_mu_warmup_steps", "chord_mu_decay_steps", "uft_hint_steps"):
+                 "save_every", "hpt_gate", "chord_mu_warmup_steps", "chord_mu_decay_steps", "uft_hint_steps",
+                 "kl_from_base_examples"):
         check(getattr(c, name) >= 0, f"{name}: must be 0 or more, got {getattr(c, name)}")
     for name in ("max_prompt_length", "max_train_examples", "max_eval_examples", "sft_batch_size", "rl_steps"):
         value = getattr(c, name)

@@ -37,7 +37,7 @@ from .batching import counted_tokens, micro_batches, pack, score_targets
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
-from .evaluate import evaluate_accuracy, reward_columns
+from .evaluate import base_logprobs, evaluate_accuracy, kl_from_base, reward_columns
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
@@ -186,6 +186,12 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
+        self.kl_base = None  # RL's Razor: the base's log-probs on held-out demonstrations, for kl_from_base
+        if config.kl_from_base_examples and self.eval_examples:
+            with self.accelerator.autocast():
+                self.kl_base = base_logprobs(self.whole_policy(), self.tokenizer, self.eval_examples,
+                                             config.kl_from_base_examples, config.max_completion_length,
+                                             config.chat_template_kwargs)
 
     def _start_rollout_engine(self, model_path: str):
         """The engine that samples rollouts (`rollout_backend`); vLLM starts here, once per run."""
@@ -742,6 +748,8 @@ class Trainer:
                 metrics.update({"eval/sampled_accuracy": sampled["accuracy"],
                                 **{f"eval/sampled_accuracy/{source}": value
                                    for source, value in sampled["by_source"].items()}})
+            if self.kl_base is not None:
+                metrics["kl_from_base"] = kl_from_base(self.whole_policy(), self.tokenizer, self.kl_base)
         return metrics
 
     def _accuracy_text(self, metrics: dict[str, float]) -> str:
