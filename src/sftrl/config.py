@@ -29,13 +29,14 @@ ROLLOUT_BACKENDS = ("torch", "generate", "vllm")
 # How the sandbox's training demonstrations write the doubling line (sftrl.sandbox.task): "times"
 # (`10*2=20`, a `*` the base model has never seen) or "sum" (`10+10=20`, tokens it already produces).
 SANDBOX_DOUBLE_FORMS = ("times", "sum")
+UFT_SCHEDULES = ("uft", "questa", "prefix-rft")  # uft's hint schedules (sftrl.methods.uft)
 # Fields that cannot change what a run computes (memory knobs, logging, checkpoint cadence, the
 # resume switch itself): a resumed run may set them differently. Every other field must match.
 RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "save_total_limit",
                          "micro_batch_size", "generation_batch_size", "eval_batch_size", "vllm_gpu_memory_utilization",
                          "vllm_sleep_mode", "gradient_checkpointing", "merge_lora_on_save", "logprob_chunk_size",
                          "report_to", "push_to_hub", "hub_model_id",
-                         "eval_samples", "eval_temperature")
+                         "eval_samples", "eval_temperature", "kl_from_base_examples")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 OPSD_TEACHERS = ("live", "base")
 # The OPSD teacher's prompt (arXiv 2601.18734, Fig. 2) as a NeMo-RL on-policy distillation example writes it
@@ -155,7 +156,7 @@ class Config:
     gac_prior_weight: float = _f(1.0, "gac: λ, μ_c = (1-λ)·prior(t) + λ·μ_adaptive, prior = CHORD's schedule (chord_mu_*); 1 = no prior (code default; README example 0.5).")
     gac_trim_ratio: float = _f(0.1, "gac: share of the lowest and of the highest demonstration NLLs dropped before σ_s² (code default 0.1).")
     gac_delta_g2_cap: float = _f(0.0, "gac: κ, cap Δg² <= κ·(σ_s² + σ_r²); 0 = no cap (code default).")
-    uft_hint_steps: int = _f(300, "uft: T_hint, steps over which the hint shrinks by a cosine; none after (UFT, arXiv 2505.16984, released code: 300 of 500).")
+    uft_hint_steps: int = _f(300, "uft: T_hint, steps over which the hint shrinks by a cosine; none after (UFT, arXiv 2505.16984, released code: 300 of 500); questa: stage 1's length; prefix-rft: low_t's cosine's.")
     uft_hint_prob_high: float = _f(0.95, "uft: p_hi, the chance that each hint block is given at step 0 (released code: 0.95).")
     uft_hint_prob_low: float = _f(0.05, "uft: p_lo, that chance at step T_hint (released code: 0.05).")
     uft_hint_blocks: int = _f(5, "uft: K, the demonstration's solution steps are grouped into min(K, steps) hint blocks (released code: 5).")
@@ -168,6 +169,10 @@ class Config:
     opsd_teacher_template: str = _f(OPSD_TEMPLATE, "opsd: the teacher's user message, {prompt} and {demonstration} filled in (OPSD, arXiv 2601.18734, Fig. 2, as NeMo-RL's DEFAULT_DISTILLATION_TEACHER_BIAS_TEMPLATE writes it).")
     opd_teacher: str | None = _f(None, "opd: the teacher model, a local directory or hub id, loaded like `model` and frozen; it must share the policy's tokenizer (GKD, arXiv 2306.13649).")
     distill_reward_coef: float = _f(0.0, "opsd, opd: w in the per-token advantage log π_T - log π_θ + w·A, A the task reward's GRPO advantage (verl's use_task_rewards); 0 = pure distillation.")
+    uft_schedule: str = _f("uft", "uft: hint schedule: uft (UFT's cosine over blocks), questa (QuestA, arXiv 2507.13266: a solution prefix in the question) or prefix-rft (Prefix-RFT, arXiv 2507.01679: one extra rollout per group continues a prefix); see ALGORITHMS.md.")
+    uft_prefix_high: float | None = _f(None, "uft questa: stage 1's share of the solution in the hint (QuestA: 0.5); prefix-rft: the prefix share's upper bound and low_t's start (Prefix-RFT: 0.95); null: those.")
+    uft_prefix_low: float | None = _f(None, "uft questa: stage 2's share, after uft_hint_steps (QuestA: 0.25); prefix-rft: low_t at uft_hint_steps and after (Prefix-RFT: 0.05); null: those.")
+    uft_entropy_top: float = _f(0.2, "uft prefix-rft: share of a micro-batch's prefix tokens, highest entropy first, that keep their advantage; the rest get 0 (Prefix-RFT: top 20%).")
 
     # --- rollouts and GRPO (names as in TRL) ---------------------------------------------------
     num_generations: int = _f(8, "Rollouts sampled per prompt (G, the GRPO group size).")
@@ -196,6 +201,7 @@ class Config:
     eval_batch_size: int = _f(128, "Prompts per generate() call during evaluation.")
     eval_samples: int = _f(4, "Evaluations during training also sample this many completions per prompt at eval_temperature and report their mean accuracy (avg@k, eval/sampled_accuracy, the headline: greedy accuracy on the sandbox flips with the base model's near 50/50 first-token choice); 0 = greedy accuracy only. Drawn from a generator of their own: training is the same whatever this is.")
     eval_temperature: float = _f(0.6, "Sampling temperature of eval_samples (the papers' evaluation protocol: 0.6).")
+    kl_from_base_examples: int = _f(8, "Evaluations also log kl_from_base, the forward KL(π_base ‖ π_θ) per token on the first N eval rows' demonstrations (RL's Razor, arXiv 2509.04259: it tracks forgetting); the base's top-256 log-probs are computed once at the start; 0 = off.")
     logging_steps: int = _f(1, "Write metrics every N steps.")
     save_every: int = _f(50, "Write a checkpoint every N steps (0 = only the final model).")
     save_total_limit: int = _f(2, "Keep the newest N checkpoints.")
@@ -339,7 +345,8 @@ def check_fields(c: Config) -> None:
                  "generation_batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
         check(getattr(c, name) >= 1, f"{name}: must be at least 1, got {getattr(c, name)}")
     for name in ("warmup_steps", "sft_steps", "grpo_steps", "static_sft_steps", "static_grpo_steps", "eval_every",
-                 "save_every", "hpt_gate", "chord_mu_warmup_steps", "chord_mu_decay_steps", "uft_hint_steps"):
+                 "save_every", "hpt_gate", "chord_mu_warmup_steps", "chord_mu_decay_steps", "uft_hint_steps",
+                 "kl_from_base_examples"):
         check(getattr(c, name) >= 0, f"{name}: must be 0 or more, got {getattr(c, name)}")
     for name in ("max_prompt_length", "max_train_examples", "max_eval_examples", "sft_batch_size", "rl_steps"):
         value = getattr(c, name)
@@ -418,6 +425,13 @@ def check_fields(c: Config) -> None:
           "opsd_teacher_template: must contain both {prompt} and {demonstration}")
     check(c.method != "opd" or bool(c.opd_teacher and c.opd_teacher.strip()),
           "opd_teacher: name the teacher model (a local directory or hub id) that method opd distils from")
+    check(c.uft_schedule in UFT_SCHEDULES, f"uft_schedule: {c.uft_schedule!r} is not one of {', '.join(UFT_SCHEDULES)}")
+    for name in ("uft_prefix_high", "uft_prefix_low"):
+        value = getattr(c, name)
+        check(value is None or 0 <= value <= 1, f"{name}: must be in [0, 1] or null, got {value}")
+    check(c.uft_prefix_low is None or c.uft_prefix_high is None or c.uft_prefix_low <= c.uft_prefix_high,
+          f"uft_prefix_low: must not exceed uft_prefix_high={c.uft_prefix_high}, got {c.uft_prefix_low}")
+    check(0 < c.uft_entropy_top <= 1, f"uft_entropy_top: must be in (0, 1], got {c.uft_entropy_top}")
     check(0 <= c.adam_beta1 < 1, f"adam_beta1: must be in [0, 1), got {c.adam_beta1}")
     check(0 <= c.adam_beta2 < 1, f"adam_beta2: must be in [0, 1), got {c.adam_beta2}")
     check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")

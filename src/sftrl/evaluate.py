@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import registry
+from .batching import pack, target_logits
 from .data import Example, render_prompt
 from .formatting import number
 from .rewards import as_completions, load_rewards, score_completions
@@ -84,6 +85,86 @@ def evaluate_accuracy(
         "truncated": sum(completions.truncated) / len(lengths),
         "completions": completions.texts,
     }
+
+
+# ---------------------------------------------------------------------------------------- kl_from_base
+# RL's Razor (arXiv 2509.04259): forgetting tracks the forward KL from the base model, KL(π_base ‖ π_θ), on
+# the new task's data. sftrl measures it at evaluation on a few held-out demonstrations, teacher-forced.
+KL_FROM_BASE_TOP_K = 256  # base tokens kept per position; exact when the vocabulary is no larger
+
+
+def forward_kl_top_k(
+    base_logps: torch.Tensor,  # (B, T, K) log π_base of its K most likely tokens at each position
+    base_ids: torch.Tensor,  # (B, T, K) long: those tokens
+    logps: torch.Tensor,  # (B, T, V) log π_θ over the whole vocabulary
+) -> torch.Tensor:  # (B, T)
+    """Per-position KL(π_base ‖ π_θ) of the two distributions coarse-grained to the base's K kept tokens plus
+    one bucket for the rest: Σ_k p_k (log p_k - log q_k) + p_rest (log p_rest - log q_rest). Exact when the
+    K tokens are the whole vocabulary; otherwise a lower bound of the full KL (coarse-graining never raises
+    a KL), which lets the base's distribution be kept in K values a position instead of V."""
+    q_top = logps.gather(-1, base_ids)  # (B, T, K)
+    head = (base_logps.exp() * (base_logps - q_top)).sum(-1)  # (B, T)
+    p_rest = (-torch.expm1(torch.logsumexp(base_logps, -1))).clamp(min=0.0)  # (B, T)
+    q_rest = (-torch.expm1(torch.logsumexp(q_top, -1))).clamp(min=torch.finfo(logps.dtype).tiny)  # (B, T)
+    return head + torch.xlogy(p_rest, p_rest) - torch.xlogy(p_rest, q_rest)
+
+
+@dataclass
+class BaseLogprobs:
+    """The base model's top-K log-probs at every position of each held-out demonstration, computed once."""
+
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]]  # the demonstrations + EOS
+    top_logps: list[torch.Tensor]  # (T_i, K) each, float32 on the CPU
+    top_ids: list[torch.Tensor]  # (T_i, K) each, long
+
+
+def held_out_demonstrations(tokenizer, examples: list[Example], count: int, max_length: int,
+                            chat_template_kwargs: dict | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, demonstration ids + EOS cut to max_length) of the first `count` examples with a demonstration."""
+    chosen = [e for e in examples if e.demonstration][:count]
+    prompts = [tokenizer(render_prompt(tokenizer, e.prompt, chat_template_kwargs), add_special_tokens=False)["input_ids"]
+               for e in chosen]
+    targets = [(tokenizer(e.demonstration, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_length]
+               for e in chosen]
+    return prompts, targets
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@torch.no_grad()
+def _demonstration_logps(model, prompt: list[int], target: list[int], pad_id: int) -> torch.Tensor:
+    """(T, V) float32 log π over the vocabulary at each position of one demonstration."""
+    device = next(model.parameters()).device
+    batch = pack([prompt], [target], pad_id, device)
+    return torch.log_softmax(target_logits(model, batch).float(), dim=-1)[0, :len(target)]
+
+
+def base_logprobs(model, tokenizer, examples: list[Example], count: int, max_length: int,
+                  chat_template_kwargs: dict | None = None, top_k: int = KL_FROM_BASE_TOP_K) -> BaseLogprobs | None:
+    """The base model's top-K log-probs on the first `count` demonstrations of `examples`, kept on the CPU;
+    None when none has a demonstration."""
+    prompts, targets = held_out_demonstrations(tokenizer, examples, count, max_length, chat_template_kwargs)
+    if not prompts:
+        return None
+    tops = []
+    for prompt, target in zip(prompts, targets):
+        logps = _demonstration_logps(model, prompt, target, _pad_id(tokenizer))  # (T, V)
+        values, ids = torch.topk(logps, min(top_k, logps.shape[-1]), dim=-1)  # (T, K) each
+        tops.append((values.cpu(), ids.cpu()))
+    return BaseLogprobs(prompts, targets, [v for v, _ in tops], [i for _, i in tops])
+
+
+def kl_from_base(model, tokenizer, base: BaseLogprobs) -> float:
+    """Token mean over the held-out demonstrations of KL(π_base ‖ π_θ) (forward_kl_top_k)."""
+    total, tokens = 0.0, 0
+    for prompt, target, top_logps, top_ids in zip(base.prompt_ids, base.target_ids, base.top_logps, base.top_ids):
+        logps = _demonstration_logps(model, prompt, target, _pad_id(tokenizer))  # (T, V)
+        kl = forward_kl_top_k(top_logps.to(logps.device)[None], top_ids.to(logps.device)[None], logps[None])  # (1, T)
+        total, tokens = total + float(kl.sum()), tokens + len(target)
+    return total / tokens if tokens else 0.0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

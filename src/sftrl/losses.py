@@ -91,7 +91,7 @@ def k3_kl(
 def grpo_token_loss(
     logps: torch.Tensor,  # (B, T) log π_θ of the sampled tokens (with grad)
     old_logps: torch.Tensor,  # (B, T) log π_old at sampling time (no grad)
-    advantages: torch.Tensor,  # (B,) one advantage per sequence
+    advantages: torch.Tensor,  # (B,) one advantage per sequence, or (B, T) one per token (Prefix-RFT)
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     ref_logps: torch.Tensor | None = None,  # (B, T) log π_ref, needed when beta > 0
@@ -106,7 +106,7 @@ def grpo_token_loss(
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logps - old_logps)  # (B, T)
-    adv = advantages.unsqueeze(1)  # (B, 1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (B, 1) or (B, T)
     if clip:
         clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)  # (B, T)
         loss = -torch.min(ratio * adv, clipped * adv)  # (B, T)
@@ -123,6 +123,58 @@ def grpo_token_loss(
         loss = loss + beta * kl
         stats["kl"] = kl.detach()
     return loss, stats
+
+
+def top_entropy_mask(
+    entropy: torch.Tensor,  # (B, T) per-token entropy H_t
+    candidates: torch.Tensor,  # (B, T) bool: the tokens ranked (Prefix-RFT: the prefix tokens)
+    keep: float,  # share of the candidates kept, highest entropy first
+) -> torch.Tensor:
+    """(B, T) bool: the candidates outside the lowest-entropy int(n·(1 - keep)) of the n candidates, ranked
+    together over the whole tensor (Prefix-RFT's `reshape_func` "entropy": sort the micro-batch's prefix
+    entropies ascending, zero the advantages of the first int(n · mask_ratio), mask_ratio = 0.8). Ties are
+    broken by position, first lowest (a stable sort)."""
+    values = entropy[candidates]  # (n,) in row-major order
+    dropped = int(values.numel() * (1.0 - keep))
+    order = torch.sort(values, stable=True).indices  # ascending
+    kept = torch.ones_like(values, dtype=torch.bool)
+    kept[order[:dropped]] = False
+    out = torch.zeros_like(candidates, dtype=torch.bool)
+    out[candidates] = kept
+    return out
+
+
+def prefix_token_advantages(
+    advantages: torch.Tensor,  # (B,) each sequence's advantage (its sampled tokens')
+    prefix_lengths: torch.Tensor,  # (B,) long: leading target tokens that are a demonstration's prefix
+    prefix_advantages: torch.Tensor,  # (B,) the advantage of those prefix tokens
+    entropy: torch.Tensor,  # (B, T) per-token entropy, for the selection
+    keep: float,  # Prefix-RFT: 0.2
+) -> torch.Tensor:
+    """(B, T) per-token advantages for Prefix-RFT: a row's sampled tokens get its advantage; its prefix
+    tokens get the prefix advantage when among the top-`keep` entropies of the batch's prefix tokens,
+    else 0 (they still count in the loss's normaliser, as in the released code)."""
+    positions = torch.arange(entropy.shape[1], device=entropy.device).unsqueeze(0)  # (1, T)
+    prefix = positions < prefix_lengths.unsqueeze(1)  # (B, T)
+    selected = top_entropy_mask(entropy.detach(), prefix, keep)  # (B, T)
+    out = advantages.unsqueeze(1).expand_as(entropy).clone()  # (B, T)
+    out[prefix] = 0.0
+    return torch.where(selected, prefix_advantages.unsqueeze(1).expand_as(entropy), out)
+
+
+def prefix_rft_advantages(
+    plain_rewards: torch.Tensor,  # (P, G) the G plain rollouts' rewards of each of P prompts, NaN: unscorable
+    prefixed_rewards: torch.Tensor,  # (P,) the reward of each prompt's one prefixed rollout
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantage of the prefixed rollout's sampled tokens, of its prefix tokens), both (P,), as Prefix-RFT's
+    `compute_grpo_prefix_outcome_advantage` with one prefixed rollout per prompt: the prefixed rollout is a
+    group of one (mean 0, std 1), so its sampled tokens get r/(1 + ε); its prefix tokens get that minus the
+    mean reward of the prompt's plain rollouts. An unscorable reward gives 0."""
+    scored = (prefixed_rewards - 0.0) / (1.0 + eps)  # (P,)
+    plain_mean = torch.nan_to_num(torch.nanmean(plain_rewards, dim=1))  # (P,)
+    prefix = torch.nan_to_num(scored - plain_mean)
+    return torch.nan_to_num(scored), prefix
 
 
 def reduce_token_loss(

@@ -26,6 +26,8 @@ from .formatting import number
 PANELS = [
     ("sampled_accuracy", "Eval accuracy (sampled, avg@k: the headline)", "accuracy", ["eval/sampled_accuracy"]),
     ("accuracy", "Eval accuracy (greedy)", "accuracy", ["eval/accuracy"]),
+    ("kl_from_base", "Forward KL from the base model on held-out demonstrations (RL's Razor: forgetting)",
+     "nats per token", ["kl_from_base"]),
     ("reward", "Training reward of rollouts", "mean reward", ["reward"]),
     ("length", "Response length of rollouts", "tokens", ["completions/mean_length"]),
     ("entropy", "Policy entropy on rollouts", "nats per token", ["entropy"]),
@@ -35,7 +37,8 @@ PANELS = [
     ("sasr_p_sft", "SASR: probability of an SFT step (p_t)", "p_t", ["sasr/p_sft"]),
     ("srft_weights", "SRFT: weights of the SFT and RL terms", "weight", ["srft/w_sft", "srft/w_rl"]),
 ]
-SMOOTH_EXCEPT = {"eval/accuracy", "eval/sampled_accuracy"}  # sparse points: drawn as they are, with markers
+# Sparse points (logged at evaluations): drawn as they are, with markers.
+SMOOTH_EXCEPT = {"eval/accuracy", "eval/sampled_accuracy", "kl_from_base"}
 STEP_COLORS = {"sft": "#1f77b4", "grpo": "#ff7f0e", "sft+grpo": "#2ca02c"}
 
 
@@ -200,6 +203,7 @@ def run_table(runs: list[Run], tail: int = 10) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         _, accuracy = run.series("eval/accuracy")
+        _, kl_from_base = run.series("kl_from_base")
         steps = [r["step"] for r in run.records if r.get("step_type")]
         types = [r["step_type"] for r in run.records if r.get("step_type")]
         row = {"run": run.path.name, "label": run.label, "seed": run.config.get("seed"),
@@ -207,6 +211,8 @@ def run_table(runs: list[Run], tail: int = 10) -> list[dict[str, Any]]:
                "acc_before": run.summary.get("eval_before", {}).get("eval/accuracy", accuracy[0] if accuracy else None),
                "acc_after": run.summary.get("eval_after", {}).get("eval/accuracy",
                                                                  accuracy[-1] if len(accuracy) > 1 else None),
+               "kl_from_base_after": run.summary.get("eval_after", {}).get(
+                   "kl_from_base", kl_from_base[-1] if len(kl_from_base) > 1 else None),
                "train_seconds": run.summary.get("train_seconds"),
                "sft_steps": types.count("sft") + types.count("sft+grpo"),
                "grpo_steps": types.count("grpo") + types.count("sft+grpo")}
@@ -223,6 +229,7 @@ def run_table(runs: list[Run], tail: int = 10) -> list[dict[str, Any]]:
 TABLE_COLUMNS = [("label", "method", ""), ("seed", "seed", ""), ("steps", "steps", ""),
                  ("sft_steps", "SFT steps", ""), ("grpo_steps", "GRPO steps", ""),
                  ("acc_before", "acc. before", ".1%"), ("acc_after", "acc. after", ".1%"),
+                 ("kl_from_base_after", "KL from base (after)", ".4f"),
                  ("reward_last", "reward (last 10)", ".3f"), ("entropy_first", "entropy (first 10)", ".3f"),
                  ("entropy_last", "entropy (last 10)", ".3f"), ("length_last", "length (last 10)", ".1f"),
                  ("train_seconds", "train s", ".0f")]

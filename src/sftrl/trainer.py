@@ -37,7 +37,7 @@ from .batching import counted_tokens, micro_batches, pack, pad_rows, score_targe
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
 from .errors import ConfigError, RunError
-from .evaluate import evaluate_accuracy, reward_columns
+from .evaluate import base_logprobs, evaluate_accuracy, kl_from_base, reward_columns
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
@@ -68,6 +68,10 @@ class Rollouts:
     # Per-row, per-token values the method's token loss takes by name (OPSD's and OPD's teacher log-probs),
     # each row's (len(target),) tensor; policy_backward pads them to the micro-batch's (B, T).
     token_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    # Prefix-RFT (sftrl.methods.uft): leading target tokens that are a demonstration's prefix, and
+    # their advantage, (N,) each; given to the token loss as keywords. `select` drops them.
+    prefix_lengths: torch.Tensor | None = None
+    prefix_advantages: torch.Tensor | None = None
 
     def select(self, groups: list[int]) -> "Rollouts":
         """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
@@ -186,6 +190,12 @@ class Trainer:
         self.warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
         self._frozen_models: dict[str, Any] = {}  # teachers loaded by frozen_model, once per run
+        self.kl_base = None  # RL's Razor: the base's log-probs on held-out demonstrations, for kl_from_base
+        if config.kl_from_base_examples and self.eval_examples:
+            with self.accelerator.autocast():
+                self.kl_base = base_logprobs(self.whole_policy(), self.tokenizer, self.eval_examples,
+                                             config.kl_from_base_examples, config.max_completion_length,
+                                             config.chat_template_kwargs)
 
     def _start_rollout_engine(self, model_path: str):
         """The engine that samples rollouts (`rollout_backend`); vLLM starts here, once per run."""
@@ -344,6 +354,9 @@ class Trainer:
             for j, i in enumerate(rows):
                 out[i] = logps[j, :len(target_ids[i])].float().cpu()
         return out
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (Prefix-RFT's demonstration prefix)."""
+        return self.tokenizer.decode(ids)
 
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
         """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
@@ -611,6 +624,9 @@ class Trainer:
             advantages = rollouts.advantages[idx].to(device)
             inputs = {name: pad_rows([values[i] for i in idx], logps.shape[1], device)
                       for name, values in rollouts.token_inputs.items()}  # (B, T) each
+            if rollouts.prefix_lengths is not None:  # Prefix-RFT's (B,) prefix lengths and advantages
+                inputs["prefix_lengths"] = rollouts.prefix_lengths[idx].to(device)
+                inputs["prefix_advantages"] = rollouts.prefix_advantages[idx].to(device)
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
             per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo, **inputs)
             stats = dict(stats)
@@ -779,6 +795,8 @@ class Trainer:
                 metrics.update({"eval/sampled_accuracy": sampled["accuracy"],
                                 **{f"eval/sampled_accuracy/{source}": value
                                    for source, value in sampled["by_source"].items()}})
+            if self.kl_base is not None:
+                metrics["kl_from_base"] = kl_from_base(self.whole_policy(), self.tokenizer, self.kl_base)
         return metrics
 
     def _accuracy_text(self, metrics: dict[str, float]) -> str:

@@ -52,7 +52,8 @@ COMMON: dict[str, Any] = dict(
     model="sandbox", train_data="sandbox", max_train_examples=64, max_eval_examples=4, eval_every=2,
     max_steps=4, batch_size=4, sft_batch_size=2, num_generations=3, micro_batch_size=4,
     max_completion_length=40, learning_rate=1e-3, sft_learning_rate=1e-3, warmup_steps=1,
-    lr_scheduler="cosine", save_every=2, progress=False, seed=3)
+    lr_scheduler="cosine", save_every=2, progress=False, seed=3,
+    kl_from_base_examples=0)  # recorded before kl_from_base existed (tests/test_kl_from_base.py tests it)
 CASES: dict[str, dict[str, Any]] = {
     "sasr": dict(sasr_warmup_steps=2, sasr_reference="warmup", sasr_gamma=10.0),  # warm-up, snapshot, coins
     "srft": dict(beta=0.04),

@@ -136,6 +136,14 @@ class Primitives(Protocol):
 
     def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
                    temperature: float = 1.0) -> list[torch.Tensor]: ...
+    def decode(self, ids: list[int]) -> str: ...
+
+    # Sampling and grading outside `rollouts` (uft's Prefix-RFT schedule: one extra prefixed rollout a group).
+    def generate(self, examples: list, num_generations: int, greedy: bool = False,
+                 continuations: list[str] | None = None) -> Any: ...
+
+    def score(self, examples: list, texts: list[str], target_ids: list[list[int]], group_size: int,
+              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 LEARNING_RATE_FIELDS = {StepKind.SFT: "sft_learning_rate", StepKind.POLICY: "learning_rate"}

@@ -12,12 +12,29 @@ the hint tokens. Read from the released code (liumy2010/UFT); the paper text was
   reward grades hint + y, the whole answer.
 - Loss: L_GRPO(y) + c_h·(token-mean NLL of the step's hint tokens), c_h = `uft_hint_coef`, plus the
   preset's KL (k3, β = 0.001) and entropy bonus 0.001 on y.
+
+Two other prefix-hint schedules, `uft_schedule` (ALGORITHMS.md says what was followed and what chosen):
+- questa (QuestA, arXiv 2507.13266; its released code, foreverlasting1202/QuestA): the first
+  ⌊f·len⌋ characters of the demonstration (after any `</think>`) go into the question as
+  "\n\n## Hint." + prefix, none if under 10 characters; f = `uft_prefix_high` (0.5) for t ≤ T_hint,
+  then `uft_prefix_low` (0.25). Plain GRPO on the augmented prompts, graded on the completion; no hint NLL.
+- prefix-rft (Prefix-RFT, arXiv 2507.01679; ZeroYuHuang/prefix_rft): each prompt's G plain rollouts plus
+  one that continues ⌊r·n⌋ of the demonstration's n tokens (at least 1, at most n - 1),
+  r ~ U[low_t, `uft_prefix_high`], low_t a cosine from 0.95 to `uft_prefix_low` (0.05) over T_hint.
+  Plain rollouts: group advantages among themselves; the prefixed one: r/(1+ε) on its sampled tokens and
+  that minus the plain rollouts' mean reward on its prefix tokens, kept only on the top
+  `uft_entropy_top` (20%) of the micro-batch's prefix tokens by entropy (0 elsewhere). No hint NLL.
 """
+
+import dataclasses
 
 import math
 import random
 
+import torch
+
 from .. import losses
+from ..rewards import combine
 
 from .base import Method, Placement, StepKind, always, only
 
@@ -58,31 +75,97 @@ def hint_text(steps: list[str], uniforms: list[float], p: float, max_blocks: int
     return "".join(step + separator for step in steps[:taken]), taken
 
 
+# The papers' prefix shares (high, low) when uft_prefix_high / uft_prefix_low are null.
+PAPER_FRACTIONS = {"questa": (0.5, 0.25), "prefix-rft": (0.95, 0.05)}
+QUESTA_MIN_HINT_CHARS = 10  # QuestA's add_prefix.py: a prefix under 10 characters is no hint
+QUESTA_HINT_HEADER = "\n\n## Hint."  # QuestA's add_prefix.py: problem + "\n\n" + "## Hint." + prefix
+
+
+def prefix_fractions(config) -> tuple[float, float]:
+    """(high, low) of the questa or prefix-rft schedule: the config's, or the paper's where null."""
+    high, low = PAPER_FRACTIONS[config.uft_schedule]
+    return (high if config.uft_prefix_high is None else config.uft_prefix_high,
+            low if config.uft_prefix_low is None else config.uft_prefix_low)
+
+
+def questa_fraction(t: int, stage_steps: int, high: float, low: float) -> float:
+    """QuestA's hint share at 1-based step t: `high` in stage 1 (t ≤ stage_steps), `low` after."""
+    return high if t <= stage_steps else low
+
+
+def questa_hint(demonstration: str, fraction: float) -> str:
+    """QuestA's partial solution: the first int(len·fraction) characters of the solution (the text after
+    the last `</think>`), or "" when that is under 10 characters."""
+    solution = demonstration.split("</think>")[-1]
+    prefix = solution[:int(len(solution) * fraction)]
+    return prefix if len(prefix) >= QUESTA_MIN_HINT_CHARS else ""
+
+
+def with_hint(prompt, hint: str):
+    """The prompt with QuestA's hint appended to its (last user) message; unchanged for no hint."""
+    if not hint:
+        return prompt
+    if isinstance(prompt, str):
+        return prompt + QUESTA_HINT_HEADER + hint
+    messages = [dict(m) for m in prompt]
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    messages[last]["content"] = messages[last]["content"] + QUESTA_HINT_HEADER + hint
+    return messages
+
+
+def prefix_rft_low(t: int, decay_steps: int, high: float, low: float) -> float:
+    """low_t at 1-based step t: Prefix-RFT's CosineDecayController from `high` to `low` over decay_steps
+    (no warm-up), `low` after."""
+    if t > decay_steps:
+        return low
+    return low + 0.5 * (1.0 + math.cos(math.pi * t / decay_steps)) * (high - low)
+
+
+def prefix_length(tokens: int, fraction: float) -> int:
+    """Prefix-RFT's prefix length: int(fraction·n), at least 1 (min_prefix_len) and at most n - 1, so one
+    token is left to sample; 0 for an empty demonstration or fraction 0."""
+    if tokens == 0 or fraction == 0:
+        return 0
+    return max(1, min(int(fraction * tokens), tokens - 1))
+
+
 def init_state(config, train_size: int) -> dict:
     return {"rng": random.Random(f"sftrl.uft:{config.seed}").getstate()}
 
 
+def _draws(trainer, state, per_prompt: int) -> list[list[float]]:
+    """This process's share of uniforms for every prompt of the step: every process draws them all, so
+    the hints do not depend on the number of processes."""
+    generator = random.Random()
+    generator.setstate(state["rng"])
+    draws = [[generator.random() for _ in range(per_prompt)] for _ in range(trainer.config.batch_size)]
+    state["rng"] = generator.getstate()
+    return trainer.local_rows(draws)
+
+
+def _clipped_loss(cfg):
+    def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
+        return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
+    return grpo_loss
+
+
 def step(trainer, state, examples, kind):
+    schedule = trainer.config.uft_schedule
+    if schedule == "questa":
+        return questa_step(trainer, state, examples)
+    if schedule == "prefix-rft":
+        return prefix_rft_step(trainer, state, examples)
     cfg = trainer.config
     t = trainer.step + 1
     p = hint_probability(t, cfg.uft_hint_steps, cfg.uft_hint_prob_high, cfg.uft_hint_prob_low)
-    # Every process draws the uniforms of every prompt of the step and keeps its own share, so the
-    # hints do not depend on the number of processes.
-    generator = random.Random()
-    generator.setstate(state["rng"])
-    draws = [[generator.random() for _ in range(cfg.uft_hint_blocks)] for _ in range(cfg.batch_size)]
-    state["rng"] = generator.getstate()
     hints, taken, total = [], 0, 0
-    for example, uniforms in zip(examples, trainer.local_rows(draws)):
+    for example, uniforms in zip(examples, _draws(trainer, state, cfg.uft_hint_blocks)):
         steps = solution_steps(example.demonstration, cfg.uft_step_separator)
         text, count = hint_text(steps, uniforms, p, cfg.uft_hint_blocks, cfg.uft_step_separator)
         hints.append(text)
         taken, total = taken + count, total + len(steps)
 
-    def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
-        return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
-
-    metrics = trainer.policy_backward(trainer.rollouts(examples, Placement.PREFIX, hints=hints), grpo_loss)
+    metrics = trainer.policy_backward(trainer.rollouts(examples, Placement.PREFIX, hints=hints), _clipped_loss(cfg))
     hinted = [(e, trainer.text_ids(h)) for e, h in zip(examples, hints) if h]
     # c_h · token-mean NLL of the hint tokens ({} and no backward when no process has a hint).
     metrics.update(trainer.sft_backward([e for e, _ in hinted], weight=cfg.uft_hint_coef,
@@ -90,6 +173,75 @@ def step(trainer, state, examples, kind):
     hinted_count, steps_taken, steps_total = trainer.global_sums([len(hinted), taken, total])
     return {**metrics, "uft/hint_prob": p, "uft/hinted_prompts": hinted_count,
             "uft/hint_share": steps_taken / steps_total if steps_total else 0.0}
+
+
+def questa_step(trainer, state, examples):
+    """QuestA: GRPO on prompts whose question carries the step's partial solution."""
+    cfg = trainer.config
+    fraction = questa_fraction(trainer.step + 1, cfg.uft_hint_steps, *prefix_fractions(cfg))
+    hints = [questa_hint(e.demonstration, fraction) for e in examples]
+    hinted = [dataclasses.replace(e, prompt=with_hint(e.prompt, h)) for e, h in zip(examples, hints)]
+    metrics = trainer.policy_backward(trainer.rollouts(hinted), _clipped_loss(cfg))
+    solutions = [len(e.demonstration.split("</think>")[-1]) for e in examples]
+    count, given, total = trainer.global_sums([sum(bool(h) for h in hints), sum(map(len, hints)), sum(solutions)])
+    return {**metrics, "uft/prefix_fraction": fraction, "uft/hinted_prompts": count,
+            "uft/hint_share": given / total if total else 0.0}
+
+
+def prefix_rft_step(trainer, state, examples):
+    """Prefix-RFT: G plain rollouts per prompt plus one that continues a prefix of its demonstration; the
+    prefix tokens are trained with a policy gradient on their top-entropy share."""
+    cfg = trainer.config
+    high, low = prefix_fractions(cfg)
+    low_t = prefix_rft_low(trainer.step + 1, cfg.uft_hint_steps, high, low)
+    fractions = [low_t + (high - low_t) * u for (u,) in _draws(trainer, state, 1)]  # Beta(1, 1) on [low_t, high]
+    plain = trainer.rollouts(examples)
+    group = plain.group_size
+    demos = [trainer.text_ids(e.demonstration) for e in examples]
+    cuts = [prefix_length(len(ids), f) for ids, f in zip(demos, fractions)]
+    hints = [trainer.decode(ids[:k]) for ids, k in zip(demos, cuts)]
+    sampled = trainer.generate(examples, 1, continuations=hints)
+    prompts, prefixes = [], []
+    for i, ids in enumerate(demos):
+        prompt, context = plain.prompt_ids[i * group], sampled.prompt_ids[i]
+        # The prefix's tokens as the sampler saw them after the prompt (the demonstration's own if the
+        # two texts tokenize differently at the seam).
+        same = context[:len(prompt)] == prompt
+        prompts.append(prompt)
+        prefixes.append(list(context[len(prompt):]) if same else ids[:cuts[i]])
+    targets = [p + list(c) for p, c in zip(prefixes, sampled.completion_ids)]
+    texts = [h + c for h, c in zip(hints, sampled.texts)]  # graded whole, prefix and continuation
+    per_function, _ = trainer.score(examples, texts, targets, 1, [False] * len(examples))
+    rewards = combine(per_function, cfg.reward_weights)  # (P,)
+    advantage, prefix_advantage = losses.prefix_rft_advantages(plain.rewards.view(len(examples), group), rewards)
+    rows = [i * group + j for i in range(len(examples)) for j in range(group)]
+
+    def merged(plain_rows: list, extra: list) -> list:  # each prompt's G plain rows, then its prefixed one
+        return [x for i in range(len(examples)) for x in plain_rows[i * group:(i + 1) * group] + [extra[i]]]
+
+    def merged_tensor(plain_rows: torch.Tensor, extra) -> torch.Tensor:
+        return torch.tensor(merged(plain_rows.tolist(), list(extra)), dtype=plain_rows.dtype)
+
+    n_prefix, n_tokens, n_prefixed, reward_sum = trainer.global_sums(
+        [sum(map(len, prefixes)), sum(map(len, demos)), len(examples), float(torch.nan_to_num(rewards).sum())])
+    rollouts = dataclasses.replace(
+        plain, prompt_ids=merged(plain.prompt_ids, prompts), target_ids=merged(plain.target_ids, targets),
+        is_demo=torch.zeros(len(rows) + len(examples), dtype=torch.bool),
+        truncated=merged_tensor(plain.truncated, sampled.truncated), rewards=merged_tensor(plain.rewards, rewards.tolist()),
+        advantages=merged_tensor(plain.advantages, advantage.tolist()), group_size=group + 1,
+        prefix_lengths=merged_tensor(torch.zeros(len(rows), dtype=torch.long), map(len, prefixes)),
+        prefix_advantages=merged_tensor(torch.zeros(len(rows)), prefix_advantage.tolist()))
+
+    def prefix_loss(logps, old_logps, entropy, advantages, is_demo, prefix_lengths, prefix_advantages):
+        token_advantages = losses.prefix_token_advantages(advantages, prefix_lengths, prefix_advantages, entropy,
+                                                          cfg.uft_entropy_top)  # (B, T)
+        return losses.grpo_token_loss(logps, old_logps, token_advantages, cfg.epsilon, cfg.epsilon_high,
+                                      clip=cfg.clip_ratio)
+
+    metrics = trainer.policy_backward(rollouts, prefix_loss)
+    return {**metrics, "uft/prefix_low": low_t, "uft/hinted_prompts": n_prefixed,
+            "uft/hint_share": n_prefix / n_tokens if n_tokens else 0.0,
+            "uft/prefixed_reward": reward_sum / n_prefixed if n_prefixed else 0.0}
 
 
 METHOD = Method(name="uft", plan=always(StepKind.POLICY), step=step, kinds=only(StepKind.POLICY),
