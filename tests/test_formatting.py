@@ -73,5 +73,7 @@ def test_tables_print_no_negative_zero(tmp_path):
     assert diffs.splitlines()[2:] == ["| a − b | +0.0 ± 0.0 | +0.0 ± 0.0 |"]  # -1e-10 points: was -0.0
     table = markdown_table([{"label": "grpo", "reward_last": -1e-17, "entropy_first": -0.0, "acc_after": -1e-12}])
     assert "-0" not in table and "| grpo |" in table
-    cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
-    assert math.isclose(float(cells[7]), 0.0) and cells[7] == "0.000" and cells[6] == "0.0%"
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    cells = dict(zip(header, (c.strip() for c in table.splitlines()[2].strip("|").split("|"))))
+    reward = cells["reward (last 10)"]
+    assert math.isclose(float(reward), 0.0) and reward == "0.000" and cells["acc. after"] == "0.0%"

@@ -9,6 +9,9 @@ the same steps, the same metric keys wherever a step is of the recorded kind, th
 and learning rate finite in every step, and the resumed run equal to the run, to the last bit; the
 test then reports itself skipped with the reason, so that it is not read as an exact pass.
 
+Every recording runs in a fresh interpreter (record.run_all), so what earlier tests left in this process
+(caches, globals, the thread count) cannot change its floats.
+
 The two-process recording is compared only when SFTRL_GOLDEN_TWO_PROCESSES=1 (it takes a few minutes).
 """
 
@@ -18,21 +21,12 @@ import json
 import os
 
 import pytest
-import torch
 
 from golden import record
 
 pytestmark = pytest.mark.float_sensitive
 
 TRAINING = ("loss", "grad_norm", "learning_rate")
-
-
-@pytest.fixture
-def one_thread():
-    """record.run_all trains on one thread; the other tests' setting comes back afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def differences(want, got, where: str = "") -> list[str]:
@@ -81,7 +75,7 @@ def compare(processes: int, tmp_path) -> None:
                        "so a change of numbers); the first ones:\n" + "\n".join(found[:12]))
 
 
-def test_every_method_reproduces_its_golden_outputs(tmp_path, one_thread):
+def test_every_method_reproduces_its_golden_outputs(tmp_path):
     compare(1, tmp_path)
 
 

@@ -156,14 +156,14 @@ def run_all(workdir: Path, methods: list[str] | None = None, processes: int = 1)
     """{"environment": ..., "cases": {method: {"run": ..., "resumed": ...}}}; with processes=2 through
     torchrun (one launch for every case)."""
     methods = list(CASES) if methods is None else methods
-    if processes == 1:
-        set_threads()
-        return {"environment": environment(1), "cases": {m: run_case(m, workdir) for m in methods}}
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [torchrun, "--standalone", "--nproc_per_node", str(processes), __file__, "--worker",
-               "--workdir", str(workdir), "--methods", ",".join(methods)]
+    # A fresh interpreter even for one process: what other code run in the caller's process left behind
+    # (a test suite's caches and globals) must not reach the recorded floats.
+    launcher = [sys.executable] if processes == 1 else [
+        shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun")),
+        "--standalone", "--nproc_per_node", str(processes)]
+    command = [*launcher, __file__, "--worker", "--workdir", str(workdir), "--methods", ",".join(methods)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
@@ -172,21 +172,23 @@ def run_all(workdir: Path, methods: list[str] | None = None, processes: int = 1)
 
 def set_threads() -> None:
     """One thread: the floats depend on the thread count, one is the same on every machine, and on a
-    busy machine it is much faster than two (tests/test_golden.py sets it back afterwards)."""
+    busy machine it is much faster than two."""
     import torch
 
     torch.set_num_threads(1)
 
 
 def worker(workdir: Path, methods: list[str]) -> None:
-    """One of torchrun's processes: every case in turn; rank 0 writes workdir/result.json."""
+    """The recording process (or one of torchrun's): every case in turn; rank 0 writes workdir/result.json."""
     import torch
 
     from sftrl.trainer import Trainer  # noqa: F401: imports first, so the cases' timings do not include them
 
+    set_threads()
     cases = {m: run_case(m, workdir) for m in methods}
     if rank() == 0:
-        result = {"environment": environment(torch.distributed.get_world_size()), "cases": cases}
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        result = {"environment": environment(torch.distributed.get_world_size() if distributed else 1), "cases": cases}
         (workdir / "result.json").write_text(json.dumps(result))
 
 
