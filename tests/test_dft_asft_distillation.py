@@ -207,7 +207,7 @@ def test_asft_matches_nemo_rls_loss_in_value_and_gradient():
         logps = gathered(logits[i:i + 1], tokens[i:i + 1])
         ours = ours + losses.token_mean(losses.asft_token_loss(logps, ref[i:i + 1], 0.03, 20.0, 10.0), mask[i:i + 1], n)
     ours.backward()
-    value_gap = abs(float(ours) - float(nemo))
+    value_gap = abs(float(ours.detach()) - float(nemo.detach()))
     grad_gap = float((logits.grad - nemo_grad).abs().max())
     print(f"ASFT vs NeMo-RL: |loss diff| {value_gap:.3e}, max |grad diff| {grad_gap:.3e}")
     # NeMo-RL divides by (tokens + 1e-8): a relative 1e-8/n, the one difference

@@ -401,21 +401,10 @@ def distillation_token_loss(
     sampled_token self-distillation loss and verl's k1 distillation with use_policy_gradient. (B, T).
     Stats: `reverse_kl` (the k1 estimate, detached) and the clip indicators.
     """
-    eps_high = epsilon if epsilon_high is None else epsilon_high
     token_advantages = (teacher_logps - old_logps).detach()  # (B, T)
     if reward_coef != 0.0:
         if advantages is None:
             raise ValueError("distillation_token_loss with reward_coef != 0 needs advantages")
         token_advantages = token_advantages + reward_coef * advantages.unsqueeze(1)
-    ratio = torch.exp(logps - old_logps)  # (B, T)
-    if clip:
-        clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)  # (B, T)
-        loss = -torch.min(ratio * token_advantages, clipped * token_advantages)  # (B, T)
-    else:
-        loss = -ratio * token_advantages  # (B, T)
-    stats = {
-        "reverse_kl": (logps - teacher_logps).detach(),
-        "low_clipped": ((ratio < 1.0 - epsilon) & (token_advantages < 0) & clip).float(),
-        "high_clipped": ((ratio > 1.0 + eps_high) & (token_advantages > 0) & clip).float(),
-    }
-    return loss, stats
+    loss, stats = grpo_token_loss(logps, old_logps, token_advantages, epsilon, epsilon_high, clip=clip)  # (B, T)
+    return loss, {"reverse_kl": (logps - teacher_logps).detach(), **stats}
