@@ -18,21 +18,18 @@ from __future__ import annotations
 import functools
 import json
 import math
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
 
 from transformers import TrainerState
 
-from . import checkpoint, hub, losses, registry, runlog
+from . import build, checkpoint, hub, losses, registry, runlog
 from .batching import counted_tokens, micro_batches, pack, score_targets
 from .config import Config
 from .data import Example, PromptSampler, load_examples, render_prompt
@@ -41,12 +38,11 @@ from .evaluate import evaluate_accuracy, reward_columns
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
-from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_model, load_tokenizer,
-                     resolve_model_path, set_activation_checkpointing)
+from .models import import_peft, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
 from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
-from .rollout import generate_completions, make_engine
+from .rollout import generate_completions
 from .validate import check_processes
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
@@ -87,13 +83,7 @@ class Trainer:
         self.config = config
         self.method = METHODS[config.method]
         self.run_dir = config.run_dir
-        mixed = config.mixed_precision
-        if mixed == "auto":
-            mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        trackers = [name for name in config.report_to if name != "none"]
-        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
-                                       log_with=trackers or None,
-                                       project_dir=str(self.run_dir / "trackers") if trackers else None)
+        self.accelerator = build.make_accelerator(config)
         self.world = self.accelerator.num_processes
         self.logger = runlog.RunLogger(self.run_dir, self.accelerator)
         self.parallel = Parallel(self.accelerator)
@@ -103,7 +93,7 @@ class Trainer:
                         deepspeed_config=plugin.deepspeed_config if plugin is not None else None)
         # What the run directory allows (finished, other settings, resume): decided before anything loads.
         self.plan = checkpoint.plan_run(config)
-        _seed_everything(config.seed)
+        build.seed_everything(config.seed)
 
         # Data first: a bad row fails here, before any model is loaded.
         registered = registry.data_source_of(config.train_data)
@@ -135,34 +125,15 @@ class Trainer:
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
         self.demo_report = self._check_demonstration_lengths() if needs_demo else {}
-        model = load_model(model_path, config.dtype, config.trust_remote_code)
-        if config.gradient_checkpointing:
-            set_activation_checkpointing(model, True)
-        if config.use_peft:
-            model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-        wants_ref = self.method.needs_reference(config)
-        # A LoRA run's reference is its own base (adapters off, set up below); otherwise a frozen copy.
-        self.reference = frozen_copy(model).to(self.accelerator.device) if wants_ref and not config.use_peft else None
+        parts = build.make_parts(config, self.method, model_path, self.accelerator, self.parallel)
+        self.model, self.optimizer = parts.model, parts.optimizer
+        self.reference = parts.reference
         self.reference_step: int | None = None  # set when the reference is a snapshot taken during training
-        self.trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                      betas=(config.adam_beta1, config.adam_beta2))
-        # Under FSDP and ZeRO-3 each process holds a shard: generation, evaluation and saving use this
-        # whole local copy, refreshed after each update (whole_policy).
-        self._replica = frozen_copy(model).to(self.accelerator.device) if self.parallel.needs_replica else None
-        self._replica_updates = -1
-        self.parallel.configure(config)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self._train_module = self.parallel.forward_module(self.model, self.policy)
+        self._replica, self._replica_updates = parts.replica, -1
+        self._train_module = parts.train_module
         self._idle_token = self.pad_id if self.pad_id is not None else self.eos_id
-        if wants_ref and config.use_peft:
-            self.reference = AdapterFreeReference(self.policy)
-        self.rollout_engine = self._start_rollout_engine(model_path) if self.method.needs_rollouts else None
-        spec = self.method.extra_optimizer(config)
-        self.extra_optimizer = None if spec is None else torch.optim.AdamW(
-            self.trainable, lr=config.learning_rate, weight_decay=spec.weight_decay,
-            betas=(config.adam_beta1, config.adam_beta2))
-        self.extra_max_grad_norm = 0.0 if spec is None else spec.max_grad_norm
+        self.rollout_engine = parts.rollout_engine
+        self.extra_optimizer, self.extra_max_grad_norm = parts.extra_optimizer, parts.extra_max_grad_norm
         self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
         # CHORD's expert rows: drawn from the training rows independently of the step's prompts.
         self.demo_sampler = PromptSampler(len(self.train_examples), 1, config.seed, stream="demonstrations")
@@ -182,17 +153,6 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.warned_unscorable = False
         self._prompt_cache: dict[int, list[int]] = {}
-
-    def _start_rollout_engine(self, model_path: str):
-        """The engine that samples rollouts (`rollout_backend`); vLLM starts here, once per run."""
-        cfg = self.config
-        max_model_len = cfg.max_prompt_length + cfg.max_completion_length if cfg.max_prompt_length else None
-        try:
-            return make_engine(cfg.rollout_backend, model_path, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                               sleep_mode=cfg.vllm_sleep_mode, max_model_len=max_model_len,
-                               dtype=cfg.dtype, seed=cfg.seed)
-        except ImportError as error:
-            raise ConfigError(str(error)) from error
 
     def _check_demonstration_lengths(self) -> dict[str, Any]:
         """Count demonstrations longer than max_completion_length (EOS included), say so, and apply
@@ -634,7 +594,7 @@ class Trainer:
         Checkpoints then carry its weights, so a resumed run measures against the same model."""
         if self.config.use_peft:  # validate.check_config refuses such configs before training
             raise RuntimeError("snapshot_reference: a LoRA run's reference is its base model")
-        self.reference = frozen_copy(self.whole_policy()).to(self.accelerator.device)
+        self.reference = build.frozen(self.whole_policy(), self.accelerator.device)
         self.reference_step = self.step
 
     # ------------------------------------------------------------------ the loop
@@ -941,16 +901,10 @@ class Trainer:
         else:
             self.parallel.load_full_state_dict(self.model, self.policy, weights)
         if reference is not None:
-            self.reference = frozen_copy(reference).to(self.accelerator.device)
+            self.reference = build.frozen(reference, self.accelerator.device)
         self.restore(state)
         self.logger.keep_until(self.step)
         self.logger.print(f"resumed from {latest} at step {self.step}")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def train(config: Config) -> dict[str, Any]:
