@@ -106,9 +106,9 @@ def test_policy_step_on_fixed_rollouts_matches_the_old_layout(tmp_path, tiny_mod
                                                               method, overrides):
     trainer = make_trainer(tmp_path, tiny_model_dir, reward_spec, method=method, **overrides)
     if trainer.reference is not None:  # one update first, so that π_θ ≠ π_ref and the KL has a gradient
-        trainer.sft_backward(trainer.train_examples[8:16])
+        trainer.sft_backward(trainer.rows.examples[8:16])
         trainer.optimizer_step(1e-2)
-    examples = trainer.train_examples[:4]
+    examples = trainer.rows.examples[:4]
     torch.manual_seed(0)
     new = trainer.method.step(trainer, trainer.method_state, examples, trainer.method.plan(trainer.config, 0, {}))
     new_grads = [p.grad.clone() for p in trainer.model.parameters()]

@@ -63,10 +63,10 @@ def test_chord_scores_demonstrations_at_the_rollout_temperature(tmp_path, tiny_m
                                   temperature=0.7, chord_mu_warmup_steps=20, chord_mu_decay_steps=0,
                                   chord_mu_peak=0.5, chord_mu_valley=0.5, expert_data_ratio=0.5))
     torch.manual_seed(0)
-    sampler = dict(trainer.demo_sampler.state_dict())
-    metrics = trainer.method.step(trainer, trainer.method_state, trainer.train_examples[:2], None)
+    sampler = dict(trainer.rows.demo_sampler.state_dict())
+    metrics = trainer.method.step(trainer, trainer.method_state, trainer.rows.examples[:2], None)
     loss = trainer.take_loss()
-    trainer.demo_sampler.load_state_dict(sampler)
+    trainer.rows.demo_sampler.load_state_dict(sampler)
     demos = trainer.draw_demonstrations(8)
     prompts = [trainer.prompt_ids(e) for e in demos]
     targets = [trainer.demonstration_ids(e)[0] for e in demos]
@@ -224,7 +224,7 @@ def test_hpt_entropy_bonus_is_one_token_mean_over_demonstrations_and_rollouts(tm
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="hpt", reward_funcs=[even_answer_spec],
                                   batch_size=6, hpt_gate=0, hpt_sft_coef=0.0, entropy_coef=0.05, temperature=0.8,
                                   max_completion_length=10))
-    examples = trainer.train_examples[:6]
+    examples = trainer.rows.examples[:6]
     torch.manual_seed(5)
     metrics = trainer.method.step(trainer, trainer.method_state, examples, None)
     loss = trainer.take_loss()

@@ -32,8 +32,8 @@ from transformers import TrainerState
 from . import build, checkpoint, hub, losses, registry, runlog
 from .batching import counted_tokens, micro_batches, pack, score_targets
 from .config import Config
-from .data import Example, PromptSampler, load_examples, render_prompt
-from .errors import ConfigError, RunError
+from .data import Example, render_prompt
+from .errors import RunError
 from .evaluate import evaluate_accuracy, reward_columns
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
@@ -42,6 +42,7 @@ from .models import import_peft, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
 from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
 from .rewards.contract import RESERVED_KWARGS
+from .rows import Rows, kept_rows, load_rows
 from .rollout import generate_completions
 from .validate import check_processes
 
@@ -99,20 +100,7 @@ class Trainer:
         registered = registry.data_source_of(config.train_data)
         data_source = registered[0] if registered is not None else None
         needs_demo = self.method.needs_demonstrations
-        self.train_examples = load_examples(
-            config.train_data, config.train_split, prompt_field=config.prompt_field,
-            answer_field=config.answer_field, demo_field=config.demo_field, require_demo=needs_demo,
-            system_prompt=config.system_prompt, limit=config.max_train_examples,
-            sandbox_demo_error_rate=config.sandbox_demo_error_rate, sandbox_skill_share=config.sandbox_skill_share,
-            sandbox_train_size=config.sandbox_train_size, sandbox_double_form=config.sandbox_double_form)
-        eval_source = (data_source.default_eval if data_source else None) if config.eval_data == "auto" \
-            else config.eval_data
-        self.eval_examples: list[Example] = []
-        if eval_source:
-            self.eval_examples = load_examples(
-                eval_source, config.eval_split, prompt_field=config.prompt_field,
-                answer_field=config.answer_field, demo_field=config.demo_field, require_demo=False,
-                system_prompt=config.system_prompt, limit=config.max_eval_examples)
+        examples, self.eval_examples = load_rows(config, needs_demo)
         verifier = (data_source.verifier if data_source else None) or "math"  # "auto": the task's own verifier
         # "auto": the task's own verifier; "coin": the negative control, seeded by the run.
         specs = [verifier if s == "auto" else coin_reward(config.coin_reward_prob, config.seed) if s == "coin" else s
@@ -124,7 +112,10 @@ class Trainer:
         self.tokenizer = load_tokenizer(config.tokenizer or model_path, config.trust_remote_code)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
-        self.demo_report = self._check_demonstration_lengths() if needs_demo else {}
+        self.demo_report: dict[str, Any] = {}
+        if needs_demo:
+            examples, self.demo_report = kept_rows(examples, self.tokenizer, config, self.logger.print)
+        self.rows = Rows(examples, self.tokenizer, config, self.collective)
         parts = build.make_parts(config, self.method, model_path, self.accelerator, self.parallel)
         self.model, self.optimizer = parts.model, parts.optimizer
         self.reference = parts.reference
@@ -134,11 +125,7 @@ class Trainer:
         self._idle_token = self.pad_id if self.pad_id is not None else self.eos_id
         self.rollout_engine = parts.rollout_engine
         self.extra_optimizer, self.extra_max_grad_norm = parts.extra_optimizer, parts.extra_max_grad_norm
-        self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
-        # CHORD's expert rows: drawn from the training rows independently of the step's prompts.
-        self.demo_sampler = PromptSampler(len(self.train_examples), 1, config.seed, stream="demonstrations")
-        self._positions = {id(e): i for i, e in enumerate(self.train_examples)}
-        self.method_state: dict[str, Any] = self.method.init_state(config, len(self.train_examples))
+        self.method_state: dict[str, Any] = self.method.init_state(config, len(examples))
         self.total_steps = self.method.total_steps(config, self.method_state)
         self._loss = 0.0  # what _backward back-propagated since the last take_loss()
         # Token passes (this process's, since the step began): generated tokens, and the prompt + target
@@ -152,35 +139,6 @@ class Trainer:
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.nonfinite_in_a_row = 0
         self.warned_unscorable = False
-        self._prompt_cache: dict[int, list[int]] = {}
-
-    def _check_demonstration_lengths(self) -> dict[str, Any]:
-        """Count demonstrations longer than max_completion_length (EOS included), say so, and apply
-        `demo_truncation` (drop removes those rows from the training set)."""
-        cfg = self.config
-        limit, examples = cfg.max_completion_length, self.train_examples
-        lengths: list[int] = []
-        for start in range(0, len(examples), 1000):  # batched: fast tokenizers are much faster per batch
-            texts = [e.demonstration for e in examples[start:start + 1000]]
-            lengths += [len(ids) + 1 for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        long = [i for i, n in enumerate(lengths) if n > limit]
-        report = {"total": len(examples), "longer_than_max_completion_length": len(long),
-                  "demo_truncation": cfg.demo_truncation}
-        if not long:
-            return report
-        effect = {"cut": f"each is trained on (and, inside LUFFY/SRFT groups, scored by) its first {limit} tokens",
-                  "drop": f"those rows are left out of training ({len(examples) - len(long)} remain)",
-                  "keep": "they are trained on whole"}[cfg.demo_truncation]
-        self.logger.print(f"warning: {len(long)} of {len(examples)} demonstrations are longer than max_completion_length="
-                          f"{limit} tokens (the longest has {max(lengths)}); demo_truncation={cfg.demo_truncation}: {effect}. "
-                          "Set demo_truncation to cut, drop or keep to choose.")
-        if cfg.demo_truncation == "drop":
-            if len(long) == len(examples):
-                raise ConfigError(f"demo_truncation: drop leaves no training rows: every demonstration is longer than "
-                                  f"max_completion_length={limit}")
-            dropped = set(long)
-            self.train_examples = [e for i, e in enumerate(examples) if i not in dropped]
-        return report
 
     # ------------------------------------------------------------------ primitives for methods
     @property
@@ -188,14 +146,7 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def prompt_ids(self, example: Example) -> list[int]:
-        key = id(example)
-        if key not in self._prompt_cache:
-            text = render_prompt(self.tokenizer, example.prompt, self.config.chat_template_kwargs)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if self.config.max_prompt_length:
-                ids = ids[-self.config.max_prompt_length:]
-            self._prompt_cache[key] = ids
-        return self._prompt_cache[key]
+        return self.rows.prompt_ids(example)
 
     def global_sum(self, value: float) -> float:
         """`value` summed over every process (collective: every process must call it)."""
@@ -217,16 +168,14 @@ class Trainer:
     def draw_demonstrations(self, count: int) -> list[Example]:
         """This process's share of `count` training rows drawn for their demonstrations from a sampler of
         their own (seeded, checkpointed), independent of the step's prompts (CHORD's expert rows)."""
-        if count == 0:
-            return []
-        return [self.train_examples[i] for i in self.local_rows(self.demo_sampler.next_batch(count))]
+        return self.rows.draw_demonstrations(count)
 
     def example_position(self, example: Example) -> int:
         """The example's position in the training set (what train_example takes back; ReLIFT's buffer)."""
-        return self._positions[id(example)]
+        return self.rows.position(example)
 
     def train_example(self, position: int) -> Example:
-        return self.train_examples[position]
+        return self.rows.examples[position]
 
     def take_loss(self) -> float:
         """The loss back-propagated since the last call, summed over processes (each process's share is
@@ -265,16 +214,10 @@ class Trainer:
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.rows.text_ids(text)
 
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
-        """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
-        keep; and whether it was cut."""
-        ids = self.tokenizer(example.demonstration, add_special_tokens=False)["input_ids"] + [self.eos_id]
-        limit = self.config.max_completion_length
-        if self.config.demo_truncation == "keep":
-            return ids, False
-        return ids[:limit], len(ids) > limit
+        return self.rows.demonstration_ids(example)
 
     def sft_backward(self, examples: list[Example], weight: float = 1.0,
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -373,7 +316,7 @@ class Trainer:
         """What TRL passes reward functions as `trainer_state`: global_step counts finished optimizer steps."""
         cfg = self.config
         return TrainerState(global_step=self.step, max_steps=self.total_steps, train_batch_size=cfg.batch_size,
-                            epoch=self.sampler.epochs_done,
+                            epoch=self.rows.sampler.epochs_done,
                             logging_steps=cfg.logging_steps, save_steps=cfg.save_every)
 
     def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
@@ -770,8 +713,7 @@ class Trainer:
         t0 = time.perf_counter()
         kind = self.method.plan(cfg, self.step, self.method_state)
         size = cfg.sft_batch if kind is StepKind.SFT else cfg.batch_size
-        indices = self.collective.local_rows(self.sampler.next_batch(size))
-        examples = [self.train_examples[i] for i in indices]
+        examples = self.rows.step_rows(size)
         self.model.train()
         self._loss = 0.0
         self._step_token_passes = self._step_sequences = 0
@@ -806,7 +748,7 @@ class Trainer:
         metrics["total_token_passes"] = self.total_token_passes
         metrics["total_train_sequences"] = self.total_train_sequences
         metrics["step_type"] = "+".join(name for name in ("sft", "grpo") if f"{name}/loss" in metrics)
-        metrics["epoch"] = self.sampler.epochs_done
+        metrics["epoch"] = self.rows.sampler.epochs_done
         metrics["time/step"] = time.perf_counter() - t0
         last = self.step >= self.total_steps or self.budget_spent()  # the final evaluation and save follow
         if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
@@ -829,7 +771,7 @@ class Trainer:
         return checkpoint.RunState(
             **{name: getattr(self, name) for name in checkpoint.RunState.COUNTERS},
             optimizer=self.parallel.optimizer_state(self.model, self.optimizer),
-            sampler=self.sampler.state_dict(), demo_sampler=self.demo_sampler.state_dict(),
+            sampler=self.rows.sampler.state_dict(), demo_sampler=self.rows.demo_sampler.state_dict(),
             extra_optimizer=self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
             method_state=self.method_state, rng=checkpoint.capture_rng())
 
@@ -838,9 +780,9 @@ class Trainer:
         counters, and last the random generators."""
         self.parallel.load_optimizer_state(self.model, self.optimizer, state.optimizer)
         self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
-        self.sampler.load_state_dict(state.sampler)
+        self.rows.sampler.load_state_dict(state.sampler)
         if state.demo_sampler is not None:
-            self.demo_sampler.load_state_dict(state.demo_sampler)
+            self.rows.demo_sampler.load_state_dict(state.demo_sampler)
         if self.extra_optimizer is not None:
             if state.extra_optimizer is None:
                 raise RunError(f"the checkpoint at step {state.step} holds no state of {self.config.method}'s "
