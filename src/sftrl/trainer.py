@@ -27,21 +27,19 @@ from typing import Any
 import torch
 import yaml
 
-from transformers import TrainerState
-
-from . import build, checkpoint, hub, losses, registry, runlog
+from . import build, checkpoint, hub, losses, runlog
 from .batching import counted_tokens, micro_batches, pack, score_targets
 from .config import Config
 from .data import Example, render_prompt
 from .errors import RunError
-from .evaluate import evaluate_accuracy, reward_columns
+from .evaluate import evaluate_accuracy
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
 from .methods.base import Observer, TokenView
 from .models import import_peft, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
-from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
-from .rewards.contract import RESERVED_KWARGS
+from .rewards import combine, function_metrics, nanmean, nanstd
+from .rewards.scorer import Scorer, trainer_state
 from .rows import Rows, kept_rows, load_rows
 from .rollout import generate_completions
 from .validate import check_processes
@@ -97,16 +95,9 @@ class Trainer:
         build.seed_everything(config.seed)
 
         # Data first: a bad row fails here, before any model is loaded.
-        registered = registry.data_source_of(config.train_data)
-        data_source = registered[0] if registered is not None else None
         needs_demo = self.method.needs_demonstrations
         examples, self.eval_examples = load_rows(config, needs_demo)
-        verifier = (data_source.verifier if data_source else None) or "math"  # "auto": the task's own verifier
-        # "auto": the task's own verifier; "coin": the negative control, seeded by the run.
-        specs = [verifier if s == "auto" else coin_reward(config.coin_reward_prob, config.seed) if s == "coin" else s
-                 for s in config.reward_funcs]
-        self.reward_fns = load_rewards(specs)
-        self.reward_weights = config.reward_weights
+        self.scorer = Scorer(config)
 
         model_path = resolve_model_path(config.model)
         self.tokenizer = load_tokenizer(config.tokenizer or model_path, config.trust_remote_code)
@@ -302,40 +293,6 @@ class Trainer:
         self._step_token_passes += sum(len(ids) for ids in completions.completion_ids)
         return completions
 
-    def reward_kwargs_columns(self, examples: list[Example], repeat: int) -> dict[str, list]:
-        """The dataset columns reward functions get, one value per completion: `answer`, every other
-        column, and (as TRL passes every column) the answer and demonstration under their own names."""
-        cfg = self.config
-        columns = reward_columns(examples, repeat)
-        for name, value in ((cfg.answer_field, lambda e: e.answer), (cfg.demo_field, lambda e: e.demonstration)):
-            if "." not in name and name not in columns and name not in RESERVED_KWARGS:
-                columns[name] = [value(e) for e in examples for _ in range(repeat)]
-        return columns
-
-    def reward_trainer_state(self) -> TrainerState:
-        """What TRL passes reward functions as `trainer_state`: global_step counts finished optimizer steps."""
-        cfg = self.config
-        return TrainerState(global_step=self.step, max_steps=self.total_steps, train_batch_size=cfg.batch_size,
-                            epoch=self.rows.sampler.epochs_done,
-                            logging_steps=cfg.logging_steps, save_steps=cfg.save_every)
-
-    def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
-              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Each reward function's rewards, (N, F), NaN for None, called as TRL calls them (see
-        :mod:`sftrl.rewards.contract`); and every value the functions logged with log_metric, by name."""
-        prompts = [examples[row // group_size].prompt for row in range(len(texts))]
-        logged: dict[str, list[float]] = defaultdict(list)
-        names = []
-        for row, demo in enumerate(is_demo):
-            example = examples[row // group_size]
-            names.append(f"{example.source} row {example.index} "
-                         f"({'its demonstration' if demo else f'rollout {row % group_size}'})")
-        per_function = reward_matrix(
-            self.reward_fns, prompts, as_completions(prompts, texts), self.reward_kwargs_columns(examples, group_size),
-            completion_ids=target_ids, trainer_state=self.reward_trainer_state(),
-            log_metric=lambda name, value: logged[name].append(float(value)), row_names=names)
-        return per_function, dict(logged)
-
     def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
                  hints: list[str] | None = None) -> Rollouts:
         """Sample, place demonstrations in the groups, score, and compute group advantages.
@@ -375,8 +332,9 @@ class Trainer:
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
                 is_demo.append(True)
         group_size = sampled + in_group
-        per_function, logged = self.score(examples, texts, target_ids, group_size, is_demo)
-        rewards = combine(per_function, self.reward_weights)  # (N,) TRL's weighted nansum; NaN: unscorable
+        state = trainer_state(cfg, self.step, self.total_steps, self.rows.sampler.epochs_done)
+        per_function, logged = self.scorer.score(examples, texts, target_ids, group_size, is_demo, state)
+        rewards = combine(per_function, self.scorer.weights)  # (N,) TRL's weighted nansum; NaN: unscorable
         rewards_local = rewards
         advantages, group_std = self._advantages(rewards, group_size)
         demo = torch.tensor(is_demo)
@@ -398,7 +356,7 @@ class Trainer:
             zero_std = float(torch.isclose(losses.nanstd(rewards_all), torch.tensor(0.0)))
         else:
             zero_std = float(torch.isclose(group_std_all, torch.zeros_like(group_std_all)).float().mean())
-        names = [name for name, _ in self.reward_fns]
+        names = self.scorer.names
         rewards, per_function, demo, cut, lengths = rewards_all, per_function_all, demo_all, cut_all, lengths_all
         unscorable = rewards.isnan()
         own = lengths[~demo]
