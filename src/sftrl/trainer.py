@@ -21,13 +21,12 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import yaml
 
-from . import build, checkpoint, hub, losses, runlog
+from . import build, checkpoint, experience, hub, losses, runlog
 from .batching import counted_tokens, micro_batches, pack, score_targets
 from .config import Config
 from .data import Example, render_prompt
@@ -35,40 +34,15 @@ from .errors import RunError
 from .evaluate import evaluate_accuracy
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
-from .methods.base import Observer, TokenView
+from .methods.base import Observer, Rollouts, TokenView
 from .models import import_peft, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
-from .rewards import combine, function_metrics, nanmean, nanstd
 from .rewards.scorer import Scorer, trainer_state
 from .rows import Rows, kept_rows, load_rows
 from .rollout import generate_completions
 from .validate import check_processes
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
-
-
-@dataclass
-class Rollouts:
-    """One step's sequences for a policy-gradient loss: each prompt's group of rollouts, with its
-    demonstration inside the group for LUFFY and SRFT. Groups are contiguous, `group_size` long."""
-
-    prompt_ids: list[list[int]]
-    target_ids: list[list[int]]  # completions (or demonstrations), EOS included when there is one
-    is_demo: torch.Tensor  # (N,) bool
-    truncated: torch.Tensor  # (N,) bool: no EOS within max_completion_length
-    rewards: torch.Tensor  # (N,) weighted total; NaN where every reward function returned None
-    advantages: torch.Tensor  # (N,) over each group, demonstration included
-    group_size: int
-    metrics: dict[str, float]
-
-    def select(self, groups: list[int]) -> "Rollouts":
-        """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
-        advantages stay as computed over each whole group, and `metrics` describe every rollout sampled."""
-        rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
-        index = torch.tensor(rows, dtype=torch.long)
-        return Rollouts([self.prompt_ids[i] for i in rows], [self.target_ids[i] for i in rows], self.is_demo[index],
-                        self.truncated[index], self.rewards[index], self.advantages[index], self.group_size,
-                        self.metrics)
 
 
 # (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
@@ -295,95 +269,19 @@ class Trainer:
 
     def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
                  hints: list[str] | None = None) -> Rollouts:
-        """Sample, place demonstrations in the groups, score, and compute group advantages.
-
-        placement: NONE (G rollouts per group), REPLACE (G-1 rollouts + the demonstration, LUFFY),
-        APPEND (G rollouts + the demonstration, SRFT) or PREFIX (G rollouts that continue the prompt's
-        hint, `hints[i]`, a prefix of its demonstration: UFT). Demonstrations are scored by the
-        same reward functions as rollouts (a wrong one gets a low reward), and they enter the group's
-        mean and std (LUFFY Eq. 3; SRFT Eq. 6-7). Under PREFIX the hint is part of each row's prompt
-        (the loss trains the sampled tokens only) and the reward functions grade hint + completion,
-        the whole answer (UFT's released code).
-        """
-        placement = Placement(placement)
-        if (placement is Placement.PREFIX) != (hints is not None):
-            raise ValueError("rollouts: hints are given exactly when placement is PREFIX")
-        if hints is not None and len(hints) != len(examples):
-            raise ValueError(f"rollouts: {len(hints)} hints for {len(examples)} prompts")
+        """Sample, place demonstrations in the groups, score, and compute group advantages
+        (:func:`sftrl.experience.collect`; `placement` as in :func:`sftrl.experience.sample_groups`)."""
         cfg = self.config
-        sampled = cfg.num_generations - 1 if placement is Placement.REPLACE else cfg.num_generations
-        in_group = placement in (Placement.REPLACE, Placement.APPEND)
-        t0 = time.perf_counter()
-        completions = self.generate(examples, sampled, continuations=hints)
-        t_gen = time.perf_counter() - t0
-        prompt_ids, target_ids, truncated, texts, is_demo = [], [], [], [], []
-        for i, example in enumerate(examples):
-            for j in range(i * sampled, (i + 1) * sampled):
-                prompt_ids.append(completions.prompt_ids[j])
-                target_ids.append(completions.completion_ids[j])
-                truncated.append(completions.truncated[j])
-                texts.append(completions.texts[j] if hints is None else hints[i] + completions.texts[j])
-                is_demo.append(False)
-            if in_group:
-                ids, cut = self.demonstration_ids(example)
-                prompt_ids.append(completions.prompt_ids[i * sampled])
-                target_ids.append(ids)
-                truncated.append(cut)
-                texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-                is_demo.append(True)
-        group_size = sampled + in_group
-        state = trainer_state(cfg, self.step, self.total_steps, self.rows.sampler.epochs_done)
-        per_function, logged = self.scorer.score(examples, texts, target_ids, group_size, is_demo, state)
-        rewards = combine(per_function, self.scorer.weights)  # (N,) TRL's weighted nansum; NaN: unscorable
-        rewards_local = rewards
-        advantages, group_std = self._advantages(rewards, group_size)
-        demo = torch.tensor(is_demo)
-        cut = torch.tensor(truncated)
-        unscorable = rewards.isnan()
-        if unscorable.any() and not self.warned_unscorable:
+        rollouts = experience.collect(
+            examples, Placement(placement), hints, config=cfg, std_eps=self.method.std_eps(cfg),
+            generate=lambda rows, n, hints: self.generate(rows, n, continuations=hints), rows=self.rows,
+            scorer=self.scorer, collective=self.collective,
+            trainer_state=trainer_state(cfg, self.step, self.total_steps, self.rows.sampler.epochs_done))
+        warning = experience.unscorable_warning(rollouts.rewards, rollouts.is_demo, self.step + 1)
+        if warning is not None and not self.warned_unscorable:
             self.warned_unscorable = True
-            self.logger.print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
-                              f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
-                              "from every reward function; they are left out of the group means and stds and get "
-                              "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
-        lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
-        # The metrics are the whole step's, over every process's rollouts (as TRL logs them); the
-        # advantages stay this process's.
-        rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = self.collective.gather_tensors(
-            rewards, per_function, demo, cut, lengths, group_std)
-        logged = {name: sum(values) / len(values) for name, values in self.collective.gather_lists(logged).items()}
-        if self.config.scale_rewards == "batch":  # TRL: zero std means the batch's
-            zero_std = float(torch.isclose(losses.nanstd(rewards_all), torch.tensor(0.0)))
-        else:
-            zero_std = float(torch.isclose(group_std_all, torch.zeros_like(group_std_all)).float().mean())
-        names = self.scorer.names
-        rewards, per_function, demo, cut, lengths = rewards_all, per_function_all, demo_all, cut_all, lengths_all
-        unscorable = rewards.isnan()
-        own = lengths[~demo]
-        terminated = lengths[~demo & ~cut]
-        # TRL's reward metrics, over the rollouts only; the demonstrations' are under demo/.
-        metrics = {
-            "reward": nanmean(rewards[~demo]),
-            "reward_std": nanstd(rewards[~demo]),
-            "frac_reward_zero_std": zero_std,
-            "frac_reward_unscorable": float(unscorable[~demo].float().mean()),
-            **function_metrics(per_function[~demo], names),
-            **logged,
-            "completions/mean_length": float(own.mean()),
-            "completions/min_length": float(own.min()),
-            "completions/max_length": float(own.max()),
-            "completions/clipped_ratio": float(cut[~demo].float().mean()),
-            "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0,
-            "time/generate": t_gen,
-            "time/score": time.perf_counter() - t0 - t_gen,
-        }
-        if demo.any():
-            advantages_all, = self.collective.gather_tensors(advantages)
-            metrics.update({"demo/reward": nanmean(rewards[demo]), **function_metrics(per_function[demo], names, "demo/"),
-                            "demo/advantage": float(advantages_all[demo].mean()),
-                            "demo/mean_length": float(lengths[demo].mean())})
-        return Rollouts(prompt_ids, target_ids, torch.tensor(is_demo), torch.tensor(truncated),
-                        rewards_local, advantages, group_size, metrics)
+            self.logger.print(warning)
+        return rollouts
 
     def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
                         observe: Observer | None = None, entropy_tokens: int | None = None,
@@ -477,18 +375,6 @@ class Trainer:
                                           clip=cfg.clip_ratio)
 
         return self.policy_backward(self.rollouts(examples), grpo_loss, weight)
-
-    def _advantages(self, rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Group advantages; with several processes, batch-std scaling uses every rank's rewards."""
-        cfg = self.config
-        eps = self.method.std_eps(cfg)  # TRL's 1e-4 or the method's reference code's (verl: 1e-6)
-        if self.world == 1 or cfg.scale_rewards != "batch":
-            return losses.group_advantages(rewards, group_size, cfg.scale_rewards, eps)
-        everyone = self.collective.gather(rewards)
-        advantages, group_std = losses.group_advantages(everyone, group_size, "batch", eps)
-        start = self.collective.rank * len(rewards)
-        groups = len(rewards) // group_size
-        return advantages[start:start + len(rewards)], group_std[start // group_size:][:groups]
 
     def snapshot_reference(self) -> None:
         """Make the current policy the frozen reference (SASR after warm-up; the end of RL in RL→SFT_KL).

@@ -72,6 +72,30 @@ class TokenView:
 Observer = Callable[[TokenView], None]
 
 
+@dataclass
+class Rollouts:
+    """One step's sequences for a policy-gradient loss: each prompt's group of rollouts, with its
+    demonstration inside the group for LUFFY and SRFT. Groups are contiguous, `group_size` long."""
+
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]]  # completions (or demonstrations), EOS included when there is one
+    is_demo: torch.Tensor  # (N,) bool
+    truncated: torch.Tensor  # (N,) bool: no EOS within max_completion_length
+    rewards: torch.Tensor  # (N,) weighted total; NaN where every reward function returned None
+    advantages: torch.Tensor  # (N,) over each group, demonstration included
+    group_size: int
+    metrics: dict[str, float]
+
+    def select(self, groups: list[int]) -> Rollouts:
+        """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
+        advantages stay as computed over each whole group, and `metrics` describe every rollout sampled."""
+        rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
+        index = torch.tensor(rows, dtype=torch.long)
+        return Rollouts([self.prompt_ids[i] for i in rows], [self.target_ids[i] for i in rows], self.is_demo[index],
+                        self.truncated[index], self.rewards[index], self.advantages[index], self.group_size,
+                        self.metrics)
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """A second AdamW over the policy's parameters that a method steps itself (ReLIFT's SFT optimizer).
