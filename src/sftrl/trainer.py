@@ -390,20 +390,34 @@ class Trainer:
         learning_rate for a step with a policy-gradient term, times the run's schedule)."""
         return self.method.learning_rate(self.config, self.step, kind, self.method_state)
 
-    def _reduce_and_clip(self, max_grad_norm: float) -> float:
-        """Average the step's gradients over processes (one synchronised backward on every process,
-        sftrl.parallel) and clip their global norm; returns the norm before clipping."""
+    def _update(self, optimizer, learning_rate: float, max_grad_norm: float, loss: float | None = None,
+                skip_above: float = 0.0) -> tuple[float, bool, bool]:
+        """The one update of both optimizers: average the step's gradients over processes (one
+        synchronised backward on every process, sftrl.parallel), clip their global norm at max_grad_norm,
+        and step `optimizer` at `learning_rate` unless the norm (or the loss summed over processes, when
+        given) is not finite or the norm is above skip_above (when set); the gradients are zeroed either
+        way. Returns the norm before clipping, whether it (and the loss) was finite, and whether the
+        update was made. Collective."""
         self.parallel.sync(self.model, self._idle_token)
         max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
-        return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        finite = math.isfinite(grad_norm) and (loss is None or math.isfinite(self.collective.sum(loss)))
+        taken = finite and not (skip_above > 0 and grad_norm > skip_above)
+        if taken:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            optimizer.step()
+            self.parallel.updates += 1
+        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # both optimizers hold the policy's parameters
+        return grad_norm, finite, taken
 
     def optimizer_step(self, learning_rate: float, loss: float = 0.0) -> tuple[float, bool]:
-        """Average gradients over ranks, clip the global norm, step at `learning_rate`; returns the
-        norm before clipping and whether the step was taken. A non-finite loss (on any rank) or
-        gradient norm skips it, as does a norm above `skip_update_grad_norm` when that is set:
-        gradients are zeroed and neither the weights nor AdamW's moments change. Under DeepSpeed the
-        engine clips and steps (validate refuses skip_update_grad_norm there), and only a non-finite
-        loss skips."""
+        """Update the policy with the run's optimizer (see _update); returns the norm before clipping
+        and whether the step was taken. A non-finite loss (on any rank) or gradient norm skips it, as
+        does a norm above `skip_update_grad_norm` when that is set: neither the weights nor AdamW's
+        moments change. Under DeepSpeed the engine clips and steps (validate refuses
+        skip_update_grad_norm there), and only a non-finite loss skips."""
         if self.parallel.backend == "deepspeed":
             finite = math.isfinite(self.collective.sum(loss))
             self.parallel.sync(self.model, self._idle_token)
@@ -411,34 +425,17 @@ class Trainer:
             self.parallel.updates += finite
             self._last_step_finite = finite
             return grad_norm, finite
-        grad_norm = self._reduce_and_clip(self.config.max_grad_norm)
-        finite = math.isfinite(grad_norm) and math.isfinite(self.collective.sum(loss))
-        limit = self.config.skip_update_grad_norm
-        taken = finite and not (limit > 0 and grad_norm > limit)
-        if taken:
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate
-            self.optimizer.step()
-            self.parallel.updates += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        self._last_step_finite = finite
+        grad_norm, self._last_step_finite, taken = self._update(
+            self.optimizer, learning_rate, self.config.max_grad_norm, loss, self.config.skip_update_grad_norm)
         return grad_norm, taken
 
     def extra_optimizer_step(self, learning_rate: float) -> tuple[float, bool]:
         """Step the method's own optimizer (Method.extra_optimizer) on the gradients accumulated since the
-        last update, clipped at its own max_grad_norm; returns the norm before clipping and whether the
-        update was made (a non-finite norm makes none). Collective."""
+        last update, clipped at its own max_grad_norm (see _update); returns the norm before clipping and
+        whether the update was made (a non-finite norm makes none). Collective."""
         if self.extra_optimizer is None:
             raise RuntimeError(f"method {self.config.method} declares no extra optimizer")
-        grad_norm = self._reduce_and_clip(self.extra_max_grad_norm)
-        taken = math.isfinite(grad_norm)
-        if taken:
-            for group in self.extra_optimizer.param_groups:
-                group["lr"] = learning_rate
-            self.extra_optimizer.step()
-            self.parallel.updates += 1
-        self.extra_optimizer.zero_grad(set_to_none=True)
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm, _, taken = self._update(self.extra_optimizer, learning_rate, self.extra_max_grad_norm)
         return grad_norm, taken
 
     def reset_optimizer_state(self) -> None:
