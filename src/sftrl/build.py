@@ -39,9 +39,10 @@ def make_accelerator(config: Config) -> Accelerator:
                        project_dir=str(config.run_dir / "trackers") if trackers else None)
 
 
-def frozen(model, device: torch.device):
+def frozen(model, device: torch.device) -> torch.nn.Module:
     """A frozen copy of `model` on `device`: the reference, its snapshots during training, the FSDP replica."""
-    return frozen_copy(model).to(device)
+    copy: torch.nn.Module = frozen_copy(model)
+    return copy.to(device)
 
 
 def adamw(parameters: list, config: Config, weight_decay: float) -> torch.optim.AdamW:
@@ -84,7 +85,7 @@ def make_parts(config: Config, method: Method, model_path: str, accelerator: Acc
         model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     wants_reference = method.needs_reference(config)
     # A LoRA run's reference is its own base (adapters off, set up below); otherwise a frozen copy.
-    reference = frozen(model, accelerator.device) if wants_reference and not config.use_peft else None
+    reference: Any = frozen(model, accelerator.device) if wants_reference and not config.use_peft else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(trainable, config, config.weight_decay)
     # Under FSDP and ZeRO-3 each process holds a shard: generation, evaluation and saving use this

@@ -17,10 +17,11 @@ from .methods.base import Placement, Rollouts
 from .parallel import Collective
 from .rewards import combine, function_metrics, nanmean, nanstd
 from .rewards.scorer import Scorer
+from .rollout import Completions
 from .rows import Rows
 
 # (examples, samples per example, a continuation per example or None) -> the rollout backend's completions
-Generate = Callable[[list[Example], int, list[str] | None], object]
+Generate = Callable[[list[Example], int, list[str] | None], Completions]
 
 
 @dataclass
@@ -136,10 +137,12 @@ def collect(examples: list[Example], placement: Placement, hints: list[str] | No
     advantage, group_std = advantages(rewards, groups.group_size, config, std_eps, collective)
     demo, cut = torch.tensor(groups.is_demo), torch.tensor(groups.truncated)
     lengths = torch.tensor([len(t) for t in groups.target_ids], dtype=torch.float32)
-    gathered = collective.gather_tensors(rewards, per_function, demo, cut, lengths, group_std)
+    rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = collective.gather_tensors(
+        rewards, per_function, demo, cut, lengths, group_std)
     logged_means = {name: sum(values) / len(values) for name, values in collective.gather_lists(logged).items()}
-    advantages_all = collective.gather_tensors(advantage)[0] if bool(gathered[2].any()) else None
-    metrics = rollout_metrics(*gathered, advantages_all, logged_means, scorer.names, config.scale_rewards)
+    advantages_all = collective.gather_tensors(advantage)[0] if bool(demo_all.any()) else None
+    metrics = rollout_metrics(rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all,
+                              advantages_all, logged_means, scorer.names, config.scale_rewards)
     metrics.update({"time/generate": t_gen, "time/score": time.perf_counter() - t0 - t_gen})
     return Rollouts(groups.prompt_ids, groups.target_ids, torch.tensor(groups.is_demo), torch.tensor(groups.truncated),
                     rewards, advantage, groups.group_size, metrics)

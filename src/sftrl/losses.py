@@ -129,8 +129,8 @@ def reduce_token_loss(
     token_loss: torch.Tensor,  # (B, T) per-token loss of this micro-batch
     mask: torch.Tensor,  # (B, T) 1.0 where the token counts
     loss_type: str,
-    step_sequences: int,  # sequences in the whole optimizer step (all micro-batches, all ranks)
-    step_tokens: int,  # mask.sum() over the whole optimizer step
+    step_sequences: float,  # sequences in the whole optimizer step (all micro-batches, all ranks)
+    step_tokens: float,  # mask.sum() over the whole optimizer step
     max_completion_length: int | None = None,
 ) -> torch.Tensor:
     """This micro-batch's share of the step's loss, normalised by whole-step counts (ALGORITHMS.md).
@@ -159,7 +159,7 @@ def reduce_token_loss(
 def entropy_bonus(
     entropy: torch.Tensor,  # (B, T) per-token entropy H_t of π_θ (with grad)
     mask: torch.Tensor,  # (B, T) 1.0 where the token counts
-    step_tokens: int,  # mask.sum() over the whole optimizer step
+    step_tokens: float,  # mask.sum() over the whole optimizer step
 ) -> torch.Tensor:
     """This micro-batch's share of the step's mean token entropy, Σ H_t / (step's tokens).
 
@@ -173,7 +173,7 @@ def entropy_bonus(
 def sft_loss(
     logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens
     mask: torch.Tensor,  # (B, T)
-    step_tokens: int,  # demonstration tokens in the whole optimizer step
+    step_tokens: float,  # demonstration tokens in the whole optimizer step
     weights: torch.Tensor | None = None,  # (B, T) per-token weights, treated as constants (SRFT's w_SFT)
 ) -> torch.Tensor:
     """Token-mean negative log-likelihood of demonstrations over the whole step: -Σ w_t log π(d_t) / N_tokens."""

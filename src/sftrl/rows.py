@@ -107,6 +107,8 @@ class Rows:
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
         """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
         keep; and whether it was cut."""
+        if example.demonstration is None:
+            raise ValueError(f"{example.source} row {example.index} has no demonstration")
         ids = self.text_ids(example.demonstration) + [self.eos_id]
         limit = self.config.max_completion_length
         if self.config.demo_truncation == "keep":

@@ -2,7 +2,7 @@
 
 Each optimizer step: the method plans the step's kind -> draw `batch_size` prompts (or `sft_batch_size`
 demonstrations) -> the method runs its backward passes through the primitives of
-`methods.base.Primitives` -> `loss` = the sum of what was back-propagated -> global gradient norm,
+`methods.base.StepContext` -> `loss` = the sum of what was back-propagated -> global gradient norm,
 clipping, AdamW step at the method's rate -> the method's after_step -> metrics.jsonl (TRL's metric
 names) -> periodic evaluation and atomic checkpoints.
 A step whose loss or gradient is not finite is skipped (no update, counted in `skipped_steps`);
@@ -34,7 +34,7 @@ from .errors import RunError
 from .evaluate import evaluate_accuracy
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
-from .methods.base import Observer, Rollouts, TokenView
+from .methods.base import Observer, Rollouts, TokenLoss, TokenView
 from .models import import_peft, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
 from .rewards.scorer import Scorer, trainer_state
@@ -43,10 +43,6 @@ from .rollout import generate_completions
 from .validate import check_processes
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
-
-
-# (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
-TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class Trainer:
@@ -288,8 +284,8 @@ class Trainer:
                         entropy_coef: float | None = None) -> dict[str, float]:
         """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
 
-        token_loss(logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token
-        stats) is the method's loss (a function of `losses`); this adds β·k3 KL on rollout tokens (never
+        token_loss (methods.base.TokenLoss, called with named arguments) -> (per-token loss (B, T),
+        per-token stats) is the method's loss (a function of `losses`); this adds β·k3 KL on rollout tokens (never
         on demonstrations: π_θ did not sample them, and LUFFY and SRFT apply no KL to off-policy rows),
         normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus
         entropy_coef · Σ H_t / entropy_tokens over every counted token (None: this call's counted tokens,
@@ -323,7 +319,8 @@ class Trainer:
             logps, entropy = scores.logps, scores.entropy
             advantages = rollouts.advantages[idx].to(device)
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
-            per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo)
+            per_token, stats = token_loss(logps=logps, old_logps=logps.detach(), entropy=entropy, advantages=advantages,
+                                          is_demo=is_demo)
             stats = dict(stats)
             if self.reference is not None:
                 stats["kl_ref"] = scores.kl  # detached: measured, not trained on
@@ -370,7 +367,7 @@ class Trainer:
         """Roll out G completions per prompt, score, group advantages, accumulate weight · GRPO loss."""
         cfg = self.config
 
-        def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
+        def grpo_loss(*, logps, old_logps, entropy, advantages, is_demo):
             return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high,
                                           clip=cfg.clip_ratio)
 

@@ -8,7 +8,7 @@ Each optimizer step the trainer
    (by default ``sft_learning_rate`` for SFT steps and ``learning_rate`` for policy steps, times the
    run's schedule);
 2. calls ``step(trainer, state, examples, kind) -> metrics``, which runs the step's backward passes
-   through the primitives listed in :class:`Primitives` and returns its metrics (floats or strings,
+   through the primitives of :class:`StepContext` (all it may touch) and returns its metrics (floats or strings,
    logged as they are; ``loss`` is not the method's to set: the trainer logs the sum of every loss
    it back-propagated, which is the loss optimised);
 3. clips, steps the optimizer (or skips a non-finite step), then calls ``after_step(trainer, state,
@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..config import Config
+from ..data import Example
 from ..schedules import lr_factor
 
 
@@ -105,26 +107,38 @@ class OptimizerSpec:
     max_grad_norm: float  # clip of the global gradient norm of its updates; 0 = none
 
 
-class Primitives(Protocol):
-    """What a method may call on the trainer (``sftrl.trainer.Trainer`` implements it)."""
+class TokenLoss(Protocol):
+    """A method's per-token policy-gradient loss (a function of `losses`), called with named arguments on
+    each micro-batch; returns the loss (B, T) and per-token stats logged as their means over rollout tokens."""
 
-    config: Any
+    def __call__(self, *, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor,
+                 advantages: torch.Tensor, is_demo: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+State = dict[str, Any]  # a method's own state: picklable values only (checkpointed)
+Metrics = dict[str, Any]  # what a step logs: floats or strings
+
+
+class StepContext(Protocol):
+    """All a method may touch of the trainer (``sftrl.trainer.Trainer`` implements it)."""
+
+    config: Config
     step: int  # optimizer steps finished before this one
 
-    def sft_backward(self, examples: list, weight: float = 1.0,
+    def sft_backward(self, examples: list[Example], weight: float = 1.0,
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
                      entropy_tokens: int | None = None) -> dict[str, float]: ...
 
-    def rollouts(self, examples: list, placement: Placement = Placement.NONE,
-                 hints: list[str] | None = None) -> Any: ...
+    def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
+                 hints: list[str] | None = None) -> Rollouts: ...
 
-    def policy_backward(self, rollouts: Any, token_loss: Callable, weight: float = 1.0,
+    def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
                         observe: Observer | None = None, entropy_tokens: int | None = None,
                         entropy_coef: float | None = None) -> dict[str, float]: ...
 
-    def grpo_backward(self, examples: list, weight: float = 1.0) -> dict[str, float]: ...
+    def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]: ...
 
     def snapshot_reference(self) -> None: ...
 
@@ -142,13 +156,13 @@ class Primitives(Protocol):
 
     def local_rows(self, values: list) -> list: ...
 
-    def draw_demonstrations(self, count: int) -> list: ...
+    def draw_demonstrations(self, count: int) -> list[Example]: ...
 
-    def example_position(self, example: Any) -> int: ...
+    def example_position(self, example: Example) -> int: ...
 
-    def train_example(self, position: int) -> Any: ...
+    def train_example(self, position: int) -> Example: ...
 
-    def demonstration_ids(self, example: Any) -> tuple[list[int], bool]: ...
+    def demonstration_ids(self, example: Example) -> tuple[list[int], bool]: ...
 
     def text_ids(self, text: str) -> list[int]: ...
 
@@ -168,7 +182,7 @@ def _never(config) -> bool:
     return False
 
 
-def _nothing(trainer, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+def _nothing(trainer: StepContext, state: State, metrics: Metrics) -> None:
     return None
 
 
@@ -210,15 +224,15 @@ class Method:
 
     name: str
     plan: Callable[[Any, int, dict[str, Any]], StepKind]
-    step: Callable[[Primitives, dict[str, Any], list, StepKind], dict[str, Any]]
+    step: Callable[[StepContext, State, list[Example], StepKind], Metrics]
     kinds: Callable[[Any], frozenset[StepKind]]
     needs_demonstrations: bool
     needs_rollouts: bool
     init_state: Callable[[Any, int], dict[str, Any]] = _no_state
     needs_reference: Callable[[Any], bool] = _reference_for_kl
-    # Whether the method makes the policy of mid-training its reference (Primitives.snapshot_reference)
+    # Whether the method makes the policy of mid-training its reference (StepContext.snapshot_reference)
     snapshots_reference: Callable[[Any], bool] = _never
-    after_step: Callable[[Primitives, dict[str, Any], dict[str, Any]], None] = _nothing
+    after_step: Callable[[StepContext, State, Metrics], None] = _nothing
     learning_rate: Callable[[Any, int, StepKind, dict[str, Any]], float] = run_learning_rate
     total_steps: Callable[[Any, dict[str, Any]], int] = _max_steps
     extra_optimizer: Callable[[Any], OptimizerSpec | None] = _no_optimizer

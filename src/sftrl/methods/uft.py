@@ -18,8 +18,9 @@ import math
 import random
 
 from .. import losses
+from ..data import Example
 
-from .base import Method, Placement, StepKind, always, only
+from .base import Method, Metrics, Placement, State, StepContext, StepKind, always, only
 
 # The released code's settings (G = 4, 256 prompts, lr 1e-6 are in recipes/paper-uft.yaml).
 PRESET = {"beta": 0.001, "entropy_coef": 0.001, "loss_type": "dapo", "scale_rewards": "group"}
@@ -62,7 +63,7 @@ def init_state(config, train_size: int) -> dict:
     return {"rng": random.Random(f"sftrl.uft:{config.seed}").getstate()}
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
     t = trainer.step + 1
     p = hint_probability(t, cfg.uft_hint_steps, cfg.uft_hint_prob_high, cfg.uft_hint_prob_low)
@@ -74,12 +75,13 @@ def step(trainer, state, examples, kind):
     state["rng"] = generator.getstate()
     hints, taken, total = [], 0, 0
     for example, uniforms in zip(examples, trainer.local_rows(draws)):
+        assert example.demonstration is not None  # needs_demonstrations: every row was loaded with one
         steps = solution_steps(example.demonstration, cfg.uft_step_separator)
         text, count = hint_text(steps, uniforms, p, cfg.uft_hint_blocks, cfg.uft_step_separator)
         hints.append(text)
         taken, total = taken + count, total + len(steps)
 
-    def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
+    def grpo_loss(*, logps, old_logps, entropy, advantages, is_demo):
         return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
 
     metrics = trainer.policy_backward(trainer.rollouts(examples, Placement.PREFIX, hints=hints), grpo_loss)
