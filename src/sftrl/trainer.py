@@ -34,7 +34,7 @@ from .errors import RunError
 from .evaluate import evaluate_accuracy
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
-from .methods.base import Observer, Rollouts, TokenLoss, TokenView
+from .methods.base import Observer, Rollouts, TokenLoss, TokenView, grpo_loss
 from .models import import_peft, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
 from .rewards.scorer import Scorer, trainer_state
@@ -365,13 +365,7 @@ class Trainer:
 
     def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]:
         """Roll out G completions per prompt, score, group advantages, accumulate weight · GRPO loss."""
-        cfg = self.config
-
-        def grpo_loss(*, logps, old_logps, entropy, advantages, is_demo):
-            return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high,
-                                          clip=cfg.clip_ratio)
-
-        return self.policy_backward(self.rollouts(examples), grpo_loss, weight)
+        return self.policy_backward(self.rollouts(examples), grpo_loss(self.config), weight)
 
     def snapshot_reference(self) -> None:
         """Make the current policy the frozen reference (SASR after warm-up; the end of RL in RL→SFT_KL).

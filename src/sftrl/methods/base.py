@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .. import losses
 from ..config import Config
 from ..data import Example
 from ..schedules import lr_factor
@@ -113,6 +114,18 @@ class TokenLoss(Protocol):
 
     def __call__(self, *, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor,
                  advantages: torch.Tensor, is_demo: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def grpo_loss(config: Config) -> TokenLoss:
+    """The clipped-surrogate GRPO term with the run's ε, ε_high and clip_ratio (losses.grpo_token_loss):
+    GRPO's loss and the policy-gradient term of the hybrids built on it. β·KL is added by policy_backward."""
+
+    def loss(*, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor, advantages: torch.Tensor,
+             is_demo: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return losses.grpo_token_loss(logps, old_logps, advantages, config.epsilon, config.epsilon_high,
+                                      clip=config.clip_ratio)
+
+    return loss
 
 
 State = dict[str, Any]  # a method's own state: picklable values only (checkpointed)

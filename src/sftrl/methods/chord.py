@@ -18,7 +18,8 @@ import math
 from .. import losses
 from ..data import Example
 
-from .base import VERL_STD_EPS, Method, Metrics, Observer, Rollouts, State, StepContext, StepKind, always, only
+from .base import (VERL_STD_EPS, Method, Metrics, Observer, Rollouts, State, StepContext, StepKind, always, grpo_loss,
+                   only)
 
 
 def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
@@ -60,10 +61,8 @@ def mixed_backward(trainer: StepContext, rollouts: Rollouts, demos: list[Example
     """(1-μ)·L_GRPO on the rollouts + μ·L_SFT(-φ) on the demonstrations, both at the rollout temperature."""
     cfg = trainer.config
 
-    def grpo_loss(*, logps, old_logps, entropy, advantages, is_demo):
-        return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
 
-    rl = trainer.policy_backward(rollouts, grpo_loss, weight=1.0 - mu, observe=observe)
+    rl = trainer.policy_backward(rollouts, grpo_loss(cfg), weight=1.0 - mu, observe=observe)
     phi = (lambda logps, entropy: losses.chord_phi_weights(logps)) if cfg.chord_phi else None
     sft = trainer.sft_backward(demos, weight=mu, token_weights=phi, observe=observe, temperature=cfg.temperature)
     if "sft/mean_weight" in sft:

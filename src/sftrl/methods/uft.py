@@ -17,10 +17,9 @@ the hint tokens. Read from the released code (liumy2010/UFT); the paper text was
 import math
 import random
 
-from .. import losses
 from ..data import Example
 
-from .base import Method, Metrics, Placement, State, StepContext, StepKind, always, only
+from .base import Method, Metrics, Placement, State, StepContext, StepKind, always, grpo_loss, only
 
 # The released code's settings (G = 4, 256 prompts, lr 1e-6 are in recipes/paper-uft.yaml).
 PRESET = {"beta": 0.001, "entropy_coef": 0.001, "loss_type": "dapo", "scale_rewards": "group"}
@@ -81,10 +80,8 @@ def step(trainer: StepContext, state: State, examples: list[Example], kind: Step
         hints.append(text)
         taken, total = taken + count, total + len(steps)
 
-    def grpo_loss(*, logps, old_logps, entropy, advantages, is_demo):
-        return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
 
-    metrics = trainer.policy_backward(trainer.rollouts(examples, Placement.PREFIX, hints=hints), grpo_loss)
+    metrics = trainer.policy_backward(trainer.rollouts(examples, Placement.PREFIX, hints=hints), grpo_loss(cfg))
     hinted = [(e, trainer.text_ids(h)) for e, h in zip(examples, hints) if h]
     # c_h · token-mean NLL of the hint tokens ({} and no backward when no process has a hint).
     metrics.update(trainer.sft_backward([e for e, _ in hinted], weight=cfg.uft_hint_coef,
