@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sftrl.batching
-import sftrl.trainer
+import sftrl.terms
 from sftrl.batching import _whole_rows, micro_batches, pack, target_logits
 from sftrl.sandbox.model import build_model
 from sftrl.sandbox.tokenizer import build_tokenizer
@@ -82,7 +82,7 @@ def test_micro_batches_cover_every_row_once_longest_first():
 
 def old_layout(monkeypatch):
     """Today's computation before this layout: micro-batches of consecutive rows, every row run whole."""
-    monkeypatch.setattr(sftrl.trainer, "micro_batches",
+    monkeypatch.setattr(sftrl.terms, "micro_batches",
                         lambda lengths, size: [list(range(i, min(len(lengths), i + size)))
                                                for i in range(0, len(lengths), size)])
     monkeypatch.setattr(sftrl.batching, "target_logits",

@@ -11,6 +11,8 @@ Runs on `accelerate` (single process, or `accelerate launch` / `torchrun` for DD
 data parallelism): the step's rows are sharded global[rank::world], and :mod:`sftrl.parallel` averages
 the gradients once per update in one synchronised backward that every process runs, so processes whose
 rows decided differently stay in step.
+Its parts: build (the policy, reference, optimizers, engine), rows, experience (rollouts), terms (the SFT
+and policy-gradient terms' accumulation), rewards.scorer, parallel, checkpoint and runlog.
 """
 
 from __future__ import annotations
@@ -19,26 +21,25 @@ import functools
 import json
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import yaml
 
-from . import build, checkpoint, experience, hub, losses, runlog
-from .batching import counted_tokens, micro_batches, pack, score_targets
+from . import build, checkpoint, experience, hub, runlog
 from .config import Config
 from .data import Example, render_prompt
 from .errors import RunError
 from .evaluate import evaluate_accuracy
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
-from .methods.base import Observer, Rollouts, TokenLoss, TokenView, grpo_loss
+from .methods.base import Observer, Rollouts, TokenLoss, grpo_loss
 from .models import import_peft, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
 from .rewards.scorer import Scorer, trainer_state
 from .rows import Rows, kept_rows, load_rows
+from .terms import Terms
 from .rollout import generate_completions
 from .validate import check_processes
 
@@ -79,20 +80,18 @@ class Trainer:
         self.rows = Rows(examples, self.tokenizer, config, self.collective)
         parts = build.make_parts(config, self.method, model_path, self.accelerator, self.parallel)
         self.model, self.optimizer = parts.model, parts.optimizer
-        self.reference = parts.reference
         self.reference_step: int | None = None  # set when the reference is a snapshot taken during training
         self._replica, self._replica_updates = parts.replica, -1
-        self._train_module = parts.train_module
         self._idle_token = self.pad_id if self.pad_id is not None else self.eos_id
+        self.terms = Terms(config, self.model, parts.train_module, parts.reference, self.parallel, self.rows,
+                           self.pad_id, self._idle_token, self.accelerator.device)
         self.rollout_engine = parts.rollout_engine
         self.extra_optimizer, self.extra_max_grad_norm = parts.extra_optimizer, parts.extra_max_grad_norm
         self.method_state: dict[str, Any] = self.method.init_state(config, len(examples))
         self.total_steps = self.method.total_steps(config, self.method_state)
-        self._loss = 0.0  # what _backward back-propagated since the last take_loss()
-        # Token passes (this process's, since the step began): generated tokens, and the prompt + target
-        # tokens of every sequence through a training forward (counted per sequence, whatever the layout).
-        self._step_token_passes = 0
-        self._step_sequences = 0  # this process's sequences through a training forward, this step
+        # Token passes (this process's, since the step began): generated tokens here, and the training
+        # forwards' in self.terms.
+        self._step_generated_tokens = 0
         self.total_token_passes = 0  # every process's, over the run (checkpointed)
         self.total_train_sequences = 0
         self._last_step_finite = True
@@ -105,6 +104,11 @@ class Trainer:
     @property
     def policy(self):
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def reference(self):
+        """π_ref: None, a frozen model, or the LoRA policy with its adapters off (Terms.reference)."""
+        return self.terms.reference
 
     def prompt_ids(self, example: Example) -> list[int]:
         return self.rows.prompt_ids(example)
@@ -141,17 +145,8 @@ class Trainer:
     def take_loss(self) -> float:
         """The loss back-propagated since the last call, summed over processes (each process's share is
         normalised by whole-step counts, so the sum is the step's loss); collective."""
-        value, self._loss = self._loss, 0.0
+        value, self.terms.loss = self.terms.loss, 0.0
         return self.collective.sum(value)
-
-    def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
-        return micro_batches(lengths, self.config.micro_batch_size)
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        """Accumulate a loss's gradient on this process, unsynchronised: `optimizer_step` averages the
-        step's gradients over processes (sftrl.parallel)."""
-        self._loss += float(loss.detach())  # every loss optimised passes here: the logged `loss` is their sum
-        self.parallel.backward(self.model, loss)
 
     def whole_policy(self):
         """The policy with all its weights on this process, for generation, evaluation and saving: the
@@ -163,15 +158,6 @@ class Trainer:
             self._replica.load_state_dict(self.parallel.full_state_dict(self.model, self.policy))
             self._replica_updates = self.parallel.updates
         return self._replica
-
-    def _score(self, batch, temperature: float, **kwargs):
-        """The targets' log-probabilities and entropies (batching.score_targets, chunked by
-        logprob_chunk_size) from a training forward through the module sftrl.parallel says; one
-        forward per micro-batch where the backend needs every process to run as many."""
-        self._step_token_passes += int(batch.prompt_mask.sum(dim=1)[batch.prompt_of].sum()) + int(batch.target_mask.sum())
-        self._step_sequences += batch.targets.shape[0]
-        return score_targets(self._train_module, batch, temperature, chunk_size=self.config.logprob_chunk_size,
-                             share_prompts=not self.parallel.sharded, **kwargs)
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
@@ -185,66 +171,9 @@ class Trainer:
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
                      entropy_tokens: int | None = None) -> dict[str, float]:
-        """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics.
-
-        token_weights: (log-probs, entropy), both (B, T) -> per-token weights of the NLL, as constants
-            (SRFT's w_SFT, CHORD's φ = p(1-p)).
-        kl_coef: adds kl_coef · exact KL(π_θ‖π_ref) on the demonstration positions (RL→SFT_KL).
-        targets: token ids trained on instead of the demonstrations, one list per example (UFT's hints).
-        entropy_coef: subtracts entropy_coef · Σ H_t / entropy_tokens over the same tokens, not scaled by
-            `weight` (ReLIFT's SFT update; HPT's bonus over demonstrations and rollouts).
-        entropy_tokens: the bonus's normaliser over every process; None = the demonstrations' tokens.
-        temperature: the logits are divided by it before the log-softmax (1 = the plain NLL; CHORD's,
-            GAC's and HPT's code score demonstrations at the rollout temperature).
-        observe: shown every micro-batch (detached), for statistics (GAC).
-        Collective: every process calls it with its own rows (maybe none); the token mean and the metrics
-        are over every process's rows. With a reference model loaded, the KL to it is measured (`kl_ref`)
-        whether or not it is trained on. Returns {} when no process had a row.
-        """
-        prompts = [self.prompt_ids(e) for e in examples]
-        demos = targets if targets is not None else [self.demonstration_ids(e)[0] for e in examples]
-        local_tokens = sum(len(d) for d in demos)
-        step_tokens = self.collective.sum(local_tokens)
-        if kl_coef > 0 and self.reference is None:
-            raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
-        sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
-        plan = self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)])
-        most = self.parallel.most_passes(len(plan))
-        for rows in plan:
-            batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
-            mask = batch.target_mask
-            scores = self._score(batch, temperature, reference=self.reference, kl_grad=kl_coef > 0)
-            logps, entropy = scores.logps, scores.entropy
-            weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
-            loss = losses.sft_loss(logps, mask, step_tokens, weights)
-            if self.reference is not None:
-                kl = scores.kl  # (B, T) exact KL(π_θ‖π_ref), differentiable when trained on
-                if kl_coef > 0:
-                    loss = loss + kl_coef * (kl * mask).sum() / max(step_tokens, 1)
-                sums["kl_ref"] += float((kl.detach() * mask).sum())
-            loss = weight * loss
-            if entropy_coef:
-                loss = loss - entropy_coef * losses.entropy_bonus(entropy, mask, entropy_tokens or step_tokens)
-            self._backward(loss)
-            if observe is not None:
-                observe(TokenView(logps.detach(), entropy.detach(), mask,
-                                  torch.ones(len(rows), dtype=torch.bool, device=mask.device), None))
-            sums["nll"] += float(-(logps.detach() * mask).sum())
-            sums["entropy"] += float((entropy.detach() * mask).sum())
-            if weights is not None:
-                sums["weight"] += float((weights * mask).sum())
-        self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        sequences, nll, ent, wsum, kl_sum = self.collective.sums(
-            [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
-        if step_tokens == 0:
-            return {}
-        metrics = {"sft/loss": nll / step_tokens, "sft/entropy": ent / step_tokens,
-                   "sft/mean_length": step_tokens / sequences}
-        if token_weights is not None:
-            metrics["sft/mean_weight"] = wsum / step_tokens
-        if self.reference is not None:
-            metrics["kl_ref"] = kl_sum / step_tokens
-        return metrics
+        """The SFT term (Terms.sft)."""
+        return self.terms.sft(examples, weight, token_weights, kl_coef, targets, entropy_coef, observe, temperature,
+                              entropy_tokens)
 
     def generate(self, examples: list[Example], num_generations: int, greedy: bool = False,
                  continuations: list[str] | None = None):
@@ -260,7 +189,7 @@ class Trainer:
                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                 batch_size=cfg.generation_batch_size, max_prompt_length=cfg.max_prompt_length, greedy=greedy,
                 min_new_tokens=cfg.min_completion_length, engine=self.rollout_engine)
-        self._step_token_passes += sum(len(ids) for ids in completions.completion_ids)
+        self._step_generated_tokens += sum(len(ids) for ids in completions.completion_ids)
         return completions
 
     def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
@@ -282,86 +211,8 @@ class Trainer:
     def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
                         observe: Observer | None = None, entropy_tokens: int | None = None,
                         entropy_coef: float | None = None) -> dict[str, float]:
-        """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
-
-        token_loss (methods.base.TokenLoss, called with named arguments) -> (per-token loss (B, T),
-        per-token stats) is the method's loss (a function of `losses`); this adds β·k3 KL on rollout tokens (never
-        on demonstrations: π_θ did not sample them, and LUFFY and SRFT apply no KL to off-policy rows),
-        normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus
-        entropy_coef · Σ H_t / entropy_tokens over every counted token (None: this call's counted tokens,
-        a token mean whatever the loss_type, as TRL does; not scaled by `weight`: Trinity-RFT's CHORD and
-        HPT subtract it once from the mixed loss) and logs the stats' means over rollout tokens (a stat
-        that is NaN on a token is undefined there and left out of its mean). entropy_coef: None =
-        config.entropy_coef (GAC's measuring pass, of weight 0, passes 0).
-        observe: shown every micro-batch (detached), for statistics (GAC).
-        Collective: every process calls it, with its own rows (maybe none: HPT's gate may send all of a
-        process's prompts to SFT); the normalisers and the token means logged count every process's rows.
-        """
-        cfg = self.config
-        t0 = time.perf_counter()
-        n = len(rollouts.target_ids)
-        excluded = rollouts.truncated.tolist() if cfg.mask_truncated_completions else [False] * n
-        step_tokens, step_sequences = self.collective.sums([counted_tokens(rollouts.target_ids, excluded), n])
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, float] = defaultdict(float)
-        loss_total = 0.0
-        plan = self._micro_batches([len(t) for t in rollouts.target_ids])
-        most = self.parallel.most_passes(len(plan))
-        for idx in plan:
-            batch = pack([rollouts.prompt_ids[i] for i in idx], [rollouts.target_ids[i] for i in idx],
-                         self.pad_id, self.accelerator.device)
-            device = batch.target_mask.device
-            is_demo = rollouts.is_demo[idx].to(device)
-            mask = batch.target_mask
-            if cfg.mask_truncated_completions:
-                mask = mask * (~rollouts.truncated[idx]).float().unsqueeze(1).to(device)
-            scores = self._score(batch, cfg.temperature, reference=self.reference, ref_logps=cfg.beta > 0)
-            logps, entropy = scores.logps, scores.entropy
-            advantages = rollouts.advantages[idx].to(device)
-            # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
-            per_token, stats = token_loss(logps=logps, old_logps=logps.detach(), entropy=entropy, advantages=advantages,
-                                          is_demo=is_demo)
-            stats = dict(stats)
-            if self.reference is not None:
-                stats["kl_ref"] = scores.kl  # detached: measured, not trained on
-                if cfg.beta > 0:
-                    kl = losses.k3_kl(logps, scores.ref_logps)  # (B, T)
-                    per_token = per_token + cfg.beta * kl * (~is_demo).float().unsqueeze(1)  # rollout rows only
-                    stats["kl"] = kl.detach()
-            loss = losses.reduce_token_loss(per_token, mask, cfg.loss_type, step_sequences, step_tokens,
-                                            cfg.max_completion_length)
-            loss_total += float(loss.detach())  # grpo/loss: the policy-gradient term, before weight and bonus
-            loss = weight * loss
-            coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
-            if coef:
-                loss = loss - coef * losses.entropy_bonus(entropy, mask, entropy_tokens or step_tokens)
-            self._backward(loss)
-            if observe is not None:
-                observe(TokenView(logps.detach(), entropy.detach(), mask, is_demo, advantages))
-            stats["entropy"] = entropy.detach()
-            real = batch.target_mask
-            rollout_tokens = real * (~is_demo).float().unsqueeze(1)
-            for key, value in stats.items():
-                defined = rollout_tokens * torch.isfinite(value).float()
-                sums[key] += float((torch.nan_to_num(value) * defined).sum())
-                counts[key] += float(defined.sum())
-            demo_tokens = real * is_demo.float().unsqueeze(1)
-            sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
-            counts["demo/entropy"] += float(demo_tokens.sum())
-        self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        keys = self.collective.union(sorted(sums))  # a process with no rows has no stats of its own
-        totals = self.collective.sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
-        metrics = {"grpo/loss": totals[0], **rollouts.metrics}
-        names = {"low_clipped": "clip_ratio/low_mean", "high_clipped": "clip_ratio/high_mean"}
-        for i, key in enumerate(keys):
-            total, count = totals[1 + i], totals[1 + len(keys) + i]
-            if count > 0:
-                metrics[names.get(key, key)] = total / count
-        if "clip_ratio/low_mean" in metrics or "clip_ratio/high_mean" in metrics:
-            metrics["clip_ratio/region_mean"] = metrics.get("clip_ratio/low_mean", 0.0) + metrics.get(
-                "clip_ratio/high_mean", 0.0)
-        metrics["time/backward"] = time.perf_counter() - t0
-        return metrics
+        """A policy-gradient term over rollouts and demonstrations (Terms.policy)."""
+        return self.terms.policy(rollouts, token_loss, weight, observe, entropy_tokens, entropy_coef)
 
     def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]:
         """Roll out G completions per prompt, score, group advantages, accumulate weight · GRPO loss."""
@@ -372,7 +223,7 @@ class Trainer:
         Checkpoints then carry its weights, so a resumed run measures against the same model."""
         if self.config.use_peft:  # validate.check_config refuses such configs before training
             raise RuntimeError("snapshot_reference: a LoRA run's reference is its base model")
-        self.reference = build.frozen(self.whole_policy(), self.accelerator.device)
+        self.terms.reference = build.frozen(self.whole_policy(), self.accelerator.device)
         self.reference_step = self.step
 
     # ------------------------------------------------------------------ the loop
@@ -547,8 +398,8 @@ class Trainer:
         size = cfg.sft_batch if kind is StepKind.SFT else cfg.batch_size
         examples = self.rows.step_rows(size)
         self.model.train()
-        self._loss = 0.0
-        self._step_token_passes = self._step_sequences = 0
+        self.terms.loss = 0.0
+        self.terms.token_passes = self.terms.sequences = self._step_generated_tokens = 0
         metrics = self.method.step(self, self.method_state, examples, kind)
         # The loss logged is the loss optimised: the sum of everything the step back-propagated, with
         # the weights the method gave each term (SRFT's w_SFT, a weighted mixture's μ, ...).
@@ -573,7 +424,8 @@ class Trainer:
         # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
         self.method.after_step(self, self.method_state, metrics)
         # What the step cost (ReLIFT's SFT update included), for budgets in tokens or sequences.
-        tokens, sequences = self.collective.sums([self._step_token_passes, self._step_sequences])
+        tokens, sequences = self.collective.sums([self._step_generated_tokens + self.terms.token_passes,
+                                                  self.terms.sequences])
         metrics["token_passes"], metrics["train_sequences"] = int(tokens), int(sequences)
         self.total_token_passes += int(tokens)
         self.total_train_sequences += int(sequences)
@@ -675,7 +527,7 @@ class Trainer:
         else:
             self.parallel.load_full_state_dict(self.model, self.policy, weights)
         if reference is not None:
-            self.reference = build.frozen(reference, self.accelerator.device)
+            self.terms.reference = build.frozen(reference, self.accelerator.device)
         self.restore(state)
         self.logger.keep_until(self.step)
         self.logger.print(f"resumed from {latest} at step {self.step}")
