@@ -192,6 +192,10 @@ STEP_TYPES = {
     "chord": ["sft+grpo"] * 6,
     "gac": ["sft+grpo"] * 6,
     "uft": ["sft+grpo"] * 6,  # hints (and their NLL term) all along: T_hint = 300
+    "dft": ["sft"] * 6,
+    "asft": ["sft"] * 6,
+    "opsd": ["grpo"] * 6,  # a policy-gradient step whose advantages are the teacher's per-token log-ratios
+    "opd": ["grpo"] * 6,
 }
 
 
@@ -203,7 +207,7 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tiny_model_dir, rewar
     common = dict(method=method, max_steps=6, save_every=3, reward_funcs=[reward], sft_steps=2, grpo_steps=2,
                   sft_kl_coef=0.1, sasr_warmup_steps=2, sasr_reference="warmup", static_sft_steps=1,
                   static_grpo_steps=2, max_completion_length=10, seed=3, hpt_gate=1, gac_update_every=2,
-                  sft_batch_size=2)
+                  sft_batch_size=2, opd_teacher=str(tiny_model_dir), opsd_teacher="base")
     full_dir = tmp_path / "full"
     Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(full_dir), **common)).train()
     full = read_metrics(full_dir)

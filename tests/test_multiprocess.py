@@ -1,8 +1,8 @@
 """Two CPU processes (`torchrun --nproc_per_node 2 -m sftrl.cli train`, gloo, accelerate's DDP): SFT
 logs the same per-step loss and gradient norm and ends with the same weights as one process; GRPO logs
 the whole step's reward statistics; methods whose prompts decide per prompt (HPT's gate, ReLIFT's
-buffer), or that draw and gather rows (GAC, UFT), finish without a deadlock, and decide and train
-exactly as one process does. FSDP2 runs too, through tests/fsdp_on_cpu.py: accelerate turns FSDP on only
+buffer), or that draw and gather rows (GAC, UFT), or sum statistics of their own (ASFT's k3), finish
+without a deadlock, and decide and train exactly as one process does. FSDP2 runs too, through tests/fsdp_on_cpu.py: accelerate turns FSDP on only
 for GPUs, so that script sets the state accelerate sets there, and torch shards over gloo.
 
 The reward (`even_answer`) is fixed by the prompt, so a prompt's decision does not depend on what was
@@ -38,13 +38,15 @@ SETTINGS = {
     "relift": dict(sft_batch_size=2),
     "gac": dict(gac_update_every=1),
     "uft": dict(beta=0.0, entropy_coef=0.0),
+    "asft": dict(),  # DFT + k3 to the reference, whose statistics are summed over the processes
 }
 # What must agree step by step between 1 and 2 processes (exactly, or to float precision).
 EXACT = {"hpt": ["step_type", "hpt/sft_prompts", "hpt/rl_prompts", "hpt/k0_prompts", "hpt/kG_prompts"],
          "relift": ["step_type", "relift/added", "relift/sft_update", "relift/buffer_size", "relift/sft_updates"],
          "gac": ["step_type", "chord/expert_rows", "gac/updated"],
-         "uft": ["step_type", "uft/hinted_prompts", "uft/hint_share"]}
-CLOSE = {"hpt": ["sft/loss", "loss"], "relift": ["sft/loss", "relift/sft_objective"], "gac": [], "uft": ["sft/loss"]}
+         "uft": ["step_type", "uft/hinted_prompts", "uft/hint_share"], "asft": ["step_type"]}
+CLOSE = {"hpt": ["sft/loss", "loss"], "relift": ["sft/loss", "relift/sft_objective"], "gac": [], "uft": ["sft/loss"],
+         "asft": ["sft/loss", "asft/k3", "dft/mean_p", "loss"]}
 
 
 def overrides(method, model_dir, reward, run_dir):
@@ -165,14 +167,15 @@ def test_two_processes_decide_and_train_as_one(tmp_path, tiny_model_dir, even_an
 
 FSDP_SETTINGS = {"luffy": {}, "srft": {"beta": 0.04}, "relift": {"sft_batch_size": 2}, "gac": {"gac_update_every": 1},
                  "uft": {"beta": 0.0}, "sasr": {"sasr_warmup_steps": 2, "sasr_reference": "warmup"},
-                 "sft-then-grpo": {"sft_steps": 2}}
+                 "sft-then-grpo": {"sft_steps": 2}, "opsd": {"opsd_teacher_template": "{demonstration}|{prompt}"}}
 
 
 @pytest.mark.parametrize("method", list(FSDP_SETTINGS))
 def test_every_kind_of_step_finishes_under_fsdp(tmp_path, tiny_model_dir, even_answer_spec, method):
     """Demonstrations inside groups (LUFFY, SRFT with a KL reference), a second optimizer and a buffer
     (ReLIFT), gathered statistics (GAC), hinted rollouts (UFT), a reference snapshot of the sharded
-    policy (SASR), a fresh optimizer between stages (SFT→GRPO): 2 FSDP2 processes finish every step."""
+    policy (SASR), a fresh optimizer between stages (SFT→GRPO), the sharded policy as its own teacher in
+    another context (OPSD, score_rows): 2 FSDP2 processes finish every step."""
     values = dict(overrides("hpt", tiny_model_dir, even_answer_spec, tmp_path / "run"), method=method,
                   **FSDP_SETTINGS[method])
     run_two_processes(values, f"{method} (FSDP)", fsdp=True)

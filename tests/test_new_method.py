@@ -1,4 +1,4 @@
-"""Adding a method touches only its own module and its registration. A 14th method, defined here and
+"""Adding a method touches only its own module and its registration. A new method, defined here and
 registered for these tests only, recombines existing terms (SFT on the step's demonstrations plus LUFFY's
 mixed-policy term over groups that hold them) and trains, checkpoints and resumes through the shared
 loop like the shipped ones; nothing in src/sftrl names it."""
@@ -23,7 +23,7 @@ SFT_WEIGHT = 0.5
 def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
 
-    def mixed_loss(*, logps, old_logps, entropy, advantages, is_demo):
+    def mixed_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
         return losses.mixed_policy_token_loss(logps, old_logps, advantages, is_demo, cfg.epsilon, cfg.epsilon_high,
                                               cfg.clip_ratio, shaping_gamma=cfg.luffy_gamma)
 

@@ -235,3 +235,12 @@ def counted_tokens(target_ids: list[list[int]], excluded: list[bool]) -> int:
     """Target tokens that enter the loss: every token of every sequence not excluded (e.g. a truncated
     completion under `mask_truncated_completions`)."""
     return sum(0 if skip else len(t) for t, skip in zip(target_ids, excluded))
+
+
+def pad_rows(rows: list[torch.Tensor], width: int, device: torch.device) -> torch.Tensor:
+    """Per-row values of the targets (each (len(target),)), right-padded with 0 to (B, width) as
+    `pack` lays the targets out."""
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row[:width]
+    return out.to(device)

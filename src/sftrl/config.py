@@ -37,6 +37,12 @@ RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "s
                          "report_to", "push_to_hub", "hub_model_id",
                          "eval_samples", "eval_temperature")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
+OPSD_TEACHERS = ("live", "base")
+# The OPSD teacher's prompt (arXiv 2601.18734, Fig. 2) as a NeMo-RL on-policy distillation example writes it
+# (its DEFAULT_DISTILLATION_TEACHER_BIAS_TEMPLATE, read through a code search; its file path was not recorded).
+OPSD_TEMPLATE = ("Problem:\n{prompt}\n\nHere is a reference solution:\n{demonstration}\n\n"
+                 "After understanding the reference solution, please try to solve this problem\n"
+                 "using your own approach below:\nAnswer:\n")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -48,7 +54,7 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class Config:
     # --- what to train -------------------------------------------------------------------------
-    method: str = _f("sasr", "Training method: sasr, srft, luffy, hpt, relift, chord, gac, uft, sft, grpo, sft-then-grpo, grpo-then-sft or static (see README, Methods).")
+    method: str = _f("sasr", "Training method: sasr, srft, luffy, hpt, relift, chord, gac, uft, dft, asft, opsd, opd, sft, grpo, sft-then-grpo, grpo-then-sft or static (see README, Methods).")
     model: str = _f("sandbox", "Hugging Face hub id or local directory of a causal LM; 'sandbox' = the prepared sandbox base model.")
     tokenizer: str | None = _f(None, "Tokenizer id or directory; default: the model's.")
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the model repository.")
@@ -155,6 +161,13 @@ class Config:
     uft_hint_blocks: int = _f(5, "uft: K, the demonstration's solution steps are grouped into min(K, steps) hint blocks (released code: 5).")
     uft_hint_coef: float = _f(0.001, "uft: c_h, weight of the token-mean NLL of the hint tokens added to the GRPO loss (released code: 0.001).")
     uft_step_separator: str = _f("\n", "uft: separator of a demonstration's solution steps; the last segment is the answer and never a hint.")
+    asft_kl_coef: float = _f(0.03, "asft: λ, weight of the k3 KL(π_θ‖π_ref) on demonstration tokens added to the DFT loss (ASFT, arXiv 2509.23753; NeMo-RL's kl_weight: 0.03); 0 = DFT.")
+    asft_kl_input_clamp: float | None = _f(20.0, "asft: clamp of log π_ref - log π_θ to ±this before the k3 (NeMo-RL's kl_input_clamp_value: 20); null = none.")
+    asft_kl_output_clamp: float | None = _f(10.0, "asft: clamp of each token's k3 to ±this (NeMo-RL's kl_output_clamp_value: 10); null = none.")
+    opsd_teacher: str = _f("live", "opsd: the teacher's weights: live (the current policy, no gradient: OPSD's p_θ(· ∣ x, y*), arXiv 2601.18734) or base (the model as loaded, frozen: TRL SDFTConfig's default).")
+    opsd_teacher_template: str = _f(OPSD_TEMPLATE, "opsd: the teacher's user message, {prompt} and {demonstration} filled in (OPSD, arXiv 2601.18734, Fig. 2, as NeMo-RL's DEFAULT_DISTILLATION_TEACHER_BIAS_TEMPLATE writes it).")
+    opd_teacher: str | None = _f(None, "opd: the teacher model, a local directory or hub id, loaded like `model` and frozen; it must share the policy's tokenizer (GKD, arXiv 2306.13649).")
+    distill_reward_coef: float = _f(0.0, "opsd, opd: w in the per-token advantage log π_T - log π_θ + w·A, A the task reward's GRPO advantage (verl's use_task_rewards); 0 = pure distillation.")
 
     # --- rollouts and GRPO (names as in TRL) ---------------------------------------------------
     num_generations: int = _f(8, "Rollouts sampled per prompt (G, the GRPO group size).")
@@ -397,6 +410,14 @@ def check_fields(c: Config) -> None:
           f"uft_hint_prob_low: must not exceed uft_hint_prob_high={c.uft_hint_prob_high}, got {c.uft_hint_prob_low}")
     check(c.uft_hint_blocks >= 1, f"uft_hint_blocks: must be at least 1, got {c.uft_hint_blocks}")
     check(c.uft_step_separator != "", "uft_step_separator: must not be empty")
+    check(c.asft_kl_coef >= 0, f"asft_kl_coef: must be 0 or more, got {c.asft_kl_coef}")
+    for name in ("asft_kl_input_clamp", "asft_kl_output_clamp"):
+        check(getattr(c, name) is None or getattr(c, name) > 0, f"{name}: must be positive or null, got {getattr(c, name)}")
+    check(c.opsd_teacher in OPSD_TEACHERS, f"opsd_teacher: {c.opsd_teacher!r} is not one of {', '.join(OPSD_TEACHERS)}")
+    check("{prompt}" in c.opsd_teacher_template and "{demonstration}" in c.opsd_teacher_template,
+          "opsd_teacher_template: must contain both {prompt} and {demonstration}")
+    check(c.method != "opd" or bool(c.opd_teacher and c.opd_teacher.strip()),
+          "opd_teacher: name the teacher model (a local directory or hub id) that method opd distils from")
     check(0 <= c.adam_beta1 < 1, f"adam_beta1: must be in [0, 1), got {c.adam_beta1}")
     check(0 <= c.adam_beta2 < 1, f"adam_beta2: must be in [0, 1), got {c.adam_beta2}")
     check(c.max_nonfinite_steps >= 1, f"max_nonfinite_steps: must be at least 1, got {c.max_nonfinite_steps}")

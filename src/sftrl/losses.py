@@ -274,3 +274,96 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean of `values` over tokens where mask is 1 (a logging helper; 0.0 when nothing is masked in)."""
     total = mask.sum()
     return float((values * mask).sum() / total) if total > 0 else 0.0
+
+
+def dft_weights(
+    logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens
+) -> torch.Tensor:
+    """DFT's per-token weight sg(p_t), p_t = π_θ(d_t | x, d_<t), (B, T) (Dynamic Fine-Tuning, arXiv 2508.05629;
+    TRL 1.16's SFTTrainer with loss_type="dft": per_token_loss · log_probs.exp().detach()). With `sft_loss` it
+    gives -Σ sg(p_t) log p_t / (the step's demonstration tokens). A constant: no gradient flows through it."""
+    return logps.detach().exp()
+
+
+def clamped_k3_kl(
+    logps: torch.Tensor,  # (B, T) log π_θ of the target tokens (with grad)
+    ref_logps: torch.Tensor,  # (B, T) log π_ref of the same tokens (no grad)
+    input_clamp: float | None = 20.0,
+    output_clamp: float | None = 10.0,
+) -> torch.Tensor:
+    """k3 estimator of KL(π_θ ‖ π_ref) per token with NeMo-RL's clamps (nemo_rl/algorithms/utils.py
+    `calculate_kl`): r = clamp(log π_ref - log π_θ, ±input_clamp), k3 = exp(r) - 1 - r, clamped to
+    ±output_clamp; None = no clamp. (B, T). Where a clamp binds, the token has no KL gradient."""
+    logr = ref_logps - logps  # (B, T)
+    if input_clamp is not None:
+        logr = logr.clamp(min=-input_clamp, max=input_clamp)
+    kl = torch.exp(logr) - 1.0 - logr  # (B, T)
+    if output_clamp is not None:
+        kl = kl.clamp(min=-output_clamp, max=output_clamp)
+    return kl
+
+
+def asft_token_loss(
+    logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens (with grad)
+    ref_logps: torch.Tensor | None,  # (B, T) log π_ref of the same tokens; None when kl_coef is 0
+    kl_coef: float = 0.03,
+    input_clamp: float | None = 20.0,
+    output_clamp: float | None = 10.0,
+) -> torch.Tensor:
+    """ASFT's per-token loss (Anchored SFT, arXiv 2509.23753; NeMo-RL's ASFTLossFn): the DFT term
+    -sg(p_t) log p_t plus λ·k3 KL(π_θ‖π_ref) on the demonstration tokens (`clamped_k3_kl`), (B, T).
+    Reduce it with `token_mean` over the step's demonstration tokens."""
+    loss = -dft_weights(logps) * logps  # (B, T)
+    if kl_coef == 0.0:
+        return loss
+    if ref_logps is None:
+        raise ValueError("asft_token_loss with kl_coef > 0 needs ref_logps")
+    return loss + kl_coef * clamped_k3_kl(logps, ref_logps, input_clamp, output_clamp)
+
+
+def token_mean(
+    token_loss: torch.Tensor,  # (B, T) per-token loss of this micro-batch
+    mask: torch.Tensor,  # (B, T) 1.0 where the token counts
+    step_tokens: float,  # mask.sum() over the whole optimizer step (all micro-batches, all ranks)
+) -> torch.Tensor:
+    """This micro-batch's share of the step's token mean, Σ l_t / (step's tokens): summed over the
+    micro-batches (and ranks) it is the big batch's token mean exactly."""
+    return (token_loss * mask).sum() / max(step_tokens, 1)
+
+
+def distillation_token_loss(
+    logps: torch.Tensor,  # (B, T) log π_θ (the student) of its own sampled tokens (with grad)
+    old_logps: torch.Tensor,  # (B, T) log π_old at sampling time (no grad)
+    teacher_logps: torch.Tensor,  # (B, T) log π_T of the same tokens, in the teacher's context (no grad)
+    advantages: torch.Tensor | None = None,  # (B,) the task reward's group advantages; used when reward_coef != 0
+    reward_coef: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    clip: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """On-policy distillation per token (OPSD, arXiv 2601.18734; GKD, arXiv 2306.13649, reverse KL on the
+    student's samples): the per-token advantage A_t = sg(log π_T(y_t) - log π_old(y_t)) + w·A (w =
+    reward_coef, A the sequence's task-reward advantage) in the clipped surrogate of `grpo_token_loss`,
+    l_t = -min(ρ_t A_t, clip(ρ_t) A_t). With one update per batch (ρ = 1) its value is the k1 estimate
+    log π_θ - log π_T of the reverse KL and its gradient (log π_θ - log π_T)·∇log π_θ: TRL's
+    sampled_token self-distillation loss and verl's k1 distillation with use_policy_gradient. (B, T).
+    Stats: `reverse_kl` (the k1 estimate, detached) and the clip indicators.
+    """
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    token_advantages = (teacher_logps - old_logps).detach()  # (B, T)
+    if reward_coef != 0.0:
+        if advantages is None:
+            raise ValueError("distillation_token_loss with reward_coef != 0 needs advantages")
+        token_advantages = token_advantages + reward_coef * advantages.unsqueeze(1)
+    ratio = torch.exp(logps - old_logps)  # (B, T)
+    if clip:
+        clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)  # (B, T)
+        loss = -torch.min(ratio * token_advantages, clipped * token_advantages)  # (B, T)
+    else:
+        loss = -ratio * token_advantages  # (B, T)
+    stats = {
+        "reverse_kl": (logps - teacher_logps).detach(),
+        "low_clipped": ((ratio < 1.0 - epsilon) & (token_advantages < 0) & clip).float(),
+        "high_clipped": ((ratio > 1.0 + eps_high) & (token_advantages > 0) & clip).float(),
+    }
+    return loss, stats

@@ -290,3 +290,20 @@ def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
     reference.eval()
     reference.requires_grad_(False)
     return reference
+
+
+def load_frozen(name: str, what: str, tokenizer: PreTrainedTokenizerBase, dtype: str = "auto",
+                trust_remote_code: bool = False) -> PreTrainedModel:
+    """A frozen model (a distillation teacher) from a local directory or hub id, loaded as the policy is
+    (`load_model`), in eval mode with no gradients. It scores the policy's token ids, so its tokenizer
+    must have the same vocabulary as `tokenizer`; `what` names the config field in errors (one line)."""
+    path = resolve_model_path(name, what)
+    own = load_tokenizer(path, trust_remote_code)
+    if own.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"{what}: {name} has another tokenizer vocabulary than the policy's ({len(own.get_vocab())} "
+                          f"against {len(tokenizer.get_vocab())} tokens); the teacher scores the policy's token ids, "
+                          "so both must share one tokenizer")
+    model = load_model(path, dtype, trust_remote_code)
+    model.eval()
+    model.requires_grad_(False)
+    return model

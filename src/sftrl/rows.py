@@ -90,12 +90,17 @@ class Rows:
     def position(self, example: Example) -> int:
         return self._positions[id(example)]
 
+    def context_ids(self, prompt: str | list[dict]) -> list[int]:
+        """Token ids of a prompt (text or chat messages) rendered as training prompts are (chat template,
+        chat_template_kwargs), not cut by max_prompt_length (OPSD's teacher context)."""
+        text = render_prompt(self.tokenizer, prompt, self.config.chat_template_kwargs)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def prompt_ids(self, example: Example) -> list[int]:
         """The rendered prompt's token ids, kept to its last max_prompt_length tokens; cached per row."""
         key = id(example)
         if key not in self._prompt_cache:
-            text = render_prompt(self.tokenizer, example.prompt, self.config.chat_template_kwargs)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.context_ids(example.prompt)
             if self.config.max_prompt_length:
                 ids = ids[-self.config.max_prompt_length:]
             self._prompt_cache[key] = ids

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 
 from . import losses
-from .batching import TargetScores, TokenBatch, counted_tokens, micro_batches, pack, score_targets
+from .batching import TargetScores, TokenBatch, counted_tokens, micro_batches, pack, pad_rows, score_targets
 from .config import Config
 from .data import Example
-from .methods.base import Observer, Rollouts, TokenLoss, TokenView
+from .methods.base import Observer, Rollouts, SFTTokenLoss, TokenLoss, TokenView
 from .parallel import Parallel
 from .rows import Rows
 
@@ -61,7 +61,7 @@ class Terms:
             token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
             kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
             observe: Observer | None = None, temperature: float = 1.0,
-            entropy_tokens: int | None = None) -> dict[str, float]:
+            entropy_tokens: int | None = None, token_loss: SFTTokenLoss | None = None) -> dict[str, float]:
         """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics.
 
         token_weights: (log-probs, entropy), both (B, T) -> per-token weights of the NLL, as constants
@@ -74,6 +74,8 @@ class Terms:
         temperature: the logits are divided by it before the log-softmax (1 = the plain NLL; CHORD's,
             GAC's and HPT's code score demonstrations at the rollout temperature).
         observe: shown every micro-batch (detached), for statistics (GAC).
+        token_loss: (log-probs with gradient, the reference's log-probs or None) -> (B, T) per-token loss
+            that replaces the (weighted) NLL, reduced by the same token mean (ASFT's DFT + λ·k3).
         Collective: every process calls it with its own rows (maybe none); the token mean and the metrics
         are over every process's rows. With a reference model loaded, the KL to it is measured (`kl_ref`)
         whether or not it is trained on. Returns {} when no process had a row.
@@ -91,7 +93,10 @@ class Terms:
             logps, entropy = scores.logps, scores.entropy
             assert entropy is not None  # scored with_entropy, the default
             weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
-            loss = losses.sft_loss(logps, mask, step_tokens, weights)
+            if token_loss is not None:
+                loss = losses.token_mean(token_loss(logps, scores.ref_logps), mask, step_tokens)
+            else:
+                loss = losses.sft_loss(logps, mask, step_tokens, weights)
             if reference is not None:
                 kl = scores.kl  # (B, T) exact KL(π_θ‖π_ref), differentiable when trained on
                 assert kl is not None  # scored against the reference
@@ -111,7 +116,8 @@ class Terms:
             return loss
 
         self.accumulate(prompts, demos, [len(p) + len(d) for p, d in zip(prompts, demos)], temperature, micro_loss,
-                        reference=reference, kl_grad=kl_coef > 0)
+                        reference=reference, kl_grad=kl_coef > 0,
+                        ref_logps=token_loss is not None and reference is not None)
         sequences, nll, ent, wsum, kl_sum = self.collective.sums(
             [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
         if step_tokens == 0:
@@ -163,9 +169,11 @@ class Terms:
             logps, entropy = scores.logps, scores.entropy
             assert entropy is not None  # scored with_entropy, the default
             advantages = rollouts.advantages[idx].to(device)
+            inputs = {name: pad_rows([values[i] for i in idx], logps.shape[1], device)
+                      for name, values in rollouts.token_inputs.items()}  # (B, T) each
             # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
             per_token, stats = token_loss(logps=logps, old_logps=logps.detach(), entropy=entropy,
-                                          advantages=advantages, is_demo=is_demo)
+                                          advantages=advantages, is_demo=is_demo, **inputs)
             stats = dict(stats)
             if reference is not None:
                 assert scores.kl is not None  # scored against the reference
@@ -210,3 +218,18 @@ class Terms:
                 "clip_ratio/high_mean", 0.0)
         metrics["time/backward"] = time.perf_counter() - t0
         return metrics
+
+    @torch.no_grad()
+    def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model,
+                   temperature: float = 1.0) -> list[torch.Tensor]:
+        """log π(target_t | prompt, target_<t) of each row under `model`, no gradient, at `temperature`: one
+        (len(target),) tensor per row, in micro-batches as the terms' (OPSD's and OPD's teachers)."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(target_ids)
+        for rows in micro_batches([len(p) + len(t) for p, t in zip(prompt_ids, target_ids)],
+                                  self.config.micro_batch_size):
+            batch = pack([prompt_ids[i] for i in rows], [target_ids[i] for i in rows], self.pad_id, self.device)
+            logps = score_targets(model, batch, temperature, with_entropy=False,
+                                  chunk_size=self.config.logprob_chunk_size).logps
+            for j, i in enumerate(rows):
+                out[i] = logps[j, :len(target_ids[i])].float().cpu()
+        return out

@@ -34,8 +34,8 @@ from .errors import RunError
 from .evaluate import evaluate_accuracy
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
-from .methods.base import Observer, Rollouts, TokenLoss, grpo_loss
-from .models import import_peft, load_model, load_tokenizer, resolve_model_path
+from .methods.base import Observer, Rollouts, SFTTokenLoss, TokenLoss, grpo_loss
+from .models import import_peft, load_frozen, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
 from .rewards.scorer import Scorer, trainer_state
 from .rows import Rows, kept_rows, load_rows
@@ -99,6 +99,7 @@ class Trainer:
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.nonfinite_in_a_row = 0
         self.warned_unscorable = False
+        self._frozen_models: dict[str, Any] = {}  # teachers loaded by frozen_model, once per run
 
     # ------------------------------------------------------------------ primitives for methods
     @property
@@ -166,14 +167,35 @@ class Trainer:
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
         return self.rows.demonstration_ids(example)
 
+    def context_ids(self, prompt: str | list[dict]) -> list[int]:
+        return self.rows.context_ids(prompt)
+
+    def frozen_model(self, name: str, what: str):
+        """A frozen model (a teacher) loaded as the policy is (models.load_frozen: a local directory or hub id,
+        the run's dtype; its tokenizer must have the policy's vocabulary), on this process's device, loaded
+        once per run; `what` names the config field in errors."""
+        if name not in self._frozen_models:
+            cfg = self.config
+            self._frozen_models[name] = load_frozen(name, what, self.tokenizer, cfg.dtype,
+                                                    cfg.trust_remote_code).to(self.accelerator.device)
+        return self._frozen_models[name]
+
+    def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
+                   temperature: float = 1.0) -> list[torch.Tensor]:
+        """Terms.score_rows under `model` (None: the current policy). Collective under FSDP and ZeRO-3 when
+        model is None (whole_policy)."""
+        model = self.whole_policy() if model is None else model
+        with self.accelerator.autocast():
+            return self.terms.score_rows(prompt_ids, target_ids, model, temperature)
+
     def sft_backward(self, examples: list[Example], weight: float = 1.0,
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
-                     entropy_tokens: int | None = None) -> dict[str, float]:
+                     entropy_tokens: int | None = None, token_loss: SFTTokenLoss | None = None) -> dict[str, float]:
         """The SFT term (Terms.sft)."""
         return self.terms.sft(examples, weight, token_weights, kl_coef, targets, entropy_coef, observe, temperature,
-                              entropy_tokens)
+                              entropy_tokens, token_loss)
 
     def generate(self, examples: list[Example], num_generations: int, greedy: bool = False,
                  continuations: list[str] | None = None):

@@ -6,10 +6,12 @@ trainer's primitives, its state (checkpointed) and its config preset. See ``meth
 the contract. Adding a method = one new module here plus its name in the tuple below.
 """
 
-from . import chord, gac, grpo, grpo_then_sft, hpt, luffy, relift, sasr, sft, sft_then_grpo, srft, static, uft
+from . import (asft, chord, dft, gac, grpo, grpo_then_sft, hpt, luffy, opd, opsd, relift, sasr, sft, sft_then_grpo,
+               srft, static, uft)
 from .base import Method, OptimizerSpec, Placement, StepKind, TokenView
 
 METHODS: dict[str, Method] = {module.METHOD.name: module.METHOD for module in (
-    sasr, srft, luffy, hpt, relift, chord, gac, uft, sft, grpo, sft_then_grpo, grpo_then_sft, static)}
+    sasr, srft, luffy, hpt, relift, chord, gac, uft, dft, asft, opsd, opd, sft, grpo, sft_then_grpo, grpo_then_sft,
+    static)}
 
 __all__ = ["METHODS", "Method", "OptimizerSpec", "Placement", "StepKind", "TokenView"]

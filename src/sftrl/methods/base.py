@@ -18,9 +18,9 @@ Each optimizer step the trainer
 Several processes: the step's prompts (and demonstrations) are sharded ``global[rank::world]``, so
 ``examples`` holds this process's share. A method must make every process call the same collective
 primitives in the same order, whatever its own rows decided (``sft_backward``, ``policy_backward``,
-``rollouts``, ``global_sum``, ``gather_rows`` and ``draw_demonstrations`` are collective); a process
-with no rows of a term still calls it with an empty list, and the term's normaliser counts every
-process's rows. Decisions that skip a term must be taken on global counts, the same on every process.
+``rollouts``, ``global_sum``, ``gather_rows``, ``draw_demonstrations`` and ``score_rows`` are
+collective); a process with no rows of a term still calls it with an empty list, and the term's
+normaliser counts every process's rows. Decisions that skip a term must be taken on global counts, the same on every process.
 
 ``state`` is the method's own dict, made by ``init_state(config, train_size)``; it must hold only
 picklable values, and it is saved in every checkpoint and restored on resume, so a resumed run makes
@@ -88,6 +88,9 @@ class Rollouts:
     advantages: torch.Tensor  # (N,) over each group, demonstration included
     group_size: int
     metrics: dict[str, float]
+    # Per-row, per-token values the method's token loss takes by name (OPSD's and OPD's teacher log-probs),
+    # each row's (len(target),) tensor; policy_backward pads them to the micro-batch's (B, T).
+    token_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def select(self, groups: list[int]) -> Rollouts:
         """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
@@ -96,7 +99,7 @@ class Rollouts:
         index = torch.tensor(rows, dtype=torch.long)
         return Rollouts([self.prompt_ids[i] for i in rows], [self.target_ids[i] for i in rows], self.is_demo[index],
                         self.truncated[index], self.rewards[index], self.advantages[index], self.group_size,
-                        self.metrics)
+                        self.metrics, {name: [values[i] for i in rows] for name, values in self.token_inputs.items()})
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,16 @@ class OptimizerSpec:
 
 class TokenLoss(Protocol):
     """A method's per-token policy-gradient loss (a function of `losses`), called with named arguments on
-    each micro-batch; returns the loss (B, T) and per-token stats logged as their means over rollout tokens."""
+    each micro-batch, `inputs` being the rollouts' token_inputs, each (B, T); returns the loss (B, T) and
+    per-token stats logged as their means over rollout tokens."""
 
     def __call__(self, *, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor,
-                 advantages: torch.Tensor, is_demo: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+                 advantages: torch.Tensor, is_demo: torch.Tensor,
+                 **inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+# (log-probs with gradient, the reference's log-probs or None) -> (B, T) per-token loss replacing the NLL
+SFTTokenLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def grpo_loss(config: Config) -> TokenLoss:
@@ -121,7 +130,7 @@ def grpo_loss(config: Config) -> TokenLoss:
     GRPO's loss and the policy-gradient term of the hybrids built on it. β·KL is added by policy_backward."""
 
     def loss(*, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor, advantages: torch.Tensor,
-             is_demo: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             is_demo: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return losses.grpo_token_loss(logps, old_logps, advantages, config.epsilon, config.epsilon_high,
                                       clip=config.clip_ratio)
 
@@ -142,7 +151,9 @@ class StepContext(Protocol):
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
-                     entropy_tokens: int | None = None) -> dict[str, float]: ...
+                     entropy_tokens: int | None = None,
+                     token_loss: SFTTokenLoss | None = None,
+                     ) -> dict[str, float]: ...
 
     def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
                  hints: list[str] | None = None) -> Rollouts: ...
@@ -178,6 +189,13 @@ class StepContext(Protocol):
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]: ...
 
     def text_ids(self, text: str) -> list[int]: ...
+
+    def context_ids(self, prompt: str | list[dict]) -> list[int]: ...
+
+    def frozen_model(self, name: str, what: str) -> Any: ...
+
+    def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
+                   temperature: float = 1.0) -> list[torch.Tensor]: ...
 
 
 LEARNING_RATE_FIELDS = {StepKind.SFT: "sft_learning_rate", StepKind.POLICY: "learning_rate"}

@@ -109,7 +109,7 @@ def measure(trainer: StepContext, rollouts: Rollouts, demos: list[Example]) -> d
         rows["mismatch"] += stats["mismatch"].tolist()
         rows["demo_nll" if sft_rows else "advantage"] += stats["nll" if sft_rows else "advantage"].tolist()
 
-    def no_loss(*, logps, old_logps, entropy, advantages, is_demo):
+    def no_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
         return logps * 0.0, {}
 
     trainer.policy_backward(rollouts, no_loss, weight=0.0, observe=observe, entropy_coef=0.0)

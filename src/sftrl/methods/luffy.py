@@ -19,7 +19,7 @@ PRESET = {"clip_ratio": False, "scale_rewards": "none", "loss_type": "dr_grpo", 
 def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
 
-    def luffy_loss(*, logps, old_logps, entropy, advantages, is_demo):
+    def luffy_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
         return losses.mixed_policy_token_loss(logps, old_logps, advantages, is_demo, cfg.epsilon, cfg.epsilon_high,
                                               cfg.clip_ratio, shaping_gamma=cfg.luffy_gamma)
 

@@ -25,7 +25,7 @@ def step(trainer: StepContext, state: State, examples: list[Example], kind: Step
     sft = trainer.sft_backward(examples, token_weights=lambda logps, h: losses.srft_sft_weights(h, cfg.srft_variant))
     shaping = RELEASED_CODE_SHAPING if cfg.srft_variant == "released-code" else None
 
-    def srft_loss(*, logps, old_logps, entropy, advantages, is_demo):
+    def srft_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
         w_rl = losses.srft_rl_weights(entropy)  # (B, T)
         loss, stats = losses.mixed_policy_token_loss(
             logps, old_logps, advantages, is_demo, cfg.epsilon, cfg.epsilon_high, cfg.clip_ratio,
