@@ -286,7 +286,7 @@ def test_luffy_applies_the_kl_to_rollouts_and_never_to_demonstrations(tmp_path, 
     torch.manual_seed(0)
     rollouts = trainer.rollouts(trainer.rows.examples[:3], "replace")
     rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the KL term
-    metrics = trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
+    metrics = trainer.policy_backward(rollouts, lambda **named: (named["logps"] * 0.0, {}))
     got = [p.grad.clone() for p in trainer.model.parameters()]
     cfg = trainer.config  # luffy preset: dr_grpo, sum / (sequences · max_completion_length)
 
@@ -308,7 +308,7 @@ def test_entropy_bonus_is_one_token_mean_whatever_the_loss_type(tmp_path, tiny_m
     torch.manual_seed(0)
     rollouts = trainer.rollouts(trainer.rows.examples[:3], "append")
     rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the entropy bonus
-    trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
+    trainer.policy_backward(rollouts, lambda **named: (named["logps"] * 0.0, {}))
     got = [p.grad.clone() for p in trainer.model.parameters()]
     tokens = sum(len(t) for t in rollouts.target_ids)  # rollout and demonstration tokens alike
     expected = naive_policy_gradient(trainer, rollouts, lambda is_demo, logp, ref, entropy: -0.3 * entropy, tokens)

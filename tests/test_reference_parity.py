@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sftrl import losses
+from sftrl import experience, losses
 from sftrl.batching import pack, target_logits
 from sftrl.methods import METHODS, chord, gac
 from sftrl.methods.base import TokenView
@@ -284,17 +284,17 @@ def trl_advantages(rewards, group_size):
                                               ("grpo", "trl"), ("sft-then-grpo", "trl"), ("sasr", "trl")])
 def test_advantage_std_eps_is_the_methods_reference(method, reference):
     """Shaped rewards with a small spread in each group, where 1e-4 and 1e-6 differ: the trainer's
-    advantages (Trainer._advantages, as rollouts() calls it) against the reference's formula."""
+    advantages (experience.advantages, as rollouts() calls it) against the reference's formula."""
     rewards = torch.tensor([0.50, 0.5001, 0.5003, 0.4999, 1.0, 0.0, 1.0, 1.0, 0.2, 0.2002, 0.2, 0.2],
                            dtype=torch.float64)
     config = load_config(overrides=dict(method=method, scale_rewards="group"))
-    owner = SimpleNamespace(config=config, method=METHODS[method], world=1)
-    ours, _ = Trainer._advantages(owner, rewards, 4)
+    one = SimpleNamespace(world=1)  # one process: no gathers
+    ours, _ = experience.advantages(rewards, 4, config, METHODS[method].std_eps(config), one)
     index = [i // 4 for i in range(12)]
     expected = verl_grpo_outcome_advantage(rewards, index) if reference == "verl" else trl_advantages(rewards, 4)
     other = trl_advantages(rewards, 4) if reference == "verl" else verl_grpo_outcome_advantage(rewards, index)
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
     assert (ours - other).abs().max() > 0.1  # the two ε are far apart on this spread
     forced = load_config(overrides=dict(method=method, scale_rewards="group", advantage_std_eps=1e-4))
-    trl, _ = Trainer._advantages(SimpleNamespace(config=forced, method=METHODS[method], world=1), rewards, 4)
+    trl, _ = experience.advantages(rewards, 4, forced, METHODS[method].std_eps(forced), one)
     torch.testing.assert_close(trl, trl_advantages(rewards, 4), rtol=1e-12, atol=1e-12)
