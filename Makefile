@@ -1,6 +1,6 @@
 # Set-up and everyday commands. Each target creates the virtual environment on first use.
 #   make demo    train SFT on the built-in sandbox and print accuracy before and after (CPU, about a minute)
-#   make test    run the test suite
+#   make test    type-check the method interface and the loop's parts (mypy), then run the test suite
 #   make test-float  the float-sensitive tests again, on PyTorch's plain (non-vectorised) CPU kernels
 #   make bench   time a GRPO step against TRL's GRPOTrainer
 # On a GPU machine install your CUDA build of torch into .venv first (or set TORCH_SPEC);
@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sftrl train --config recipes/sandbox-sft.yaml output_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
+	$(PY) -m mypy
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
 # Floats differ across CPUs (vector width, fused multiply-add, thread count): the tests marked

@@ -122,7 +122,7 @@ def test_hpt_step_is_the_prompt_weighted_sum_of_sft_and_grpo(tmp_path, tiny_mode
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="hpt", reward_funcs=[reward_spec], batch_size=6,
                                   hpt_gate=1, hpt_sft_coef=0.3, entropy_coef=0.0, max_completion_length=10))
     cfg = trainer.config
-    examples = trainer.train_examples[:6]
+    examples = trainer.rows.examples[:6]
     torch.manual_seed(5)
     metrics = trainer.method.step(trainer, trainer.method_state, examples, None)
     loss = trainer.take_loss()
@@ -174,15 +174,15 @@ def test_relift_buffers_failed_prompts_and_trains_on_the_newest(tmp_path, tiny_m
     run = tmp_path / "relift"
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="relift", reward_funcs=[even_answer_spec],
                                   max_steps=6, batch_size=6, sft_batch_size=3, output_dir=str(run), save_every=0))
-    sampler = dict(trainer.sampler.state_dict())
+    sampler = dict(trainer.rows.sampler.state_dict())
     trainer.train()
     records = [r for r in read_metrics(run) if "step_type" in r]
     # Replay the prompts each step drew; the reward fails every rollout of an odd answer.
-    trainer.sampler.load_state_dict(sampler)
+    trainer.rows.sampler.load_state_dict(sampler)
     buffer, updates, expected = [], 0, []
     for _ in range(6):
-        batch = trainer.sampler.next_batch(6)
-        added = [i for i in batch if int(trainer.train_examples[i].answer) % 2 == 1]
+        batch = trainer.rows.sampler.next_batch(6)
+        added = [i for i in batch if int(trainer.rows.examples[i].answer) % 2 == 1]
         buffer += added
         update = len(buffer) >= 3
         if update:
@@ -235,7 +235,7 @@ def test_uft_rollouts_continue_the_hint_and_are_graded_with_it(tmp_path, tiny_mo
     path.write_text(HINT_REWARD)
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="uft", reward_funcs=[f"{path}:continues_demo"],
                                   max_completion_length=8))
-    examples = trainer.train_examples[:3]
+    examples = trainer.rows.examples[:3]
     hints = ["".join(s + "\n" for s in uft.solution_steps(e.demonstration, "\n")[:2]) for e in examples]
     rollouts = trainer.rollouts(examples, "prefix", hints=hints)
     assert rollouts.group_size == 4 and not rollouts.is_demo.any()
@@ -255,7 +255,7 @@ def test_uft_rollouts_continue_the_hint_and_are_graded_with_it(tmp_path, tiny_mo
 def test_uft_step_adds_the_hint_nll_with_its_weight(tmp_path, tiny_model_dir, reward_spec):
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="uft", reward_funcs=[reward_spec], beta=0.0,
                                   entropy_coef=0.0, uft_hint_coef=0.25, uft_hint_prob_low=1.0, uft_hint_prob_high=1.0))
-    examples = trainer.train_examples[:4]
+    examples = trainer.rows.examples[:4]
     torch.manual_seed(0)
     metrics = trainer.method.step(trainer, trainer.method_state, examples, None)
     loss = trainer.take_loss()
@@ -317,7 +317,7 @@ def test_sft_accumulation_gives_the_same_parameters_after_a_step(tmp_path, tiny_
         trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", micro_batch_size=micro,
                                       max_completion_length=64, weight_decay=0.01,
                                       output_dir=str(tmp_path / f"m{micro}")))
-        examples = trainer.train_examples[:7]
+        examples = trainer.rows.examples[:7]
         assert len({len(trainer.demonstration_ids(e)[0]) for e in examples}) > 1
         trainer.sft_backward(examples)
         gradient = grads(trainer.model)
@@ -355,7 +355,7 @@ def naive_srft_sft_term(trainer, examples):
 def test_logged_loss_is_the_optimised_loss_for_srft_and_weighted_mixtures(tmp_path, tiny_model_dir, reward_spec):
     srft = Trainer(make_config(tmp_path, tiny_model_dir, method="srft", reward_funcs=[reward_spec], entropy_coef=0.0,
                                output_dir=str(tmp_path / "srft")))
-    examples = srft.train_examples[:4]
+    examples = srft.rows.examples[:4]
     expected_sft = naive_srft_sft_term(srft, examples)
     metrics = srft.method.step(srft, srft.method_state, examples, None)
     loss = srft.take_loss()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sftrl.batching
-import sftrl.trainer
+import sftrl.terms
 from sftrl.batching import _whole_rows, micro_batches, pack, target_logits
 from sftrl.sandbox.model import build_model
 from sftrl.sandbox.tokenizer import build_tokenizer
@@ -82,7 +82,7 @@ def test_micro_batches_cover_every_row_once_longest_first():
 
 def old_layout(monkeypatch):
     """Today's computation before this layout: micro-batches of consecutive rows, every row run whole."""
-    monkeypatch.setattr(sftrl.trainer, "micro_batches",
+    monkeypatch.setattr(sftrl.terms, "micro_batches",
                         lambda lengths, size: [list(range(i, min(len(lengths), i + size)))
                                                for i in range(0, len(lengths), size)])
     monkeypatch.setattr(sftrl.batching, "target_logits",
@@ -106,9 +106,9 @@ def test_policy_step_on_fixed_rollouts_matches_the_old_layout(tmp_path, tiny_mod
                                                               method, overrides):
     trainer = make_trainer(tmp_path, tiny_model_dir, reward_spec, method=method, **overrides)
     if trainer.reference is not None:  # one update first, so that π_θ ≠ π_ref and the KL has a gradient
-        trainer.sft_backward(trainer.train_examples[8:16])
+        trainer.sft_backward(trainer.rows.examples[8:16])
         trainer.optimizer_step(1e-2)
-    examples = trainer.train_examples[:4]
+    examples = trainer.rows.examples[:4]
     torch.manual_seed(0)
     new = trainer.method.step(trainer, trainer.method_state, examples, trainer.method.plan(trainer.config, 0, {}))
     new_grads = [p.grad.clone() for p in trainer.model.parameters()]

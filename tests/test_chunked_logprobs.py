@@ -55,14 +55,14 @@ def test_chunked_scores_match_the_whole_logits(chunk_size):
 def test_grpo_with_kl_and_sft_match_without_chunks_or_checkpointing(tmp_path, tiny_model_dir, reward_spec):
     trainer = make_trainer(tmp_path, tiny_model_dir, reward_spec, method="grpo", beta=0.05, entropy_coef=0.01)
     trainer.config.logprob_chunk_size = 0
-    trainer.sft_backward(trainer.train_examples[8:16])  # one update first: π_θ ≠ π_ref, the KL has a gradient
+    trainer.sft_backward(trainer.rows.examples[8:16])  # one update first: π_θ ≠ π_ref, the KL has a gradient
     trainer.optimizer_step(1e-2)
-    examples = trainer.train_examples[:4]
+    examples = trainer.rows.examples[:4]
 
     def step():
         torch.manual_seed(0)  # the same rollouts whatever the training forward
         grpo = trainer.grpo_backward(examples)
-        sft = trainer.sft_backward(trainer.train_examples[16:22], kl_coef=0.1)  # RL→SFT_KL's trained exact KL
+        sft = trainer.sft_backward(trainer.rows.examples[16:22], kl_coef=0.1)  # RL→SFT_KL's trained exact KL
         grads = [p.grad.clone() for p in trainer.model.parameters()]
         trainer.optimizer.zero_grad(set_to_none=True)
         return grpo, sft, grads
@@ -86,5 +86,5 @@ def test_grpo_with_kl_and_sft_match_without_chunks_or_checkpointing(tmp_path, ti
 def test_gradient_checkpointing_config_turns_it_on(tmp_path, tiny_model_dir, reward_spec):
     trainer = make_trainer(tmp_path, tiny_model_dir, reward_spec, method="sft", gradient_checkpointing=True)
     assert activation_checkpointing(trainer.policy)
-    metrics = trainer.sft_backward(trainer.train_examples[:4])
+    metrics = trainer.sft_backward(trainer.rows.examples[:4])
     assert metrics["sft/loss"] > 0 and all(p.grad is not None for p in trainer.model.parameters())

@@ -150,7 +150,7 @@ def test_the_control_row_trains_on_the_coin(tmp_path, tiny_model_dir):
     trainer = Trainer(load_config(overrides={**config.to_dict(), "max_steps": 1, "eval_data": None,
                                              "batch_size": 2, "num_generations": 2, "max_completion_length": 4,
                                              "progress": False}))
-    name, fn = trainer.reward_fns[0]
+    name, fn = trainer.scorer.functions[0]
     assert name == "coin"
     assert fn(["p"] * 6, ["a", "b", "c", "d", "e", "f"]) == coin_reward(0.25, 3)(["p"] * 6, ["?"] * 6)
 

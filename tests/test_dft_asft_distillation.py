@@ -253,7 +253,7 @@ def test_distillation_gradient_matches_trls_sampled_token_self_distillation():
 def test_dft_step_gradient_is_trls_on_the_model(tmp_path, tiny_model_dir):
     """One dft step on the tiny model: its gradient is that of TRL's loss on the model's logits."""
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="dft", micro_batch_size=3))
-    examples = trainer.train_examples[:5]
+    examples = trainer.rows.examples[:5]
     metrics = trainer.method.step(trainer, trainer.method_state, examples, None)
     loss = trainer.take_loss()
     got = grads(trainer.model)
@@ -285,10 +285,10 @@ def test_micro_batches_of_one_give_the_steps_gradient(tmp_path, tiny_model_dir, 
                                   micro_batch_size=64, opd_teacher=str(tiny_model_dir), distill_reward_coef=0.3,
                                   opsd_teacher_template="{demonstration}\n{prompt}", opsd_teacher="base"))
     if method in ("asft", "opd", "opsd"):  # one update first, so the policy differs from π_ref and the teachers
-        trainer.sft_backward(trainer.train_examples[8:16])
+        trainer.sft_backward(trainer.rows.examples[8:16])
         trainer.optimizer_step(1e-2)
         trainer.take_loss()
-    examples = trainer.train_examples[:4]
+    examples = trainer.rows.examples[:4]
     big_loss, big = method_gradient(trainer, method, examples)
     trainer.config.micro_batch_size = 1
     small_loss, small = method_gradient(trainer, method, examples)
@@ -305,9 +305,9 @@ def test_opsd_teacher_sees_the_demonstration_and_scores_the_students_tokens(tmp_
     for teacher in ("live", "base"):
         trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="opsd", reward_funcs=[reward_spec],
                                       opsd_teacher_template=template, opsd_teacher=teacher))
-        trainer.sft_backward(trainer.train_examples[8:16])  # move the policy away from the model as loaded
+        trainer.sft_backward(trainer.rows.examples[8:16])  # move the policy away from the model as loaded
         trainer.optimizer_step(1e-2)
-        examples = trainer.train_examples[:2]
+        examples = trainer.rows.examples[:2]
         torch.manual_seed(0)
         metrics = trainer.method.step(trainer, trainer.method_state, examples, None)
         trainer.optimizer.zero_grad(set_to_none=True)

@@ -214,10 +214,10 @@ def test_chord_loss_is_the_mu_mixture_of_its_terms(tmp_path, tiny_model_dir, rew
                                   chord_mu_peak=0.3, chord_mu_valley=0.3, expert_data_ratio=0.5))
     state = trainer.method_state
     torch.manual_seed(0)
-    sampler = dict(trainer.demo_sampler.state_dict())
-    metrics = trainer.method.step(trainer, state, trainer.train_examples[:2], None)
+    sampler = dict(trainer.rows.demo_sampler.state_dict())
+    metrics = trainer.method.step(trainer, state, trainer.rows.examples[:2], None)
     loss = trainer.take_loss()
-    trainer.demo_sampler.load_state_dict(sampler)
+    trainer.rows.demo_sampler.load_state_dict(sampler)
     demos = trainer.draw_demonstrations(8)  # 2 prompts x 4 rollouts, ρ = 0.5: 8 demonstrations
     assert metrics["chord/expert_rows"] == 8 and len(demos) == 8
     nll, tokens = 0.0, 0

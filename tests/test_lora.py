@@ -37,10 +37,10 @@ def test_lora_trains_the_adapters_only_against_the_base_with_adapters_off(tmp_pa
     assert not isinstance(trainer.reference, torch.nn.Module)
     assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {id(named[n]) for n in adapters}
 
-    first = trainer.grpo_backward(trainer.train_examples[:4])
+    first = trainer.grpo_backward(trainer.rows.examples[:4])
     trainer.optimizer_step(3e-2)
     for _ in range(2):
-        trainer.grpo_backward(trainer.train_examples[4:8])
+        trainer.grpo_backward(trainer.rows.examples[4:8])
         trainer.optimizer_step(3e-2)
     after = dict(trainer.policy.named_parameters())
     moved = [n for n in adapters if not torch.equal(before[n], after[n])]

@@ -149,7 +149,7 @@ def test_presets_fill_in_beneath_explicit_values():
 def test_demonstrations_sit_inside_the_groups(tmp_path, tiny_model_dir, reward_spec):
     for mode, method, size in [("replace", "luffy", 4), ("append", "srft", 5)]:
         trainer = Trainer(make_config(tmp_path, tiny_model_dir, method=method, reward_funcs=[reward_spec]))
-        examples = trainer.train_examples[:3]
+        examples = trainer.rows.examples[:3]
         rollouts = trainer.rollouts(examples, mode)
         assert rollouts.group_size == size and len(rollouts.target_ids) == 3 * size
         assert rollouts.is_demo.tolist() == ([False] * (size - 1) + [True]) * 3
@@ -166,7 +166,7 @@ def test_demonstrations_sit_inside_the_groups(tmp_path, tiny_model_dir, reward_s
 def test_grpo_then_sft_kl_term_is_the_exact_kl_to_the_end_of_rl_model(tmp_path, tiny_model_dir, reward_spec):
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="grpo-then-sft", reward_funcs=[reward_spec],
                                   sft_kl_coef=0.5))
-    examples = trainer.train_examples[:4]
+    examples = trainer.rows.examples[:4]
     with pytest.raises(RuntimeError, match="reference"):
         trainer.sft_backward(examples, kl_coef=0.5)
     trainer.snapshot_reference()
@@ -281,12 +281,12 @@ def naive_policy_gradient(trainer, rollouts, per_token, normaliser):
 def test_luffy_applies_the_kl_to_rollouts_and_never_to_demonstrations(tmp_path, tiny_model_dir, reward_spec):
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="luffy", beta=0.5, entropy_coef=0.0,
                                   reward_funcs=[reward_spec]))
-    trainer.sft_backward(trainer.train_examples[8:16])  # one update first: π_θ ≠ π_ref, so the KL has a gradient
+    trainer.sft_backward(trainer.rows.examples[8:16])  # one update first: π_θ ≠ π_ref, so the KL has a gradient
     trainer.optimizer_step(1e-2)
     torch.manual_seed(0)
-    rollouts = trainer.rollouts(trainer.train_examples[:3], "replace")
+    rollouts = trainer.rollouts(trainer.rows.examples[:3], "replace")
     rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the KL term
-    metrics = trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
+    metrics = trainer.policy_backward(rollouts, lambda **named: (named["logps"] * 0.0, {}))
     got = [p.grad.clone() for p in trainer.model.parameters()]
     cfg = trainer.config  # luffy preset: dr_grpo, sum / (sequences · max_completion_length)
 
@@ -306,9 +306,9 @@ def test_entropy_bonus_is_one_token_mean_whatever_the_loss_type(tmp_path, tiny_m
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="srft", loss_type=loss_type, entropy_coef=0.3,
                                   reward_funcs=[reward_spec], micro_batch_size=5))
     torch.manual_seed(0)
-    rollouts = trainer.rollouts(trainer.train_examples[:3], "append")
+    rollouts = trainer.rollouts(trainer.rows.examples[:3], "append")
     rollouts.advantages = torch.zeros_like(rollouts.advantages)  # leave only the entropy bonus
-    trainer.policy_backward(rollouts, lambda logps, old, ent, adv, demo: (logps * 0.0, {}))
+    trainer.policy_backward(rollouts, lambda **named: (named["logps"] * 0.0, {}))
     got = [p.grad.clone() for p in trainer.model.parameters()]
     tokens = sum(len(t) for t in rollouts.target_ids)  # rollout and demonstration tokens alike
     expected = naive_policy_gradient(trainer, rollouts, lambda is_demo, logp, ref, entropy: -0.3 * entropy, tokens)

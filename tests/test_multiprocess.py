@@ -130,7 +130,7 @@ def test_grpo_on_two_processes_logs_the_whole_steps_rewards(tmp_path, tiny_model
 def test_two_processes_decide_and_train_as_one(tmp_path, tiny_model_dir, even_answer_spec, method, fsdp):
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
     single = Trainer(load_config(overrides=overrides(method, tiny_model_dir, even_answer_spec, one_dir)))
-    sampler = dict(single.sampler.state_dict())
+    sampler = dict(single.rows.sampler.state_dict())
     single.train()
     run_two_processes(overrides(method, tiny_model_dir, even_answer_spec, two_dir),
                       f"{method} (FSDP)" if fsdp else method, fsdp=fsdp)
@@ -145,8 +145,8 @@ def test_two_processes_decide_and_train_as_one(tmp_path, tiny_model_dir, even_an
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
     if method == "hpt":  # in some step one process sent all its prompts to SFT and the other did not
-        single.sampler.load_state_dict(sampler)
-        odd = [[int(single.train_examples[i].answer) % 2 for i in single.sampler.next_batch(4)] for _ in range(4)]
+        single.rows.sampler.load_state_dict(sampler)
+        odd = [[int(single.rows.examples[i].answer) % 2 for i in single.rows.sampler.next_batch(4)] for _ in range(4)]
         assert any(all(batch[0::2]) != all(batch[1::2]) for batch in odd), odd
         assert [r["hpt/sft_prompts"] for r in one] == [sum(batch) for batch in odd]
     if method == "relift":

@@ -75,7 +75,8 @@ def test_top_entropy_selection_against_a_naive_per_token_version(seed, keep):
     assert int(got.sum()) == n - int(n * (1 - keep))
 
     advantages, prefix_adv = torch.randn(4, generator=generator), torch.randn(4, generator=generator)
-    token_adv = losses.prefix_token_advantages(advantages, lengths, prefix_adv, entropy, keep)
+    token_adv = losses.prefix_token_advantages(advantages, candidates, prefix_adv.unsqueeze(1).expand(4, 9), entropy,
+                                               keep)
     for b in range(4):
         for t in range(9):
             expected = (float(prefix_adv[b]) if got[b, t] else 0.0) if t < lengths[b] else float(advantages[b])

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sftrl import experience
 from sftrl.batching import pack, target_logits
 from sftrl.methods import METHODS, chord, gac
 from sftrl.methods.base import TokenView
@@ -62,10 +63,10 @@ def test_chord_scores_demonstrations_at_the_rollout_temperature(tmp_path, tiny_m
                                   temperature=0.7, chord_mu_warmup_steps=20, chord_mu_decay_steps=0,
                                   chord_mu_peak=0.5, chord_mu_valley=0.5, expert_data_ratio=0.5))
     torch.manual_seed(0)
-    sampler = dict(trainer.demo_sampler.state_dict())
-    metrics = trainer.method.step(trainer, trainer.method_state, trainer.train_examples[:2], None)
+    sampler = dict(trainer.rows.demo_sampler.state_dict())
+    metrics = trainer.method.step(trainer, trainer.method_state, trainer.rows.examples[:2], None)
     loss = trainer.take_loss()
-    trainer.demo_sampler.load_state_dict(sampler)
+    trainer.rows.demo_sampler.load_state_dict(sampler)
     demos = trainer.draw_demonstrations(8)
     prompts = [trainer.prompt_ids(e) for e in demos]
     targets = [trainer.demonstration_ids(e)[0] for e in demos]
@@ -223,7 +224,7 @@ def test_hpt_entropy_bonus_is_one_token_mean_over_demonstrations_and_rollouts(tm
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="hpt", reward_funcs=[even_answer_spec],
                                   batch_size=6, hpt_gate=0, hpt_sft_coef=0.0, entropy_coef=0.05, temperature=0.8,
                                   max_completion_length=10))
-    examples = trainer.train_examples[:6]
+    examples = trainer.rows.examples[:6]
     torch.manual_seed(5)
     metrics = trainer.method.step(trainer, trainer.method_state, examples, None)
     loss = trainer.take_loss()
@@ -283,17 +284,17 @@ def trl_advantages(rewards, group_size):
                                               ("grpo", "trl"), ("sft-then-grpo", "trl"), ("sasr", "trl")])
 def test_advantage_std_eps_is_the_methods_reference(method, reference):
     """Shaped rewards with a small spread in each group, where 1e-4 and 1e-6 differ: the trainer's
-    advantages (Trainer._advantages, as rollouts() calls it) against the reference's formula."""
+    advantages (experience.advantages, as rollouts() calls it) against the reference's formula."""
     rewards = torch.tensor([0.50, 0.5001, 0.5003, 0.4999, 1.0, 0.0, 1.0, 1.0, 0.2, 0.2002, 0.2, 0.2],
                            dtype=torch.float64)
     config = load_config(overrides=dict(method=method, scale_rewards="group"))
-    owner = SimpleNamespace(config=config, method=METHODS[method], world=1)
-    ours, _ = Trainer._advantages(owner, rewards, 4)
+    one = SimpleNamespace(world=1)  # one process: no gathers
+    ours, _ = experience.advantages(rewards, 4, config, METHODS[method].std_eps(config), one)
     index = [i // 4 for i in range(12)]
     expected = verl_grpo_outcome_advantage(rewards, index) if reference == "verl" else trl_advantages(rewards, 4)
     other = trl_advantages(rewards, 4) if reference == "verl" else verl_grpo_outcome_advantage(rewards, index)
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
     assert (ours - other).abs().max() > 0.1  # the two ε are far apart on this spread
     forced = load_config(overrides=dict(method=method, scale_rewards="group", advantage_std_eps=1e-4))
-    trl, _ = Trainer._advantages(SimpleNamespace(config=forced, method=METHODS[method], world=1), rewards, 4)
+    trl, _ = experience.advantages(rewards, 4, forced, METHODS[method].std_eps(forced), one)
     torch.testing.assert_close(trl, trl_advantages(rewards, 4), rtol=1e-12, atol=1e-12)

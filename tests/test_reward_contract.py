@@ -87,7 +87,7 @@ def test_trl_reward_functions_get_conversational_completions_ids_state_and_colum
                                   answer_field="solution", reward_funcs=[f"{path}:format_reward", f"{path}:judge_reward"],
                                   max_steps=5))
     trainer.step = 3  # as if three optimizer steps were done
-    examples = trainer.train_examples[:2]
+    examples = trainer.rows.examples[:2]
     rollouts = trainer.rollouts(examples)
     sync_call, async_call = module["calls"]
     assert async_call == {"async": True, "count": 8}  # the async function was awaited
@@ -152,13 +152,13 @@ def test_trainer_warns_once_about_unscorable_rows_and_counts_them(tmp_path, tiny
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="grpo", train_data=str(chat_data),
                                   answer_field="solution", reward_funcs=[f"{path}:sometimes_none"]))
     torch.manual_seed(0)
-    rollouts = trainer.rollouts(trainer.train_examples[:3])
+    rollouts = trainer.rollouts(trainer.rows.examples[:3])
     rewards = [None if math.isnan(r) else r for r in rollouts.rewards.tolist()]
     assert None in rewards and 1.0 in rewards
     assert rollouts.advantages.tolist() == pytest.approx(naive_advantages(rewards, 4, "group"), abs=1e-5)
     assert rollouts.metrics["frac_reward_unscorable"] == pytest.approx(rewards.count(None) / len(rewards))
     assert rollouts.metrics["reward"] == 1.0  # the mean over the scored rows only
-    trainer.rollouts(trainer.train_examples[3:6])
+    trainer.rollouts(trainer.rows.examples[3:6])
     out = capsys.readouterr().out
     assert out.count("got None from every reward function") == 1
     assert f"{rewards.count(None)} of 12 rollouts" in out
@@ -170,7 +170,7 @@ def test_reward_metrics_are_weighted_and_over_rollouts_only(tmp_path, tiny_model
                                   answer_field="solution", reward_funcs=[f"{path}:weighted_a", f"{path}:weighted_b"],
                                   reward_weights=[2.0, -1.0]))
     torch.manual_seed(0)
-    rollouts = trainer.rollouts(trainer.train_examples[:3], "replace")
+    rollouts = trainer.rollouts(trainer.rows.examples[:3], "replace")
     texts = [trainer.tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.target_ids]
     a = [float(len(t) % 3) for t in texts]
     b = [1.0 if "1" in t else -1.0 for t in texts]

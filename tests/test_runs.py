@@ -215,9 +215,9 @@ def test_demonstrations_longer_than_the_completion_limit_are_counted_and_handled
     assert "2 of 4 demonstrations are longer than max_completion_length=20 tokens (the longest has 48)" in out
     assert f"demo_truncation={mode}" in out
     assert trainer.demo_report == {"total": 4, "longer_than_max_completion_length": 2, "demo_truncation": mode}
-    long = [e for e in trainer.train_examples if len(e.demonstration) > 20]
+    long = [e for e in trainer.rows.examples if len(e.demonstration) > 20]
     if mode == "drop":
-        assert len(trainer.train_examples) == 2 and not long
+        assert len(trainer.rows.examples) == 2 and not long
         return
     ids, cut = trainer.demonstration_ids(long[0])
     assert (len(ids), cut) == ((20, True) if mode == "cut" else (len(long[0].demonstration) + 1, False))

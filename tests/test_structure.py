@@ -104,13 +104,13 @@ def test_registering_a_taken_name_is_refused():
 
 
 def test_the_trainer_offers_every_primitive_a_method_may_call_with_the_same_signature():
-    """methods/base.py's Primitives protocol is the contract; the Trainer implements each call as declared."""
+    """methods/base.py's StepContext protocol is the contract; the Trainer implements each call as declared."""
     import inspect
 
-    from sftrl.methods.base import Primitives
+    from sftrl.methods.base import StepContext
     from sftrl.trainer import Trainer
 
-    declared = {name: member for name, member in vars(Primitives).items()
+    declared = {name: member for name, member in vars(StepContext).items()
                 if inspect.isfunction(member) and not name.startswith("_")}
     assert {"sft_backward", "rollouts", "policy_backward", "gather_rows", "draw_demonstrations",
             "extra_optimizer_step"} <= set(declared)
@@ -119,4 +119,4 @@ def test_the_trainer_offers_every_primitive_a_method_may_call_with_the_same_sign
         theirs = inspect.signature(member)
         assert list(ours.parameters) == list(theirs.parameters), name
         assert [p.default for p in ours.parameters.values()] == [p.default for p in theirs.parameters.values()], name
-    assert set(Primitives.__annotations__) == {"config", "step"}
+    assert set(StepContext.__annotations__) == {"config", "step"}

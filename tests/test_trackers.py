@@ -75,7 +75,7 @@ def test_chat_template_kwargs_reach_training_and_evaluation(tmp_path, template_m
 
     trainer = Trainer(sft_config(tmp_path, template_model_dir, chat_template_kwargs={"think": False},
                                   eval_data="sandbox:test", max_eval_examples=1))
-    example = trainer.train_examples[0]
+    example = trainer.rows.examples[0]
     assert tokenizer.decode(trainer.prompt_ids(example)).endswith(":quiet")  # the tokens trained on
     import sftrl.evaluate
     import sftrl.trainer

@@ -22,9 +22,9 @@ def test_grpo_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_di
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="grpo", loss_type=loss_type, beta=beta,
                                   mask_truncated_completions=mask_truncated, reward_funcs=[reward_spec],
                                   micro_batch_size=64))
-    examples = trainer.train_examples[:4]
+    examples = trainer.rows.examples[:4]
     if beta:  # one update first, so that π_θ ≠ π_ref and the KL term has a gradient to compare
-        trainer.sft_backward(trainer.train_examples[8:16])
+        trainer.sft_backward(trainer.rows.examples[8:16])
         trainer.optimizer_step(1e-2)
     torch.manual_seed(0)
     metrics = trainer.grpo_backward(examples)
@@ -52,7 +52,7 @@ def test_grpo_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_di
 @pytest.mark.float_sensitive
 def test_sft_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model_dir):
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", micro_batch_size=64))
-    examples = trainer.train_examples[:7]
+    examples = trainer.rows.examples[:7]
     metrics = trainer.sft_backward(examples)
     big = grads(trainer.model)
     trainer.optimizer.zero_grad(set_to_none=True)

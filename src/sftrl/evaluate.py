@@ -26,19 +26,10 @@ from .batching import pack, target_logits
 from .data import Example, render_prompt
 from .formatting import number
 from .rewards import as_completions, load_rewards, score_completions
+from .rewards.scorer import reward_columns
 from .rollout import Engine, generate_completions
 
 logger = logging.getLogger(__name__)
-
-
-def reward_columns(examples: list[Example], repeat: int | list[int] = 1) -> dict[str, list]:
-    """Keyword columns for TRL-style reward functions: `answer` plus every other dataset column,
-    each example's value repeated for its completions (`repeat` of them, or `repeat[i]` for example i)."""
-    counts = [repeat] * len(examples) if isinstance(repeat, int) else repeat
-    columns: dict[str, list] = {"answer": [e.answer for e, n in zip(examples, counts) for _ in range(n)]}
-    for key in examples[0].columns:
-        columns.setdefault(key, [e.columns.get(key) for e, n in zip(examples, counts) for _ in range(n)])
-    return columns
 
 
 def evaluate_accuracy(

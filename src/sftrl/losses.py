@@ -146,20 +146,18 @@ def top_entropy_mask(
 
 def prefix_token_advantages(
     advantages: torch.Tensor,  # (B,) each sequence's advantage (its sampled tokens')
-    prefix_lengths: torch.Tensor,  # (B,) long: leading target tokens that are a demonstration's prefix
-    prefix_advantages: torch.Tensor,  # (B,) the advantage of those prefix tokens
+    prefix: torch.Tensor,  # (B, T) bool: the target tokens that are a demonstration's prefix (leading ones)
+    prefix_advantages: torch.Tensor,  # (B, T) the advantage of those prefix tokens (read on them only)
     entropy: torch.Tensor,  # (B, T) per-token entropy, for the selection
     keep: float,  # Prefix-RFT: 0.2
 ) -> torch.Tensor:
     """(B, T) per-token advantages for Prefix-RFT: a row's sampled tokens get its advantage; its prefix
     tokens get the prefix advantage when among the top-`keep` entropies of the batch's prefix tokens,
     else 0 (they still count in the loss's normaliser, as in the released code)."""
-    positions = torch.arange(entropy.shape[1], device=entropy.device).unsqueeze(0)  # (1, T)
-    prefix = positions < prefix_lengths.unsqueeze(1)  # (B, T)
     selected = top_entropy_mask(entropy.detach(), prefix, keep)  # (B, T)
     out = advantages.unsqueeze(1).expand_as(entropy).clone()  # (B, T)
     out[prefix] = 0.0
-    return torch.where(selected, prefix_advantages.unsqueeze(1).expand_as(entropy), out)
+    return torch.where(selected, prefix_advantages, out)
 
 
 def prefix_rft_advantages(
@@ -181,8 +179,8 @@ def reduce_token_loss(
     token_loss: torch.Tensor,  # (B, T) per-token loss of this micro-batch
     mask: torch.Tensor,  # (B, T) 1.0 where the token counts
     loss_type: str,
-    step_sequences: int,  # sequences in the whole optimizer step (all micro-batches, all ranks)
-    step_tokens: int,  # mask.sum() over the whole optimizer step
+    step_sequences: float,  # sequences in the whole optimizer step (all micro-batches, all ranks)
+    step_tokens: float,  # mask.sum() over the whole optimizer step
     max_completion_length: int | None = None,
 ) -> torch.Tensor:
     """This micro-batch's share of the step's loss, normalised by whole-step counts (ALGORITHMS.md).
@@ -211,7 +209,7 @@ def reduce_token_loss(
 def entropy_bonus(
     entropy: torch.Tensor,  # (B, T) per-token entropy H_t of π_θ (with grad)
     mask: torch.Tensor,  # (B, T) 1.0 where the token counts
-    step_tokens: int,  # mask.sum() over the whole optimizer step
+    step_tokens: float,  # mask.sum() over the whole optimizer step
 ) -> torch.Tensor:
     """This micro-batch's share of the step's mean token entropy, Σ H_t / (step's tokens).
 
@@ -225,7 +223,7 @@ def entropy_bonus(
 def sft_loss(
     logps: torch.Tensor,  # (B, T) log π_θ of demonstration tokens
     mask: torch.Tensor,  # (B, T)
-    step_tokens: int,  # demonstration tokens in the whole optimizer step
+    step_tokens: float,  # demonstration tokens in the whole optimizer step
     weights: torch.Tensor | None = None,  # (B, T) per-token weights, treated as constants (SRFT's w_SFT)
 ) -> torch.Tensor:
     """Token-mean negative log-likelihood of demonstrations over the whole step: -Σ w_t log π(d_t) / N_tokens."""
@@ -376,7 +374,7 @@ def asft_token_loss(
 def token_mean(
     token_loss: torch.Tensor,  # (B, T) per-token loss of this micro-batch
     mask: torch.Tensor,  # (B, T) 1.0 where the token counts
-    step_tokens: int,  # mask.sum() over the whole optimizer step (all micro-batches, all ranks)
+    step_tokens: float,  # mask.sum() over the whole optimizer step (all micro-batches, all ranks)
 ) -> torch.Tensor:
     """This micro-batch's share of the step's token mean, Σ l_t / (step's tokens): summed over the
     micro-batches (and ranks) it is the big batch's token mean exactly."""

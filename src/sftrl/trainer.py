@@ -2,7 +2,7 @@
 
 Each optimizer step: the method plans the step's kind -> draw `batch_size` prompts (or `sft_batch_size`
 demonstrations) -> the method runs its backward passes through the primitives of
-`methods.base.Primitives` -> `loss` = the sum of what was back-propagated -> global gradient norm,
+`methods.base.StepContext` -> `loss` = the sum of what was back-propagated -> global gradient norm,
 clipping, AdamW step at the method's rate -> the method's after_step -> metrics.jsonl (TRL's metric
 names) -> periodic evaluation and atomic checkpoints.
 A step whose loss or gradient is not finite is skipped (no update, counted in `skipped_steps`);
@@ -11,6 +11,9 @@ Runs on `accelerate` (single process, or `accelerate launch` / `torchrun` for DD
 data parallelism): the step's rows are sharded global[rank::world], and :mod:`sftrl.parallel` averages
 the gradients once per update in one synchronised backward that every process runs, so processes whose
 rows decided differently stay in step.
+Its parts: build (the policy, reference, optimizers, engine; kl_from_base's base log-probs), rows,
+experience (rollouts), terms (the SFT and policy-gradient terms' accumulation), rewards.scorer, parallel,
+checkpoint and runlog.
 """
 
 from __future__ import annotations
@@ -18,73 +21,30 @@ from __future__ import annotations
 import functools
 import json
 import math
-import random
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
 
-from transformers import TrainerState
-
-from . import checkpoint, hub, losses, registry, runlog
-from .batching import counted_tokens, micro_batches, pack, pad_rows, score_targets, target_logprobs
+from . import build, checkpoint, experience, hub, runlog
 from .config import Config
-from .data import Example, PromptSampler, load_examples, render_prompt
-from .errors import ConfigError, RunError
-from .evaluate import base_logprobs, evaluate_accuracy, kl_from_base, reward_columns
+from .data import Example, render_prompt
+from .errors import RunError
+from .evaluate import evaluate_accuracy, kl_from_base
 from .formatting import number
 from .methods import METHODS, Placement, StepKind
-from .methods.base import Observer, TokenView
-from .models import (AdapterFreeReference, add_lora, frozen_copy, import_peft, load_frozen, load_model,
-                     load_tokenizer, resolve_model_path, set_activation_checkpointing)
+from .methods.base import Observer, Rollouts, SFTTokenLoss, TokenLoss, grpo_loss
+from .models import import_peft, load_frozen, load_model, load_tokenizer, resolve_model_path
 from .parallel import Parallel
-from .rewards import as_completions, coin_reward, combine, function_metrics, load_rewards, nanmean, nanstd, reward_matrix
-from .rewards.contract import RESERVED_KWARGS
-from .rollout import generate_completions, make_engine
+from .rewards.scorer import Scorer, trainer_state
+from .rows import Rows, kept_rows, load_rows
+from .terms import Terms
+from .rollout import Completions, generate_completions
 from .validate import check_processes
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples draw from torch seeded with this + the run's seed
-
-
-@dataclass
-class Rollouts:
-    """One step's sequences for a policy-gradient loss: each prompt's group of rollouts, with its
-    demonstration inside the group for LUFFY and SRFT. Groups are contiguous, `group_size` long."""
-
-    prompt_ids: list[list[int]]
-    target_ids: list[list[int]]  # completions (or demonstrations), EOS included when there is one
-    is_demo: torch.Tensor  # (N,) bool
-    truncated: torch.Tensor  # (N,) bool: no EOS within max_completion_length
-    rewards: torch.Tensor  # (N,) weighted total; NaN where every reward function returned None
-    advantages: torch.Tensor  # (N,) over each group, demonstration included
-    group_size: int
-    metrics: dict[str, float]
-    # Per-row, per-token values the method's token loss takes by name (OPSD's and OPD's teacher log-probs),
-    # each row's (len(target),) tensor; policy_backward pads them to the micro-batch's (B, T).
-    token_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    # Prefix-RFT (sftrl.methods.uft): leading target tokens that are a demonstration's prefix, and
-    # their advantage, (N,) each; given to the token loss as keywords. `select` drops them.
-    prefix_lengths: torch.Tensor | None = None
-    prefix_advantages: torch.Tensor | None = None
-
-    def select(self, groups: list[int]) -> "Rollouts":
-        """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
-        advantages stay as computed over each whole group, and `metrics` describe every rollout sampled."""
-        rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
-        index = torch.tensor(rows, dtype=torch.long)
-        return Rollouts([self.prompt_ids[i] for i in rows], [self.target_ids[i] for i in rows], self.is_demo[index],
-                        self.truncated[index], self.rewards[index], self.advantages[index], self.group_size,
-                        self.metrics, {name: [values[i] for i in rows] for name, values in self.token_inputs.items()})
-
-
-# (logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token stats)
-TokenLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class Trainer:
@@ -94,13 +54,7 @@ class Trainer:
         self.config = config
         self.method = METHODS[config.method]
         self.run_dir = config.run_dir
-        mixed = config.mixed_precision
-        if mixed == "auto":
-            mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        trackers = [name for name in config.report_to if name != "none"]
-        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
-                                       log_with=trackers or None,
-                                       project_dir=str(self.run_dir / "trackers") if trackers else None)
+        self.accelerator = build.make_accelerator(config)
         self.world = self.accelerator.num_processes
         self.logger = runlog.RunLogger(self.run_dir, self.accelerator)
         self.parallel = Parallel(self.accelerator)
@@ -110,77 +64,35 @@ class Trainer:
                         deepspeed_config=plugin.deepspeed_config if plugin is not None else None)
         # What the run directory allows (finished, other settings, resume): decided before anything loads.
         self.plan = checkpoint.plan_run(config)
-        _seed_everything(config.seed)
+        build.seed_everything(config.seed)
 
         # Data first: a bad row fails here, before any model is loaded.
-        registered = registry.data_source_of(config.train_data)
-        data_source = registered[0] if registered is not None else None
         needs_demo = self.method.needs_demonstrations
-        self.train_examples = load_examples(
-            config.train_data, config.train_split, prompt_field=config.prompt_field,
-            answer_field=config.answer_field, demo_field=config.demo_field, require_demo=needs_demo,
-            system_prompt=config.system_prompt, limit=config.max_train_examples,
-            sandbox_demo_error_rate=config.sandbox_demo_error_rate, sandbox_skill_share=config.sandbox_skill_share,
-            sandbox_train_size=config.sandbox_train_size, sandbox_double_form=config.sandbox_double_form)
-        eval_source = (data_source.default_eval if data_source else None) if config.eval_data == "auto" \
-            else config.eval_data
-        self.eval_examples: list[Example] = []
-        if eval_source:
-            self.eval_examples = load_examples(
-                eval_source, config.eval_split, prompt_field=config.prompt_field,
-                answer_field=config.answer_field, demo_field=config.demo_field, require_demo=False,
-                system_prompt=config.system_prompt, limit=config.max_eval_examples)
-        verifier = (data_source.verifier if data_source else None) or "math"  # "auto": the task's own verifier
-        # "auto": the task's own verifier; "coin": the negative control, seeded by the run.
-        specs = [verifier if s == "auto" else coin_reward(config.coin_reward_prob, config.seed) if s == "coin" else s
-                 for s in config.reward_funcs]
-        self.reward_fns = load_rewards(specs)
-        self.reward_weights = config.reward_weights
+        examples, self.eval_examples = load_rows(config, needs_demo)
+        self.scorer = Scorer(config)
 
         model_path = resolve_model_path(config.model)
         self.tokenizer = load_tokenizer(config.tokenizer or model_path, config.trust_remote_code)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
-        self.demo_report = self._check_demonstration_lengths() if needs_demo else {}
-        model = load_model(model_path, config.dtype, config.trust_remote_code)
-        if config.gradient_checkpointing:
-            set_activation_checkpointing(model, True)
-        if config.use_peft:
-            model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-        wants_ref = self.method.needs_reference(config)
-        # A LoRA run's reference is its own base (adapters off, set up below); otherwise a frozen copy.
-        self.reference = frozen_copy(model).to(self.accelerator.device) if wants_ref and not config.use_peft else None
+        self.demo_report: dict[str, Any] = {}
+        if needs_demo:
+            examples, self.demo_report = kept_rows(examples, self.tokenizer, config, self.logger.print)
+        self.rows = Rows(examples, self.tokenizer, config, self.collective)
+        parts = build.make_parts(config, self.method, model_path, self.accelerator, self.parallel)
+        self.model, self.optimizer = parts.model, parts.optimizer
         self.reference_step: int | None = None  # set when the reference is a snapshot taken during training
-        self.trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                      betas=(config.adam_beta1, config.adam_beta2))
-        # Under FSDP and ZeRO-3 each process holds a shard: generation, evaluation and saving use this
-        # whole local copy, refreshed after each update (whole_policy).
-        self._replica = frozen_copy(model).to(self.accelerator.device) if self.parallel.needs_replica else None
-        self._replica_updates = -1
-        self.parallel.configure(config)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self._train_module = self.parallel.forward_module(self.model, self.policy)
+        self._replica, self._replica_updates = parts.replica, -1
         self._idle_token = self.pad_id if self.pad_id is not None else self.eos_id
-        if wants_ref and config.use_peft:
-            self.reference = AdapterFreeReference(self.policy)
-        self.rollout_engine = self._start_rollout_engine(model_path) if self.method.needs_rollouts else None
-        spec = self.method.extra_optimizer(config)
-        self.extra_optimizer = None if spec is None else torch.optim.AdamW(
-            self.trainable, lr=config.learning_rate, weight_decay=spec.weight_decay,
-            betas=(config.adam_beta1, config.adam_beta2))
-        self.extra_max_grad_norm = 0.0 if spec is None else spec.max_grad_norm
-        self.sampler = PromptSampler(len(self.train_examples), config.batch_size, config.seed)
-        # CHORD's expert rows: drawn from the training rows independently of the step's prompts.
-        self.demo_sampler = PromptSampler(len(self.train_examples), 1, config.seed, stream="demonstrations")
-        self._positions = {id(e): i for i, e in enumerate(self.train_examples)}
-        self.method_state: dict[str, Any] = self.method.init_state(config, len(self.train_examples))
+        self.terms = Terms(config, self.model, parts.train_module, parts.reference, self.parallel, self.rows,
+                           self.pad_id, self._idle_token, self.accelerator.device)
+        self.rollout_engine = parts.rollout_engine
+        self.extra_optimizer, self.extra_max_grad_norm = parts.extra_optimizer, parts.extra_max_grad_norm
+        self.method_state: dict[str, Any] = self.method.init_state(config, len(examples))
         self.total_steps = self.method.total_steps(config, self.method_state)
-        self._loss = 0.0  # what _backward back-propagated since the last take_loss()
-        # Token passes (this process's, since the step began): generated tokens, and the prompt + target
-        # tokens of every sequence through a training forward (counted per sequence, whatever the layout).
-        self._step_token_passes = 0
-        self._step_sequences = 0  # this process's sequences through a training forward, this step
+        # Token passes (this process's, since the step began): generated tokens here, and the training
+        # forwards' in self.terms.
+        self._step_generated_tokens = 0
         self.total_token_passes = 0  # every process's, over the run (checkpointed)
         self.total_train_sequences = 0
         self._last_step_finite = True
@@ -188,68 +100,23 @@ class Trainer:
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.nonfinite_in_a_row = 0
         self.warned_unscorable = False
-        self._prompt_cache: dict[int, list[int]] = {}
         self._frozen_models: dict[str, Any] = {}  # teachers loaded by frozen_model, once per run
-        self.kl_base = None  # RL's Razor: the base's log-probs on held-out demonstrations, for kl_from_base
-        if config.kl_from_base_examples and self.eval_examples:
-            with self.accelerator.autocast():
-                self.kl_base = base_logprobs(self.whole_policy(), self.tokenizer, self.eval_examples,
-                                             config.kl_from_base_examples, config.max_completion_length,
-                                             config.chat_template_kwargs)
-
-    def _start_rollout_engine(self, model_path: str):
-        """The engine that samples rollouts (`rollout_backend`); vLLM starts here, once per run."""
-        cfg = self.config
-        max_model_len = cfg.max_prompt_length + cfg.max_completion_length if cfg.max_prompt_length else None
-        try:
-            return make_engine(cfg.rollout_backend, model_path, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                               sleep_mode=cfg.vllm_sleep_mode, max_model_len=max_model_len,
-                               dtype=cfg.dtype, seed=cfg.seed)
-        except ImportError as error:
-            raise ConfigError(str(error)) from error
-
-    def _check_demonstration_lengths(self) -> dict[str, Any]:
-        """Count demonstrations longer than max_completion_length (EOS included), say so, and apply
-        `demo_truncation` (drop removes those rows from the training set)."""
-        cfg = self.config
-        limit, examples = cfg.max_completion_length, self.train_examples
-        lengths: list[int] = []
-        for start in range(0, len(examples), 1000):  # batched: fast tokenizers are much faster per batch
-            texts = [e.demonstration for e in examples[start:start + 1000]]
-            lengths += [len(ids) + 1 for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        long = [i for i, n in enumerate(lengths) if n > limit]
-        report = {"total": len(examples), "longer_than_max_completion_length": len(long),
-                  "demo_truncation": cfg.demo_truncation}
-        if not long:
-            return report
-        effect = {"cut": f"each is trained on (and, inside LUFFY/SRFT groups, scored by) its first {limit} tokens",
-                  "drop": f"those rows are left out of training ({len(examples) - len(long)} remain)",
-                  "keep": "they are trained on whole"}[cfg.demo_truncation]
-        self.logger.print(f"warning: {len(long)} of {len(examples)} demonstrations are longer than max_completion_length="
-                          f"{limit} tokens (the longest has {max(lengths)}); demo_truncation={cfg.demo_truncation}: {effect}. "
-                          "Set demo_truncation to cut, drop or keep to choose.")
-        if cfg.demo_truncation == "drop":
-            if len(long) == len(examples):
-                raise ConfigError(f"demo_truncation: drop leaves no training rows: every demonstration is longer than "
-                                  f"max_completion_length={limit}")
-            dropped = set(long)
-            self.train_examples = [e for i, e in enumerate(examples) if i not in dropped]
-        return report
+        # RL's Razor: the base's log-probs on held-out demonstrations, for kl_from_base at each evaluation
+        # (collective under FSDP and ZeRO-3: whole_policy).
+        self.kl_base = build.kl_base(config, self.whole_policy, self.tokenizer, self.eval_examples, self.accelerator)
 
     # ------------------------------------------------------------------ primitives for methods
     @property
     def policy(self):
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def reference(self):
+        """π_ref: None, a frozen model, or the LoRA policy with its adapters off (Terms.reference)."""
+        return self.terms.reference
+
     def prompt_ids(self, example: Example) -> list[int]:
-        key = id(example)
-        if key not in self._prompt_cache:
-            text = render_prompt(self.tokenizer, example.prompt, self.config.chat_template_kwargs)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if self.config.max_prompt_length:
-                ids = ids[-self.config.max_prompt_length:]
-            self._prompt_cache[key] = ids
-        return self._prompt_cache[key]
+        return self.rows.prompt_ids(example)
 
     def global_sum(self, value: float) -> float:
         """`value` summed over every process (collective: every process must call it)."""
@@ -271,31 +138,20 @@ class Trainer:
     def draw_demonstrations(self, count: int) -> list[Example]:
         """This process's share of `count` training rows drawn for their demonstrations from a sampler of
         their own (seeded, checkpointed), independent of the step's prompts (CHORD's expert rows)."""
-        if count == 0:
-            return []
-        return [self.train_examples[i] for i in self.local_rows(self.demo_sampler.next_batch(count))]
+        return self.rows.draw_demonstrations(count)
 
     def example_position(self, example: Example) -> int:
         """The example's position in the training set (what train_example takes back; ReLIFT's buffer)."""
-        return self._positions[id(example)]
+        return self.rows.position(example)
 
     def train_example(self, position: int) -> Example:
-        return self.train_examples[position]
+        return self.rows.examples[position]
 
     def take_loss(self) -> float:
         """The loss back-propagated since the last call, summed over processes (each process's share is
         normalised by whole-step counts, so the sum is the step's loss); collective."""
-        value, self._loss = self._loss, 0.0
+        value, self.terms.loss = self.terms.loss, 0.0
         return self.collective.sum(value)
-
-    def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
-        return micro_batches(lengths, self.config.micro_batch_size)
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        """Accumulate a loss's gradient on this process, unsynchronised: `optimizer_step` averages the
-        step's gradients over processes (sftrl.parallel)."""
-        self._loss += float(loss.detach())  # every loss optimised passes here: the logged `loss` is their sum
-        self.parallel.backward(self.model, loss)
 
     def whole_policy(self):
         """The policy with all its weights on this process, for generation, evaluation and saving: the
@@ -308,24 +164,15 @@ class Trainer:
             self._replica_updates = self.parallel.updates
         return self._replica
 
-    def _score(self, batch, temperature: float, **kwargs):
-        """The targets' log-probabilities and entropies (batching.score_targets, chunked by
-        logprob_chunk_size) from a training forward through the module sftrl.parallel says; one
-        forward per micro-batch where the backend needs every process to run as many."""
-        self._step_token_passes += int(batch.prompt_mask.sum(dim=1)[batch.prompt_of].sum()) + int(batch.target_mask.sum())
-        self._step_sequences += batch.targets.shape[0]
-        return score_targets(self._train_module, batch, temperature, chunk_size=self.config.logprob_chunk_size,
-                             share_prompts=not self.parallel.sharded, **kwargs)
-
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a piece of target text, no special tokens (UFT's hints)."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.rows.text_ids(text)
+
+    def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
+        return self.rows.demonstration_ids(example)
 
     def context_ids(self, prompt: str | list[dict]) -> list[int]:
-        """Token ids of a prompt (text or chat messages) rendered as training prompts are (chat template,
-        chat_template_kwargs), not cut by max_prompt_length (OPSD's teacher context)."""
-        text = render_prompt(self.tokenizer, prompt, self.config.chat_template_kwargs)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.rows.context_ids(prompt)
 
     def frozen_model(self, name: str, what: str):
         """A frozen model (a teacher) loaded as the policy is (models.load_frozen: a local directory or hub id,
@@ -337,112 +184,31 @@ class Trainer:
                                                     cfg.trust_remote_code).to(self.accelerator.device)
         return self._frozen_models[name]
 
-    @torch.no_grad()
     def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
                    temperature: float = 1.0) -> list[torch.Tensor]:
-        """log π(target_t | prompt, target_<t) of each row under `model` (None: the current policy), no
-        gradient, at `temperature`: one (len(target),) tensor per row (OPSD's and OPD's teachers).
-        Collective under FSDP and ZeRO-3 when model is None (whole_policy)."""
+        """Terms.score_rows under `model` (None: the current policy). Collective under FSDP and ZeRO-3 when
+        model is None (whole_policy)."""
         model = self.whole_policy() if model is None else model
-        out: list[torch.Tensor | None] = [None] * len(target_ids)
-        for rows in self._micro_batches([len(p) + len(t) for p, t in zip(prompt_ids, target_ids)]):
-            batch = pack([prompt_ids[i] for i in rows], [target_ids[i] for i in rows], self.pad_id,
-                         self.accelerator.device)
-            with self.accelerator.autocast():
-                logps, _ = target_logprobs(model, batch, temperature, with_entropy=False,
-                                           chunk_size=self.config.logprob_chunk_size)
-            for j, i in enumerate(rows):
-                out[i] = logps[j, :len(target_ids[i])].float().cpu()
-        return out
+        with self.accelerator.autocast():
+            return self.terms.score_rows(prompt_ids, target_ids, model, temperature)
+
     def decode(self, ids: list[int]) -> str:
         """The text of token ids (Prefix-RFT's demonstration prefix)."""
-        return self.tokenizer.decode(ids)
-
-    def demonstration_ids(self, example: Example) -> tuple[list[int], bool]:
-        """Token ids of a demonstration + EOS, cut to max_completion_length unless demo_truncation is
-        keep; and whether it was cut."""
-        ids = self.tokenizer(example.demonstration, add_special_tokens=False)["input_ids"] + [self.eos_id]
-        limit = self.config.max_completion_length
-        if self.config.demo_truncation == "keep":
-            return ids, False
-        return ids[:limit], len(ids) > limit
+        text = self.tokenizer.decode(ids)
+        assert isinstance(text, str)  # one sequence of ids decodes to one text
+        return text
 
     def sft_backward(self, examples: list[Example], weight: float = 1.0,
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
-                     entropy_tokens: int | None = None,
-                     token_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
-                     ) -> dict[str, float]:
-        """Accumulate weight · (token-mean NLL of the demonstrations); returns `sft/*` metrics.
-
-        token_weights: (log-probs, entropy), both (B, T) -> per-token weights of the NLL, as constants
-            (SRFT's w_SFT, CHORD's φ = p(1-p)).
-        kl_coef: adds kl_coef · exact KL(π_θ‖π_ref) on the demonstration positions (RL→SFT_KL).
-        targets: token ids trained on instead of the demonstrations, one list per example (UFT's hints).
-        entropy_coef: subtracts entropy_coef · Σ H_t / entropy_tokens over the same tokens, not scaled by
-            `weight` (ReLIFT's SFT update; HPT's bonus over demonstrations and rollouts).
-        entropy_tokens: the bonus's normaliser over every process; None = the demonstrations' tokens.
-        temperature: the logits are divided by it before the log-softmax (1 = the plain NLL; CHORD's,
-            GAC's and HPT's code score demonstrations at the rollout temperature).
-        observe: shown every micro-batch (detached), for statistics (GAC).
-        token_loss: (log-probs with gradient, the reference's log-probs or None) -> (B, T) per-token loss
-            that replaces the (weighted) NLL, reduced by the same token mean (ASFT's DFT + λ·k3).
-        Collective: every process calls it with its own rows (maybe none); the token mean and the metrics
-        are over every process's rows. With a reference model loaded, the KL to it is measured (`kl_ref`)
-        whether or not it is trained on. Returns {} when no process had a row.
-        """
-        prompts = [self.prompt_ids(e) for e in examples]
-        demos = targets if targets is not None else [self.demonstration_ids(e)[0] for e in examples]
-        local_tokens = sum(len(d) for d in demos)
-        step_tokens = self.collective.sum(local_tokens)
-        if kl_coef > 0 and self.reference is None:
-            raise RuntimeError("sft_backward(kl_coef > 0) needs a reference model; call snapshot_reference() first")
-        sums = {"nll": 0.0, "entropy": 0.0, "weight": 0.0, "kl_ref": 0.0}
-        plan = self._micro_batches([len(p) + len(d) for p, d in zip(prompts, demos)])
-        most = self.parallel.most_passes(len(plan))
-        for rows in plan:
-            batch = pack([prompts[i] for i in rows], [demos[i] for i in rows], self.pad_id, self.accelerator.device)
-            mask = batch.target_mask
-            scores = self._score(batch, temperature, reference=self.reference, kl_grad=kl_coef > 0,
-                                 ref_logps=token_loss is not None and self.reference is not None)
-            logps, entropy = scores.logps, scores.entropy
-            weights = token_weights(logps.detach(), entropy.detach()) if token_weights is not None else None
-            if token_loss is not None:
-                loss = losses.token_mean(token_loss(logps, scores.ref_logps), mask, step_tokens)
-            else:
-                loss = losses.sft_loss(logps, mask, step_tokens, weights)
-            if self.reference is not None:
-                kl = scores.kl  # (B, T) exact KL(π_θ‖π_ref), differentiable when trained on
-                if kl_coef > 0:
-                    loss = loss + kl_coef * (kl * mask).sum() / max(step_tokens, 1)
-                sums["kl_ref"] += float((kl.detach() * mask).sum())
-            loss = weight * loss
-            if entropy_coef:
-                loss = loss - entropy_coef * losses.entropy_bonus(entropy, mask, entropy_tokens or step_tokens)
-            self._backward(loss)
-            if observe is not None:
-                observe(TokenView(logps.detach(), entropy.detach(), mask,
-                                  torch.ones(len(rows), dtype=torch.bool, device=mask.device), None))
-            sums["nll"] += float(-(logps.detach() * mask).sum())
-            sums["entropy"] += float((entropy.detach() * mask).sum())
-            if weights is not None:
-                sums["weight"] += float((weights * mask).sum())
-        self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        sequences, nll, ent, wsum, kl_sum = self.collective.sums(
-            [len(demos), sums["nll"], sums["entropy"], sums["weight"], sums["kl_ref"]])
-        if step_tokens == 0:
-            return {}
-        metrics = {"sft/loss": nll / step_tokens, "sft/entropy": ent / step_tokens,
-                   "sft/mean_length": step_tokens / sequences}
-        if token_weights is not None:
-            metrics["sft/mean_weight"] = wsum / step_tokens
-        if self.reference is not None:
-            metrics["kl_ref"] = kl_sum / step_tokens
-        return metrics
+                     entropy_tokens: int | None = None, token_loss: SFTTokenLoss | None = None) -> dict[str, float]:
+        """The SFT term (Terms.sft)."""
+        return self.terms.sft(examples, weight, token_weights, kl_coef, targets, entropy_coef, observe, temperature,
+                              entropy_tokens, token_loss)
 
     def generate(self, examples: list[Example], num_generations: int, greedy: bool = False,
-                 continuations: list[str] | None = None):
+                 continuations: list[str] | None = None) -> Completions:
         """Sample completions; `continuations` (one text per example) are appended to the rendered
         prompts, so the samples continue them (UFT's hints)."""
         cfg = self.config
@@ -455,250 +221,50 @@ class Trainer:
                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                 batch_size=cfg.generation_batch_size, max_prompt_length=cfg.max_prompt_length, greedy=greedy,
                 min_new_tokens=cfg.min_completion_length, engine=self.rollout_engine)
-        self._step_token_passes += sum(len(ids) for ids in completions.completion_ids)
+        self._step_generated_tokens += sum(len(ids) for ids in completions.completion_ids)
         return completions
-
-    def reward_kwargs_columns(self, examples: list[Example], repeat: int) -> dict[str, list]:
-        """The dataset columns reward functions get, one value per completion: `answer`, every other
-        column, and (as TRL passes every column) the answer and demonstration under their own names."""
-        cfg = self.config
-        columns = reward_columns(examples, repeat)
-        for name, value in ((cfg.answer_field, lambda e: e.answer), (cfg.demo_field, lambda e: e.demonstration)):
-            if "." not in name and name not in columns and name not in RESERVED_KWARGS:
-                columns[name] = [value(e) for e in examples for _ in range(repeat)]
-        return columns
-
-    def reward_trainer_state(self) -> TrainerState:
-        """What TRL passes reward functions as `trainer_state`: global_step counts finished optimizer steps."""
-        cfg = self.config
-        return TrainerState(global_step=self.step, max_steps=self.total_steps, train_batch_size=cfg.batch_size,
-                            epoch=self.sampler.epochs_done,
-                            logging_steps=cfg.logging_steps, save_steps=cfg.save_every)
-
-    def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
-              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Each reward function's rewards, (N, F), NaN for None, called as TRL calls them (see
-        :mod:`sftrl.rewards.contract`); and every value the functions logged with log_metric, by name."""
-        prompts = [examples[row // group_size].prompt for row in range(len(texts))]
-        logged: dict[str, list[float]] = defaultdict(list)
-        names = []
-        for row, demo in enumerate(is_demo):
-            example = examples[row // group_size]
-            names.append(f"{example.source} row {example.index} "
-                         f"({'its demonstration' if demo else f'rollout {row % group_size}'})")
-        per_function = reward_matrix(
-            self.reward_fns, prompts, as_completions(prompts, texts), self.reward_kwargs_columns(examples, group_size),
-            completion_ids=target_ids, trainer_state=self.reward_trainer_state(),
-            log_metric=lambda name, value: logged[name].append(float(value)), row_names=names)
-        return per_function, dict(logged)
 
     def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
                  hints: list[str] | None = None) -> Rollouts:
-        """Sample, place demonstrations in the groups, score, and compute group advantages.
-
-        placement: NONE (G rollouts per group), REPLACE (G-1 rollouts + the demonstration, LUFFY),
-        APPEND (G rollouts + the demonstration, SRFT) or PREFIX (G rollouts that continue the prompt's
-        hint, `hints[i]`, a prefix of its demonstration: UFT). Demonstrations are scored by the
-        same reward functions as rollouts (a wrong one gets a low reward), and they enter the group's
-        mean and std (LUFFY Eq. 3; SRFT Eq. 6-7). Under PREFIX the hint is part of each row's prompt
-        (the loss trains the sampled tokens only) and the reward functions grade hint + completion,
-        the whole answer (UFT's released code).
-        """
-        placement = Placement(placement)
-        if (placement is Placement.PREFIX) != (hints is not None):
-            raise ValueError("rollouts: hints are given exactly when placement is PREFIX")
-        if hints is not None and len(hints) != len(examples):
-            raise ValueError(f"rollouts: {len(hints)} hints for {len(examples)} prompts")
+        """Sample, place demonstrations in the groups, score, and compute group advantages
+        (:func:`sftrl.experience.collect`; `placement` as in :func:`sftrl.experience.sample_groups`)."""
         cfg = self.config
-        sampled = cfg.num_generations - 1 if placement is Placement.REPLACE else cfg.num_generations
-        in_group = placement in (Placement.REPLACE, Placement.APPEND)
-        t0 = time.perf_counter()
-        completions = self.generate(examples, sampled, continuations=hints)
-        t_gen = time.perf_counter() - t0
-        prompt_ids, target_ids, truncated, texts, is_demo = [], [], [], [], []
-        for i, example in enumerate(examples):
-            for j in range(i * sampled, (i + 1) * sampled):
-                prompt_ids.append(completions.prompt_ids[j])
-                target_ids.append(completions.completion_ids[j])
-                truncated.append(completions.truncated[j])
-                texts.append(completions.texts[j] if hints is None else hints[i] + completions.texts[j])
-                is_demo.append(False)
-            if in_group:
-                ids, cut = self.demonstration_ids(example)
-                prompt_ids.append(completions.prompt_ids[i * sampled])
-                target_ids.append(ids)
-                truncated.append(cut)
-                texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-                is_demo.append(True)
-        group_size = sampled + in_group
-        per_function, logged = self.score(examples, texts, target_ids, group_size, is_demo)
-        rewards = combine(per_function, self.reward_weights)  # (N,) TRL's weighted nansum; NaN: unscorable
-        rewards_local = rewards
-        advantages, group_std = self._advantages(rewards, group_size)
-        demo = torch.tensor(is_demo)
-        cut = torch.tensor(truncated)
-        unscorable = rewards.isnan()
-        if unscorable.any() and not self.warned_unscorable:
+        rollouts = experience.collect(
+            examples, Placement(placement), hints, config=cfg, std_eps=self.method.std_eps(cfg),
+            generate=lambda rows, n, hints: self.generate(rows, n, continuations=hints), rows=self.rows,
+            scorer=self.scorer, collective=self.collective, trainer_state=self._reward_trainer_state())
+        warning = experience.unscorable_warning(rollouts.rewards, rollouts.is_demo, self.step + 1)
+        if warning is not None and not self.warned_unscorable:
             self.warned_unscorable = True
-            self.logger.print(f"warning: at step {self.step + 1}, {int(unscorable[~demo].sum())} of {int((~demo).sum())} "
-                              f"rollouts (and {int(unscorable[demo].sum())} of {int(demo.sum())} demonstrations) got None "
-                              "from every reward function; they are left out of the group means and stds and get "
-                              "advantage 0, as in TRL (said once; frac_reward_unscorable counts them every step)")
-        lengths = torch.tensor([len(t) for t in target_ids], dtype=torch.float32)
-        # The metrics are the whole step's, over every process's rollouts (as TRL logs them); the
-        # advantages stay this process's.
-        rewards_all, per_function_all, demo_all, cut_all, lengths_all, group_std_all = self.collective.gather_tensors(
-            rewards, per_function, demo, cut, lengths, group_std)
-        logged = {name: sum(values) / len(values) for name, values in self.collective.gather_lists(logged).items()}
-        if self.config.scale_rewards == "batch":  # TRL: zero std means the batch's
-            zero_std = float(torch.isclose(losses.nanstd(rewards_all), torch.tensor(0.0)))
-        else:
-            zero_std = float(torch.isclose(group_std_all, torch.zeros_like(group_std_all)).float().mean())
-        names = [name for name, _ in self.reward_fns]
-        rewards, per_function, demo, cut, lengths = rewards_all, per_function_all, demo_all, cut_all, lengths_all
-        unscorable = rewards.isnan()
-        own = lengths[~demo]
-        terminated = lengths[~demo & ~cut]
-        # TRL's reward metrics, over the rollouts only; the demonstrations' are under demo/.
-        metrics = {
-            "reward": nanmean(rewards[~demo]),
-            "reward_std": nanstd(rewards[~demo]),
-            "frac_reward_zero_std": zero_std,
-            "frac_reward_unscorable": float(unscorable[~demo].float().mean()),
-            **function_metrics(per_function[~demo], names),
-            **logged,
-            "completions/mean_length": float(own.mean()),
-            "completions/min_length": float(own.min()),
-            "completions/max_length": float(own.max()),
-            "completions/clipped_ratio": float(cut[~demo].float().mean()),
-            "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0,
-            "time/generate": t_gen,
-            "time/score": time.perf_counter() - t0 - t_gen,
-        }
-        if demo.any():
-            advantages_all, = self.collective.gather_tensors(advantages)
-            metrics.update({"demo/reward": nanmean(rewards[demo]), **function_metrics(per_function[demo], names, "demo/"),
-                            "demo/advantage": float(advantages_all[demo].mean()),
-                            "demo/mean_length": float(lengths[demo].mean())})
-        return Rollouts(prompt_ids, target_ids, torch.tensor(is_demo), torch.tensor(truncated),
-                        rewards_local, advantages, group_size, metrics)
+            self.logger.print(warning)
+        return rollouts
+
+    def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
+              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, list[float]]]:
+        """Each reward function's rewards, (N, F), NaN for None, and what they logged with log_metric, by name
+        (Scorer.score, called as TRL calls them; row i belongs to examples[i // group_size]). Not collective:
+        for targets sampled outside `rollouts` (uft's Prefix-RFT schedule)."""
+        return self.scorer.score(examples, texts, target_ids, group_size, is_demo, self._reward_trainer_state())
+
+    def _reward_trainer_state(self):
+        return trainer_state(self.config, self.step, self.total_steps, self.rows.sampler.epochs_done)
 
     def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
                         observe: Observer | None = None, entropy_tokens: int | None = None,
                         entropy_coef: float | None = None) -> dict[str, float]:
-        """Accumulate weight · (a policy-gradient loss over rollouts and demonstrations).
-
-        token_loss(logps, old_logps, entropy, advantages, is_demo) -> (per-token loss (B, T), per-token
-        stats) is the method's loss (a function of `losses`); this adds β·k3 KL on rollout tokens (never
-        on demonstrations: π_θ did not sample them, and LUFFY and SRFT apply no KL to off-policy rows),
-        normalises by the whole step's counts (`loss_type`), subtracts the entropy bonus
-        entropy_coef · Σ H_t / entropy_tokens over every counted token (None: this call's counted tokens,
-        a token mean whatever the loss_type, as TRL does; not scaled by `weight`: Trinity-RFT's CHORD and
-        HPT subtract it once from the mixed loss) and logs the stats' means over rollout tokens (a stat
-        that is NaN on a token is undefined there and left out of its mean). entropy_coef: None =
-        config.entropy_coef (GAC's measuring pass, of weight 0, passes 0).
-        observe: shown every micro-batch (detached), for statistics (GAC).
-        Collective: every process calls it, with its own rows (maybe none: HPT's gate may send all of a
-        process's prompts to SFT); the normalisers and the token means logged count every process's rows.
-        """
-        cfg = self.config
-        t0 = time.perf_counter()
-        n = len(rollouts.target_ids)
-        excluded = rollouts.truncated.tolist() if cfg.mask_truncated_completions else [False] * n
-        step_tokens, step_sequences = self.collective.sums([counted_tokens(rollouts.target_ids, excluded), n])
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, float] = defaultdict(float)
-        loss_total = 0.0
-        plan = self._micro_batches([len(t) for t in rollouts.target_ids])
-        most = self.parallel.most_passes(len(plan))
-        for idx in plan:
-            batch = pack([rollouts.prompt_ids[i] for i in idx], [rollouts.target_ids[i] for i in idx],
-                         self.pad_id, self.accelerator.device)
-            device = batch.target_mask.device
-            is_demo = rollouts.is_demo[idx].to(device)
-            mask = batch.target_mask
-            if cfg.mask_truncated_completions:
-                mask = mask * (~rollouts.truncated[idx]).float().unsqueeze(1).to(device)
-            scores = self._score(batch, cfg.temperature, reference=self.reference, ref_logps=cfg.beta > 0)
-            logps, entropy = scores.logps, scores.entropy
-            advantages = rollouts.advantages[idx].to(device)
-            inputs = {name: pad_rows([values[i] for i in idx], logps.shape[1], device)
-                      for name, values in rollouts.token_inputs.items()}  # (B, T) each
-            if rollouts.prefix_lengths is not None:  # Prefix-RFT's (B,) prefix lengths and advantages
-                inputs["prefix_lengths"] = rollouts.prefix_lengths[idx].to(device)
-                inputs["prefix_advantages"] = rollouts.prefix_advantages[idx].to(device)
-            # One policy update per generation batch (TRL num_iterations=1): π_old = π_θ, detached.
-            per_token, stats = token_loss(logps, logps.detach(), entropy, advantages, is_demo, **inputs)
-            stats = dict(stats)
-            if self.reference is not None:
-                stats["kl_ref"] = scores.kl  # detached: measured, not trained on
-                if cfg.beta > 0:
-                    kl = losses.k3_kl(logps, scores.ref_logps)  # (B, T)
-                    per_token = per_token + cfg.beta * kl * (~is_demo).float().unsqueeze(1)  # rollout rows only
-                    stats["kl"] = kl.detach()
-            loss = losses.reduce_token_loss(per_token, mask, cfg.loss_type, step_sequences, step_tokens,
-                                            cfg.max_completion_length)
-            loss_total += float(loss.detach())  # grpo/loss: the policy-gradient term, before weight and bonus
-            loss = weight * loss
-            coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
-            if coef:
-                loss = loss - coef * losses.entropy_bonus(entropy, mask, entropy_tokens or step_tokens)
-            self._backward(loss)
-            if observe is not None:
-                observe(TokenView(logps.detach(), entropy.detach(), mask, is_demo, advantages))
-            stats["entropy"] = entropy.detach()
-            real = batch.target_mask
-            rollout_tokens = real * (~is_demo).float().unsqueeze(1)
-            for key, value in stats.items():
-                defined = rollout_tokens * torch.isfinite(value).float()
-                sums[key] += float((torch.nan_to_num(value) * defined).sum())
-                counts[key] += float(defined.sum())
-            demo_tokens = real * is_demo.float().unsqueeze(1)
-            sums["demo/entropy"] += float((entropy.detach() * demo_tokens).sum())
-            counts["demo/entropy"] += float(demo_tokens.sum())
-        self.parallel.even_out(self.model, len(plan), most, self._idle_token)
-        keys = self.collective.union(sorted(sums))  # a process with no rows has no stats of its own
-        totals = self.collective.sums([loss_total] + [sums[k] for k in keys] + [counts[k] for k in keys])
-        metrics = {"grpo/loss": totals[0], **rollouts.metrics}
-        names = {"low_clipped": "clip_ratio/low_mean", "high_clipped": "clip_ratio/high_mean"}
-        for i, key in enumerate(keys):
-            total, count = totals[1 + i], totals[1 + len(keys) + i]
-            if count > 0:
-                metrics[names.get(key, key)] = total / count
-        if "clip_ratio/low_mean" in metrics or "clip_ratio/high_mean" in metrics:
-            metrics["clip_ratio/region_mean"] = metrics.get("clip_ratio/low_mean", 0.0) + metrics.get(
-                "clip_ratio/high_mean", 0.0)
-        metrics["time/backward"] = time.perf_counter() - t0
-        return metrics
+        """A policy-gradient term over rollouts and demonstrations (Terms.policy)."""
+        return self.terms.policy(rollouts, token_loss, weight, observe, entropy_tokens, entropy_coef)
 
     def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]:
         """Roll out G completions per prompt, score, group advantages, accumulate weight · GRPO loss."""
-        cfg = self.config
-
-        def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
-            return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high,
-                                          clip=cfg.clip_ratio)
-
-        return self.policy_backward(self.rollouts(examples), grpo_loss, weight)
-
-    def _advantages(self, rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Group advantages; with several processes, batch-std scaling uses every rank's rewards."""
-        cfg = self.config
-        eps = self.method.std_eps(cfg)  # TRL's 1e-4 or the method's reference code's (verl: 1e-6)
-        if self.world == 1 or cfg.scale_rewards != "batch":
-            return losses.group_advantages(rewards, group_size, cfg.scale_rewards, eps)
-        everyone = self.collective.gather(rewards)
-        advantages, group_std = losses.group_advantages(everyone, group_size, "batch", eps)
-        start = self.collective.rank * len(rewards)
-        groups = len(rewards) // group_size
-        return advantages[start:start + len(rewards)], group_std[start // group_size:][:groups]
+        return self.policy_backward(self.rollouts(examples), grpo_loss(self.config), weight)
 
     def snapshot_reference(self) -> None:
         """Make the current policy the frozen reference (SASR after warm-up; the end of RL in RL→SFT_KL).
         Checkpoints then carry its weights, so a resumed run measures against the same model."""
         if self.config.use_peft:  # validate.check_config refuses such configs before training
             raise RuntimeError("snapshot_reference: a LoRA run's reference is its base model")
-        self.reference = frozen_copy(self.whole_policy()).to(self.accelerator.device)
+        self.terms.reference = build.frozen(self.whole_policy(), self.accelerator.device)
         self.reference_step = self.step
 
     # ------------------------------------------------------------------ the loop
@@ -707,20 +273,34 @@ class Trainer:
         learning_rate for a step with a policy-gradient term, times the run's schedule)."""
         return self.method.learning_rate(self.config, self.step, kind, self.method_state)
 
-    def _reduce_and_clip(self, max_grad_norm: float) -> float:
-        """Average the step's gradients over processes (one synchronised backward on every process,
-        sftrl.parallel) and clip their global norm; returns the norm before clipping."""
+    def _update(self, optimizer, learning_rate: float, max_grad_norm: float, loss: float | None = None,
+                skip_above: float = 0.0) -> tuple[float, bool, bool]:
+        """The one update of both optimizers: average the step's gradients over processes (one
+        synchronised backward on every process, sftrl.parallel), clip their global norm at max_grad_norm,
+        and step `optimizer` at `learning_rate` unless the norm (or the loss summed over processes, when
+        given) is not finite or the norm is above skip_above (when set); the gradients are zeroed either
+        way. Returns the norm before clipping, whether it (and the loss) was finite, and whether the
+        update was made. Collective."""
         self.parallel.sync(self.model, self._idle_token)
         max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
-        return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        finite = math.isfinite(grad_norm) and (loss is None or math.isfinite(self.collective.sum(loss)))
+        taken = finite and not (skip_above > 0 and grad_norm > skip_above)
+        if taken:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            optimizer.step()
+            self.parallel.updates += 1
+        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # both optimizers hold the policy's parameters
+        return grad_norm, finite, taken
 
     def optimizer_step(self, learning_rate: float, loss: float = 0.0) -> tuple[float, bool]:
-        """Average gradients over ranks, clip the global norm, step at `learning_rate`; returns the
-        norm before clipping and whether the step was taken. A non-finite loss (on any rank) or
-        gradient norm skips it, as does a norm above `skip_update_grad_norm` when that is set:
-        gradients are zeroed and neither the weights nor AdamW's moments change. Under DeepSpeed the
-        engine clips and steps (validate refuses skip_update_grad_norm there), and only a non-finite
-        loss skips."""
+        """Update the policy with the run's optimizer (see _update); returns the norm before clipping
+        and whether the step was taken. A non-finite loss (on any rank) or gradient norm skips it, as
+        does a norm above `skip_update_grad_norm` when that is set: neither the weights nor AdamW's
+        moments change. Under DeepSpeed the engine clips and steps (validate refuses
+        skip_update_grad_norm there), and only a non-finite loss skips."""
         if self.parallel.backend == "deepspeed":
             finite = math.isfinite(self.collective.sum(loss))
             self.parallel.sync(self.model, self._idle_token)
@@ -728,34 +308,17 @@ class Trainer:
             self.parallel.updates += finite
             self._last_step_finite = finite
             return grad_norm, finite
-        grad_norm = self._reduce_and_clip(self.config.max_grad_norm)
-        finite = math.isfinite(grad_norm) and math.isfinite(self.collective.sum(loss))
-        limit = self.config.skip_update_grad_norm
-        taken = finite and not (limit > 0 and grad_norm > limit)
-        if taken:
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate
-            self.optimizer.step()
-            self.parallel.updates += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        self._last_step_finite = finite
+        grad_norm, self._last_step_finite, taken = self._update(
+            self.optimizer, learning_rate, self.config.max_grad_norm, loss, self.config.skip_update_grad_norm)
         return grad_norm, taken
 
     def extra_optimizer_step(self, learning_rate: float) -> tuple[float, bool]:
         """Step the method's own optimizer (Method.extra_optimizer) on the gradients accumulated since the
-        last update, clipped at its own max_grad_norm; returns the norm before clipping and whether the
-        update was made (a non-finite norm makes none). Collective."""
+        last update, clipped at its own max_grad_norm (see _update); returns the norm before clipping and
+        whether the update was made (a non-finite norm makes none). Collective."""
         if self.extra_optimizer is None:
             raise RuntimeError(f"method {self.config.method} declares no extra optimizer")
-        grad_norm = self._reduce_and_clip(self.extra_max_grad_norm)
-        taken = math.isfinite(grad_norm)
-        if taken:
-            for group in self.extra_optimizer.param_groups:
-                group["lr"] = learning_rate
-            self.extra_optimizer.step()
-            self.parallel.updates += 1
-        self.extra_optimizer.zero_grad(set_to_none=True)
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm, _, taken = self._update(self.extra_optimizer, learning_rate, self.extra_max_grad_norm)
         return grad_norm, taken
 
     def reset_optimizer_state(self) -> None:
@@ -876,11 +439,10 @@ class Trainer:
         t0 = time.perf_counter()
         kind = self.method.plan(cfg, self.step, self.method_state)
         size = cfg.sft_batch if kind is StepKind.SFT else cfg.batch_size
-        indices = self.collective.local_rows(self.sampler.next_batch(size))
-        examples = [self.train_examples[i] for i in indices]
+        examples = self.rows.step_rows(size)
         self.model.train()
-        self._loss = 0.0
-        self._step_token_passes = self._step_sequences = 0
+        self.terms.loss = 0.0
+        self.terms.token_passes = self.terms.sequences = self._step_generated_tokens = 0
         metrics = self.method.step(self, self.method_state, examples, kind)
         # The loss logged is the loss optimised: the sum of everything the step back-propagated, with
         # the weights the method gave each term (SRFT's w_SFT, a weighted mixture's μ, ...).
@@ -905,14 +467,15 @@ class Trainer:
         # e.g. SASR reads this step's gradient norm; ReLIFT takes its SFT update
         self.method.after_step(self, self.method_state, metrics)
         # What the step cost (ReLIFT's SFT update included), for budgets in tokens or sequences.
-        tokens, sequences = self.collective.sums([self._step_token_passes, self._step_sequences])
+        tokens, sequences = self.collective.sums([self._step_generated_tokens + self.terms.token_passes,
+                                                  self.terms.sequences])
         metrics["token_passes"], metrics["train_sequences"] = int(tokens), int(sequences)
         self.total_token_passes += int(tokens)
         self.total_train_sequences += int(sequences)
         metrics["total_token_passes"] = self.total_token_passes
         metrics["total_train_sequences"] = self.total_train_sequences
         metrics["step_type"] = "+".join(name for name in ("sft", "grpo") if f"{name}/loss" in metrics)
-        metrics["epoch"] = self.sampler.epochs_done
+        metrics["epoch"] = self.rows.sampler.epochs_done
         metrics["time/step"] = time.perf_counter() - t0
         last = self.step >= self.total_steps or self.budget_spent()  # the final evaluation and save follow
         if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
@@ -935,7 +498,7 @@ class Trainer:
         return checkpoint.RunState(
             **{name: getattr(self, name) for name in checkpoint.RunState.COUNTERS},
             optimizer=self.parallel.optimizer_state(self.model, self.optimizer),
-            sampler=self.sampler.state_dict(), demo_sampler=self.demo_sampler.state_dict(),
+            sampler=self.rows.sampler.state_dict(), demo_sampler=self.rows.demo_sampler.state_dict(),
             extra_optimizer=self.extra_optimizer.state_dict() if self.extra_optimizer is not None else None,
             method_state=self.method_state, rng=checkpoint.capture_rng())
 
@@ -944,9 +507,9 @@ class Trainer:
         counters, and last the random generators."""
         self.parallel.load_optimizer_state(self.model, self.optimizer, state.optimizer)
         self.parallel.updates += 1  # the weights changed: whole_policy refreshes its copy
-        self.sampler.load_state_dict(state.sampler)
+        self.rows.sampler.load_state_dict(state.sampler)
         if state.demo_sampler is not None:
-            self.demo_sampler.load_state_dict(state.demo_sampler)
+            self.rows.demo_sampler.load_state_dict(state.demo_sampler)
         if self.extra_optimizer is not None:
             if state.extra_optimizer is None:
                 raise RunError(f"the checkpoint at step {state.step} holds no state of {self.config.method}'s "
@@ -1007,16 +570,10 @@ class Trainer:
         else:
             self.parallel.load_full_state_dict(self.model, self.policy, weights)
         if reference is not None:
-            self.reference = frozen_copy(reference).to(self.accelerator.device)
+            self.terms.reference = build.frozen(reference, self.accelerator.device)
         self.restore(state)
         self.logger.keep_until(self.step)
         self.logger.print(f"resumed from {latest} at step {self.step}")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def train(config: Config) -> dict[str, Any]:

@@ -10,11 +10,12 @@ per-token log-probabilities only); `kl_ref` logs the exact full-vocabulary KL be
 """
 
 from .. import losses
+from ..data import Example
 
-from .base import Method, StepKind, always, only
+from .base import Method, Metrics, State, StepContext, StepKind, TokenView, always, only
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
     kl_sums = {"k3": 0.0, "p": 0.0}
     last: dict = {}
@@ -26,7 +27,7 @@ def step(trainer, state, examples, kind):
         return losses.asft_token_loss(logps, ref_logps, cfg.asft_kl_coef, cfg.asft_kl_input_clamp,
                                       cfg.asft_kl_output_clamp)
 
-    def observe(view):  # after each micro-batch's token_loss: its k3 and DFT weights on the counted tokens
+    def observe(view: TokenView) -> None:  # after each micro-batch's token_loss: its k3 and DFT weights on the counted tokens
         if "k3" in last:
             kl_sums["k3"] += float((last.pop("k3") * view.mask).sum())
         kl_sums["p"] += float((view.logps.exp() * view.mask).sum())

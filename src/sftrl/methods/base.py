@@ -8,7 +8,7 @@ Each optimizer step the trainer
    (by default ``sft_learning_rate`` for SFT steps and ``learning_rate`` for policy steps, times the
    run's schedule);
 2. calls ``step(trainer, state, examples, kind) -> metrics``, which runs the step's backward passes
-   through the primitives listed in :class:`Primitives` and returns its metrics (floats or strings,
+   through the primitives of :class:`StepContext` (all it may touch) and returns its metrics (floats or strings,
    logged as they are; ``loss`` is not the method's to set: the trainer logs the sum of every loss
    it back-propagated, which is the loss optimised);
 3. clips, steps the optimizer (or skips a non-finite step), then calls ``after_step(trainer, state,
@@ -19,8 +19,8 @@ Several processes: the step's prompts (and demonstrations) are sharded ``global[
 ``examples`` holds this process's share. A method must make every process call the same collective
 primitives in the same order, whatever its own rows decided (``sft_backward``, ``policy_backward``,
 ``rollouts``, ``global_sum``, ``gather_rows``, ``draw_demonstrations`` and ``score_rows`` are
-collective); a process with no rows of a term still calls it with an empty list, and the term's
-normaliser counts every process's rows. Decisions that skip a term must be taken on global counts, the same on every process.
+collective, and ``generate`` is under FSDP and ZeRO-3); a process with no rows of a term still calls it
+with an empty list, and the term's normaliser counts every process's rows. Decisions that skip a term must be taken on global counts, the same on every process.
 
 ``state`` is the method's own dict, made by ``init_state(config, train_size)``; it must hold only
 picklable values, and it is saved in every checkpoint and restored on resume, so a resumed run makes
@@ -38,6 +38,10 @@ from typing import Any, Protocol
 
 import torch
 
+from .. import losses
+from ..config import Config
+from ..data import Example
+from ..rollout import Completions
 from ..schedules import lr_factor
 
 
@@ -72,6 +76,34 @@ class TokenView:
 Observer = Callable[[TokenView], None]
 
 
+@dataclass
+class Rollouts:
+    """One step's sequences for a policy-gradient loss: each prompt's group of rollouts, with its
+    demonstration inside the group for LUFFY and SRFT. Groups are contiguous, `group_size` long."""
+
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]]  # completions (or demonstrations), EOS included when there is one
+    is_demo: torch.Tensor  # (N,) bool
+    truncated: torch.Tensor  # (N,) bool: no EOS within max_completion_length
+    rewards: torch.Tensor  # (N,) weighted total; NaN where every reward function returned None
+    advantages: torch.Tensor  # (N,) over each group, demonstration included
+    group_size: int
+    metrics: dict[str, float]
+    # Per-row, per-token values the method's token loss takes by name (OPSD's and OPD's teacher log-probs,
+    # Prefix-RFT's prefix tokens and their advantage), each row's (len(target),) tensor; policy_backward
+    # pads them with 0 to the micro-batch's (B, T).
+    token_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def select(self, groups: list[int]) -> Rollouts:
+        """The rollouts of the given groups only (HPT drops the groups its gate sends to SFT); the
+        advantages stay as computed over each whole group, and `metrics` describe every rollout sampled."""
+        rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
+        index = torch.tensor(rows, dtype=torch.long)
+        return Rollouts([self.prompt_ids[i] for i in rows], [self.target_ids[i] for i in rows], self.is_demo[index],
+                        self.truncated[index], self.rewards[index], self.advantages[index], self.group_size,
+                        self.metrics, {name: [values[i] for i in rows] for name, values in self.token_inputs.items()})
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """A second AdamW over the policy's parameters that a method steps itself (ReLIFT's SFT optimizer).
@@ -81,28 +113,58 @@ class OptimizerSpec:
     max_grad_norm: float  # clip of the global gradient norm of its updates; 0 = none
 
 
-class Primitives(Protocol):
-    """What a method may call on the trainer (``sftrl.trainer.Trainer`` implements it)."""
+class TokenLoss(Protocol):
+    """A method's per-token policy-gradient loss (a function of `losses`), called with named arguments on
+    each micro-batch, `inputs` being the rollouts' token_inputs, each (B, T); returns the loss (B, T) and
+    per-token stats logged as their means over rollout tokens."""
 
-    config: Any
+    def __call__(self, *, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor,
+                 advantages: torch.Tensor, is_demo: torch.Tensor,
+                 **inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+# (log-probs with gradient, the reference's log-probs or None) -> (B, T) per-token loss replacing the NLL
+SFTTokenLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def grpo_loss(config: Config) -> TokenLoss:
+    """The clipped-surrogate GRPO term with the run's ε, ε_high and clip_ratio (losses.grpo_token_loss):
+    GRPO's loss and the policy-gradient term of the hybrids built on it. β·KL is added by policy_backward."""
+
+    def loss(*, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor, advantages: torch.Tensor,
+             is_demo: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return losses.grpo_token_loss(logps, old_logps, advantages, config.epsilon, config.epsilon_high,
+                                      clip=config.clip_ratio)
+
+    return loss
+
+
+State = dict[str, Any]  # a method's own state: picklable values only (checkpointed)
+Metrics = dict[str, Any]  # what a step logs: floats or strings
+
+
+class StepContext(Protocol):
+    """All a method may touch of the trainer (``sftrl.trainer.Trainer`` implements it)."""
+
+    config: Config
     step: int  # optimizer steps finished before this one
 
-    def sft_backward(self, examples: list, weight: float = 1.0,
+    def sft_backward(self, examples: list[Example], weight: float = 1.0,
                      token_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      kl_coef: float = 0.0, targets: list[list[int]] | None = None, entropy_coef: float = 0.0,
                      observe: Observer | None = None, temperature: float = 1.0,
                      entropy_tokens: int | None = None,
-                     token_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+                     token_loss: SFTTokenLoss | None = None,
                      ) -> dict[str, float]: ...
 
-    def rollouts(self, examples: list, placement: Placement = Placement.NONE,
-                 hints: list[str] | None = None) -> Any: ...
+    def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
+                 hints: list[str] | None = None) -> Rollouts: ...
 
-    def policy_backward(self, rollouts: Any, token_loss: Callable, weight: float = 1.0,
+    def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
                         observe: Observer | None = None, entropy_tokens: int | None = None,
                         entropy_coef: float | None = None) -> dict[str, float]: ...
 
-    def grpo_backward(self, examples: list, weight: float = 1.0) -> dict[str, float]: ...
+    def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]: ...
 
     def snapshot_reference(self) -> None: ...
 
@@ -120,13 +182,13 @@ class Primitives(Protocol):
 
     def local_rows(self, values: list) -> list: ...
 
-    def draw_demonstrations(self, count: int) -> list: ...
+    def draw_demonstrations(self, count: int) -> list[Example]: ...
 
-    def example_position(self, example: Any) -> int: ...
+    def example_position(self, example: Example) -> int: ...
 
-    def train_example(self, position: int) -> Any: ...
+    def train_example(self, position: int) -> Example: ...
 
-    def demonstration_ids(self, example: Any) -> tuple[list[int], bool]: ...
+    def demonstration_ids(self, example: Example) -> tuple[list[int], bool]: ...
 
     def text_ids(self, text: str) -> list[int]: ...
 
@@ -136,14 +198,15 @@ class Primitives(Protocol):
 
     def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
                    temperature: float = 1.0) -> list[torch.Tensor]: ...
+
     def decode(self, ids: list[int]) -> str: ...
 
     # Sampling and grading outside `rollouts` (uft's Prefix-RFT schedule: one extra prefixed rollout a group).
-    def generate(self, examples: list, num_generations: int, greedy: bool = False,
-                 continuations: list[str] | None = None) -> Any: ...
+    def generate(self, examples: list[Example], num_generations: int, greedy: bool = False,
+                 continuations: list[str] | None = None) -> Completions: ...
 
-    def score(self, examples: list, texts: list[str], target_ids: list[list[int]], group_size: int,
-              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
+              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, list[float]]]: ...
 
 
 LEARNING_RATE_FIELDS = {StepKind.SFT: "sft_learning_rate", StepKind.POLICY: "learning_rate"}
@@ -161,7 +224,7 @@ def _never(config) -> bool:
     return False
 
 
-def _nothing(trainer, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+def _nothing(trainer: StepContext, state: State, metrics: Metrics) -> None:
     return None
 
 
@@ -203,15 +266,15 @@ class Method:
 
     name: str
     plan: Callable[[Any, int, dict[str, Any]], StepKind]
-    step: Callable[[Primitives, dict[str, Any], list, StepKind], dict[str, Any]]
+    step: Callable[[StepContext, State, list[Example], StepKind], Metrics]
     kinds: Callable[[Any], frozenset[StepKind]]
     needs_demonstrations: bool
     needs_rollouts: bool
     init_state: Callable[[Any, int], dict[str, Any]] = _no_state
     needs_reference: Callable[[Any], bool] = _reference_for_kl
-    # Whether the method makes the policy of mid-training its reference (Primitives.snapshot_reference)
+    # Whether the method makes the policy of mid-training its reference (StepContext.snapshot_reference)
     snapshots_reference: Callable[[Any], bool] = _never
-    after_step: Callable[[Primitives, dict[str, Any], dict[str, Any]], None] = _nothing
+    after_step: Callable[[StepContext, State, Metrics], None] = _nothing
     learning_rate: Callable[[Any, int, StepKind, dict[str, Any]], float] = run_learning_rate
     total_steps: Callable[[Any, dict[str, Any]], int] = _max_steps
     extra_optimizer: Callable[[Any], OptimizerSpec | None] = _no_optimizer

@@ -16,8 +16,10 @@
 import math
 
 from .. import losses
+from ..data import Example
 
-from .base import VERL_STD_EPS, Method, Observer, StepKind, always, only
+from .base import (VERL_STD_EPS, Method, Metrics, Observer, Rollouts, State, StepContext, StepKind, always, grpo_loss,
+                   only)
 
 
 def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
@@ -49,19 +51,18 @@ def expert_rows(config) -> int:
     return round(rho / (1.0 - rho) * config.batch_size * config.num_generations)
 
 
-def sample(trainer, examples) -> tuple:
+def sample(trainer: StepContext, examples: list[Example]) -> tuple[Rollouts, list[Example]]:
     """The step's rows: the prompts' rollouts and the separately drawn demonstrations."""
     return trainer.rollouts(examples), trainer.draw_demonstrations(expert_rows(trainer.config))
 
 
-def mixed_backward(trainer, rollouts, demos, mu: float, observe: Observer | None = None) -> dict:
+def mixed_backward(trainer: StepContext, rollouts: Rollouts, demos: list[Example], mu: float,
+                   observe: Observer | None = None) -> Metrics:
     """(1-μ)·L_GRPO on the rollouts + μ·L_SFT(-φ) on the demonstrations, both at the rollout temperature."""
     cfg = trainer.config
 
-    def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
-        return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
 
-    rl = trainer.policy_backward(rollouts, grpo_loss, weight=1.0 - mu, observe=observe)
+    rl = trainer.policy_backward(rollouts, grpo_loss(cfg), weight=1.0 - mu, observe=observe)
     phi = (lambda logps, entropy: losses.chord_phi_weights(logps)) if cfg.chord_phi else None
     sft = trainer.sft_backward(demos, weight=mu, token_weights=phi, observe=observe, temperature=cfg.temperature)
     if "sft/mean_weight" in sft:
@@ -69,8 +70,9 @@ def mixed_backward(trainer, rollouts, demos, mu: float, observe: Observer | None
     return {**rl, **sft, "chord/mu": mu, "chord/expert_rows": expert_rows(cfg)}
 
 
-def step(trainer, state, examples, kind):
-    return mixed_backward(trainer, *sample(trainer, examples), chord_mu(trainer.config, trainer.step))
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
+    rollouts, demos = sample(trainer, examples)
+    return mixed_backward(trainer, rollouts, demos, chord_mu(trainer.config, trainer.step))
 
 
 # One loss every step, with a policy-gradient term: learning_rate, batch_size prompts.

@@ -8,15 +8,16 @@ token of the step, whatever the micro-batches. Logits at temperature 1; no rollo
 """
 
 from .. import losses
+from ..data import Example
 
-from .base import Method, StepKind, always, only
+from .base import Method, Metrics, State, StepContext, StepKind, always, only
 
 
 def dft_token_weights(logps, entropy):
     return losses.dft_weights(logps)
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     metrics = trainer.sft_backward(examples, token_weights=dft_token_weights)
     if "sft/mean_weight" in metrics:
         metrics["dft/mean_p"] = metrics.pop("sft/mean_weight")

@@ -27,7 +27,9 @@ import math
 
 import torch
 
-from .base import VERL_STD_EPS, Method, StepKind, TokenView, always, only
+from ..data import Example
+
+from .base import VERL_STD_EPS, Method, Metrics, Rollouts, State, StepContext, StepKind, TokenView, always, only
 from .chord import mixed_backward, mu_schedule, sample, update_number
 
 EPS = 1e-8  # the public controller's eps: floor of the variances and of the denominator
@@ -95,7 +97,7 @@ def init_state(config, train_size: int) -> dict:
             "ema": {"delta_g2": None, "sigma_s2": None, "sigma_r2": None}}
 
 
-def measure(trainer, rollouts, demos) -> dict[str, float]:
+def measure(trainer: StepContext, rollouts: Rollouts, demos: list[Example]) -> dict[str, float]:
     """σ_r², σ_s² and Δg² of the step's rows, from a pass of weight 0 through both terms (the same
     forward as the weighted pass: no update comes between them); collective."""
     cfg = trainer.config
@@ -107,7 +109,7 @@ def measure(trainer, rollouts, demos) -> dict[str, float]:
         rows["mismatch"] += stats["mismatch"].tolist()
         rows["demo_nll" if sft_rows else "advantage"] += stats["nll" if sft_rows else "advantage"].tolist()
 
-    def no_loss(logps, old_logps, entropy, advantages, is_demo):
+    def no_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
         return logps * 0.0, {}
 
     trainer.policy_backward(rollouts, no_loss, weight=0.0, observe=observe, entropy_coef=0.0)
@@ -121,7 +123,7 @@ def measure(trainer, rollouts, demos) -> dict[str, float]:
             "delta_g2": m_sum / m_count if m_count else 0.0}
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
     global_step = update_number(trainer.step)
     due = state["last_update"] is None or global_step - state["last_update"] >= cfg.gac_update_every

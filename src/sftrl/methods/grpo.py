@@ -1,9 +1,12 @@
 """GRPO ("zero-RL" from the base model): G rollouts per prompt, group advantages, clipped surrogate (+β·KL)."""
 
-from .base import Method, StepKind, always, only
+
+from ..data import Example
+
+from .base import Method, Metrics, State, StepContext, StepKind, always, only
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     return trainer.grpo_backward(examples)
 
 

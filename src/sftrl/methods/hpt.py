@@ -19,10 +19,10 @@ not scaled by either term's weight. The std ε of the advantages is verl's, 1e-6
 
 import torch
 
-from .. import losses
 from ..batching import counted_tokens
+from ..data import Example
 
-from .base import VERL_STD_EPS, Method, StepKind, always, only
+from .base import VERL_STD_EPS, Method, Metrics, State, StepContext, StepKind, always, grpo_loss, only
 
 # The released scripts' settings (a recipe or override wins); lr 5e-6 constant is in recipes/paper-hpt.yaml.
 PRESET = {"loss_type": "dr_grpo", "scale_rewards": "none", "clip_ratio": False, "beta": 0.0, "entropy_coef": 0.001,
@@ -47,7 +47,7 @@ def hpt_gate(
     return correct <= gate
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
     rollouts = trainer.rollouts(examples)
     group = rollouts.group_size
@@ -74,11 +74,8 @@ def step(trainer, state, examples, kind):
         metrics.update(trainer.sft_backward(sft_rows, weight=sft_weight, entropy_coef=cfg.entropy_coef,
                                             temperature=cfg.temperature, entropy_tokens=entropy_tokens))
     if n_rl > 0:
-        def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
-            return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high,
-                                          clip=cfg.clip_ratio)
 
-        metrics.update(trainer.policy_backward(kept, grpo_loss, weight=rl_weight, entropy_tokens=entropy_tokens))
+        metrics.update(trainer.policy_backward(kept, grpo_loss(cfg), weight=rl_weight, entropy_tokens=entropy_tokens))
     return metrics
 
 

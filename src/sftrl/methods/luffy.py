@@ -9,16 +9,17 @@ the rewards std-scaled, the std ε would be the code's 1e-6.
 """
 
 from .. import losses
+from ..data import Example
 
-from .base import VERL_STD_EPS, Method, Placement, StepKind, always, only
+from .base import VERL_STD_EPS, Method, Metrics, Placement, State, StepContext, StepKind, always, only
 
 PRESET = {"clip_ratio": False, "scale_rewards": "none", "loss_type": "dr_grpo", "beta": 0.0, "entropy_coef": 0.001}
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
 
-    def luffy_loss(logps, old_logps, entropy, advantages, is_demo):
+    def luffy_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
         return losses.mixed_policy_token_loss(logps, old_logps, advantages, is_demo, cfg.epsilon, cfg.epsilon_high,
                                               cfg.clip_ratio, shaping_gamma=cfg.luffy_gamma)
 

@@ -8,9 +8,10 @@ advantages = -distillation_losses.detach()). Normalised by `loss_type` over the 
 `dapo` is verl's token-mean (and TRL's DistillationTrainer's division by the step's token count).
 """
 
+from ..data import Example
 from ..models import resolve_model_path
 
-from .base import Method, StepKind, always, only
+from .base import Method, Metrics, State, StepContext, StepKind, always, only
 from .opsd import distill_backward
 
 PRESET = {"loss_type": "dapo"}
@@ -23,8 +24,9 @@ def init_state(config, train_size: int) -> dict:
     return {}
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
+    assert cfg.opd_teacher is not None  # config validation requires it for opd
     return distill_backward(trainer, examples, trainer.frozen_model(cfg.opd_teacher, "opd_teacher"))
 
 

@@ -20,8 +20,9 @@ student samples from the prompt alone; the teacher is the same model with the de
 import re
 
 from .. import losses
+from ..data import Example
 
-from .base import Method, StepKind, always, only
+from .base import Method, Metrics, State, StepContext, StepKind, always, only
 
 PRESET = {"loss_type": "grpo"}
 PLACEHOLDER = re.compile(r"\{(prompt|demonstration)\}")
@@ -44,7 +45,8 @@ def teacher_prompt(prompt: str | list[dict], demonstration: str, template: str) 
     return messages
 
 
-def distill_backward(trainer, examples, teacher=None, contexts: list[list[int]] | None = None) -> dict:
+def distill_backward(trainer: StepContext, examples: list[Example], teacher=None,
+                     contexts: list[list[int]] | None = None) -> Metrics:
     """Sample the step's rollouts, score their tokens under `teacher` (None: the current policy) after
     `contexts[p]` (None: each row's own prompt), and accumulate the distillation loss."""
     cfg = trainer.config
@@ -55,9 +57,10 @@ def distill_backward(trainer, examples, teacher=None, contexts: list[list[int]] 
     rollouts.token_inputs["teacher_logps"] = trainer.score_rows(prompts, rollouts.target_ids, model=teacher,
                                                                 temperature=cfg.temperature)
 
-    def distill_loss(logps, old_logps, entropy, advantages, is_demo, teacher_logps):
-        return losses.distillation_token_loss(logps, old_logps, teacher_logps, advantages, cfg.distill_reward_coef,
-                                              cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
+    def distill_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
+        return losses.distillation_token_loss(logps, old_logps, inputs["teacher_logps"], advantages,
+                                              cfg.distill_reward_coef, cfg.epsilon, cfg.epsilon_high,
+                                              clip=cfg.clip_ratio)
 
     metrics = trainer.policy_backward(rollouts, distill_loss)
     if "reverse_kl" in metrics:
@@ -65,10 +68,12 @@ def distill_backward(trainer, examples, teacher=None, contexts: list[list[int]] 
     return metrics
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
-    contexts = [trainer.context_ids(teacher_prompt(e.prompt, e.demonstration, cfg.opsd_teacher_template))
-                for e in examples]
+    contexts = []
+    for e in examples:
+        assert e.demonstration is not None  # needs_demonstrations: every row was loaded with one
+        contexts.append(trainer.context_ids(teacher_prompt(e.prompt, e.demonstration, cfg.opsd_teacher_template)))
     teacher = trainer.frozen_model(cfg.model, "model") if cfg.opsd_teacher == "base" else None
     return distill_backward(trainer, examples, teacher, contexts)
 

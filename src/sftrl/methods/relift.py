@@ -11,9 +11,10 @@ the buffer in memory only. With several processes the buffer is global: every pr
 process's failed prompts in the step's prompt order, so each holds the same buffer.
 """
 
-from .. import losses
+from ..data import Example
 
-from .base import Method, OptimizerSpec, StepKind, always, only, run_learning_rate
+from .base import (Method, Metrics, OptimizerSpec, State, StepContext, StepKind, always, grpo_loss, only,
+                   run_learning_rate)
 
 # The scripts' RL settings (lr 1e-6 is in recipes/paper-relift.yaml).
 PRESET = {"loss_type": "dr_grpo", "scale_rewards": "none", "clip_ratio": False, "beta": 0.0, "max_grad_norm": 0.7}
@@ -28,22 +29,20 @@ def init_state(config, train_size: int) -> dict:
     return {"buffer": [], "sft_updates": 0}
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
 
-    def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
-        return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
 
     rollouts = trainer.rollouts(examples)
     failed = all_failed(rollouts.rewards, rollouts.group_size)
     local = [trainer.example_position(e) if f else None for e, f in zip(examples, failed)]
     added = [p for p in trainer.gather_rows(local) if p is not None]
     state["buffer"] += added
-    metrics = trainer.policy_backward(rollouts, grpo_loss)
+    metrics = trainer.policy_backward(rollouts, grpo_loss(cfg))
     return {**metrics, "relift/added": len(added)}
 
 
-def after_step(trainer, state, metrics):
+def after_step(trainer: StepContext, state: State, metrics: Metrics) -> None:
     """The SFT update on the M newest buffered prompts, with ReLIFT's own optimizer."""
     cfg = trainer.config
     size = cfg.sft_batch

@@ -20,9 +20,10 @@ import math
 import random
 
 from ..config import ConfigError
+from ..data import Example
 from ..rewards import RewardError, load_reward
 
-from .base import Method, StepKind, only
+from .base import Method, Metrics, State, StepContext, StepKind, only
 
 # β is unknown from the paper; 0.04 is DeepSeekMath's GRPO value. A recipe or override wins.
 PRESET = {"beta": 0.04}
@@ -70,12 +71,12 @@ def plan(config, step: int, state: dict) -> StepKind:
     return StepKind.SFT if state["mode"] == "sft" else StepKind.POLICY
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     metrics = trainer.sft_backward(examples) if kind is StepKind.SFT else trainer.grpo_backward(examples)
     return {**metrics, "sasr/mode": state["mode"], "sasr/p_sft": state["p"]}
 
 
-def after_step(trainer, state, metrics):
+def after_step(trainer: StepContext, state: State, metrics: Metrics) -> None:
     """Read the SFT step's gradient norm (G_sft; at the last warm-up step also G_warmup)."""
     cfg = trainer.config
     # A skipped (non-finite) step's norm is not a measurement: the controller keeps its last finite one.

@@ -1,9 +1,12 @@
 """SFT: token NLL of the demonstrations of this step's prompts; no rollouts."""
 
-from .base import Method, StepKind, always, only
+
+from ..data import Example
+
+from .base import Method, Metrics, State, StepContext, StepKind, always, only
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     return trainer.sft_backward(examples)
 
 

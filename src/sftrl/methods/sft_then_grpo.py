@@ -10,10 +10,11 @@ losses over the whole step (never a mean of micro-batch means: 2604.23747's seco
 import math
 
 from ..config import ConfigError
+from ..data import Example
 from ..formatting import number
 from ..schedules import lr_factor
 
-from .base import Method, StepKind, only, peak_learning_rate
+from .base import Method, Metrics, State, StepContext, StepKind, only, peak_learning_rate
 
 
 def sft_stage_steps(config, train_size: int) -> int:
@@ -53,11 +54,11 @@ def learning_rate(config, step, kind, state) -> float:
     return peak_learning_rate(config, kind) * factor
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     return trainer.sft_backward(examples) if kind is StepKind.SFT else trainer.grpo_backward(examples)
 
 
-def after_step(trainer, state, metrics):
+def after_step(trainer: StepContext, state: State, metrics: Metrics) -> None:
     if trainer.step == state["sft_stage_steps"] and trainer.config.stage_reset_optimizer:
         trainer.reset_optimizer_state()  # the RL stage starts as a new job would (2604.23747)
     metrics["sft_then_grpo/stage"] = "sft" if trainer.step <= state["sft_stage_steps"] else "rl"

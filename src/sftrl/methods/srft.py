@@ -12,19 +12,20 @@ tokens; the RL terms share the `loss_type` normaliser over the augmented group.
 """
 
 from .. import losses
+from ..data import Example
 
-from .base import Method, Placement, StepKind, always, only
+from .base import Method, Metrics, Placement, State, StepContext, StepKind, always, only
 
 PRESET = {"entropy_coef": 0.001}  # the paper's entropy bonus; no KL
 RELEASED_CODE_SHAPING = 0.1
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
     sft = trainer.sft_backward(examples, token_weights=lambda logps, h: losses.srft_sft_weights(h, cfg.srft_variant))
     shaping = RELEASED_CODE_SHAPING if cfg.srft_variant == "released-code" else None
 
-    def srft_loss(logps, old_logps, entropy, advantages, is_demo):
+    def srft_loss(*, logps, old_logps, entropy, advantages, is_demo, **inputs):
         w_rl = losses.srft_rl_weights(entropy)  # (B, T)
         loss, stats = losses.mixed_policy_token_loss(
             logps, old_logps, advantages, is_demo, cfg.epsilon, cfg.epsilon_high, cfg.clip_ratio,

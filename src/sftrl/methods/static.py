@@ -7,7 +7,10 @@
 
 import random
 
-from .base import Method, StepKind
+
+from ..data import Example
+
+from .base import Method, Metrics, State, StepContext, StepKind
 
 
 def init_state(config, train_size: int) -> dict:
@@ -40,7 +43,7 @@ def kinds(config) -> frozenset[StepKind]:
     return frozenset({StepKind.SFT, StepKind.POLICY})
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     cfg = trainer.config
     if state["mode"] == "sft":
         return trainer.sft_backward(examples)

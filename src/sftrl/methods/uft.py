@@ -34,9 +34,10 @@ import random
 import torch
 
 from .. import losses
+from ..data import Example
 from ..rewards import combine
 
-from .base import Method, Placement, StepKind, always, only
+from .base import Method, Metrics, Placement, State, StepContext, StepKind, always, grpo_loss, only
 
 # The released code's settings (G = 4, 256 prompts, lr 1e-6 are in recipes/paper-uft.yaml).
 PRESET = {"beta": 0.001, "entropy_coef": 0.001, "loss_type": "dapo", "scale_rewards": "group"}
@@ -133,7 +134,7 @@ def init_state(config, train_size: int) -> dict:
     return {"rng": random.Random(f"sftrl.uft:{config.seed}").getstate()}
 
 
-def _draws(trainer, state, per_prompt: int) -> list[list[float]]:
+def _draws(trainer: StepContext, state: State, per_prompt: int) -> list[list[float]]:
     """This process's share of uniforms for every prompt of the step: every process draws them all, so
     the hints do not depend on the number of processes."""
     generator = random.Random()
@@ -143,13 +144,12 @@ def _draws(trainer, state, per_prompt: int) -> list[list[float]]:
     return trainer.local_rows(draws)
 
 
-def _clipped_loss(cfg):
-    def grpo_loss(logps, old_logps, entropy, advantages, is_demo):
-        return losses.grpo_token_loss(logps, old_logps, advantages, cfg.epsilon, cfg.epsilon_high, clip=cfg.clip_ratio)
-    return grpo_loss
+def _demonstration(example: Example) -> str:
+    assert example.demonstration is not None  # needs_demonstrations: every row was loaded with one
+    return example.demonstration
 
 
-def step(trainer, state, examples, kind):
+def step(trainer: StepContext, state: State, examples: list[Example], kind: StepKind) -> Metrics:
     schedule = trainer.config.uft_schedule
     if schedule == "questa":
         return questa_step(trainer, state, examples)
@@ -160,12 +160,12 @@ def step(trainer, state, examples, kind):
     p = hint_probability(t, cfg.uft_hint_steps, cfg.uft_hint_prob_high, cfg.uft_hint_prob_low)
     hints, taken, total = [], 0, 0
     for example, uniforms in zip(examples, _draws(trainer, state, cfg.uft_hint_blocks)):
-        steps = solution_steps(example.demonstration, cfg.uft_step_separator)
+        steps = solution_steps(_demonstration(example), cfg.uft_step_separator)
         text, count = hint_text(steps, uniforms, p, cfg.uft_hint_blocks, cfg.uft_step_separator)
         hints.append(text)
         taken, total = taken + count, total + len(steps)
 
-    metrics = trainer.policy_backward(trainer.rollouts(examples, Placement.PREFIX, hints=hints), _clipped_loss(cfg))
+    metrics = trainer.policy_backward(trainer.rollouts(examples, Placement.PREFIX, hints=hints), grpo_loss(cfg))
     hinted = [(e, trainer.text_ids(h)) for e, h in zip(examples, hints) if h]
     # c_h · token-mean NLL of the hint tokens ({} and no backward when no process has a hint).
     metrics.update(trainer.sft_backward([e for e, _ in hinted], weight=cfg.uft_hint_coef,
@@ -175,29 +175,31 @@ def step(trainer, state, examples, kind):
             "uft/hint_share": steps_taken / steps_total if steps_total else 0.0}
 
 
-def questa_step(trainer, state, examples):
+def questa_step(trainer: StepContext, state: State, examples: list[Example]) -> Metrics:
     """QuestA: GRPO on prompts whose question carries the step's partial solution."""
     cfg = trainer.config
     fraction = questa_fraction(trainer.step + 1, cfg.uft_hint_steps, *prefix_fractions(cfg))
-    hints = [questa_hint(e.demonstration, fraction) for e in examples]
+    hints = [questa_hint(_demonstration(e), fraction) for e in examples]
     hinted = [dataclasses.replace(e, prompt=with_hint(e.prompt, h)) for e, h in zip(examples, hints)]
-    metrics = trainer.policy_backward(trainer.rollouts(hinted), _clipped_loss(cfg))
-    solutions = [len(e.demonstration.split("</think>")[-1]) for e in examples]
+    metrics = trainer.policy_backward(trainer.rollouts(hinted), grpo_loss(cfg))
+    solutions = [len(_demonstration(e).split("</think>")[-1]) for e in examples]
     count, given, total = trainer.global_sums([sum(bool(h) for h in hints), sum(map(len, hints)), sum(solutions)])
     return {**metrics, "uft/prefix_fraction": fraction, "uft/hinted_prompts": count,
             "uft/hint_share": given / total if total else 0.0}
 
 
-def prefix_rft_step(trainer, state, examples):
+def prefix_rft_step(trainer: StepContext, state: State, examples: list[Example]) -> Metrics:
     """Prefix-RFT: G plain rollouts per prompt plus one that continues a prefix of its demonstration; the
-    prefix tokens are trained with a policy gradient on their top-entropy share."""
+    prefix tokens are trained with a policy gradient on their top-entropy share. The prefix reaches the
+    token loss as two token inputs (Rollouts.token_inputs): `prefix`, 1 on each row's prefix tokens, and
+    `prefix_advantages`, their advantage there (0 elsewhere, and on every token of a plain rollout)."""
     cfg = trainer.config
     high, low = prefix_fractions(cfg)
     low_t = prefix_rft_low(trainer.step + 1, cfg.uft_hint_steps, high, low)
     fractions = [low_t + (high - low_t) * u for (u,) in _draws(trainer, state, 1)]  # Beta(1, 1) on [low_t, high]
     plain = trainer.rollouts(examples)
     group = plain.group_size
-    demos = [trainer.text_ids(e.demonstration) for e in examples]
+    demos = [trainer.text_ids(_demonstration(e)) for e in examples]
     cuts = [prefix_length(len(ids), f) for ids, f in zip(demos, fractions)]
     hints = [trainer.decode(ids[:k]) for ids, k in zip(demos, cuts)]
     sampled = trainer.generate(examples, 1, continuations=hints)
@@ -214,27 +216,33 @@ def prefix_rft_step(trainer, state, examples):
     per_function, _ = trainer.score(examples, texts, targets, 1, [False] * len(examples))
     rewards = combine(per_function, cfg.reward_weights)  # (P,)
     advantage, prefix_advantage = losses.prefix_rft_advantages(plain.rewards.view(len(examples), group), rewards)
-    rows = [i * group + j for i in range(len(examples)) for j in range(group)]
+    rows = len(examples) * group  # the plain rollouts
 
     def merged(plain_rows: list, extra: list) -> list:  # each prompt's G plain rows, then its prefixed one
         return [x for i in range(len(examples)) for x in plain_rows[i * group:(i + 1) * group] + [extra[i]]]
 
-    def merged_tensor(plain_rows: torch.Tensor, extra) -> torch.Tensor:
-        return torch.tensor(merged(plain_rows.tolist(), list(extra)), dtype=plain_rows.dtype)
+    def merged_tensor(plain_rows: torch.Tensor, extra: list) -> torch.Tensor:
+        return torch.tensor(merged(plain_rows.tolist(), extra), dtype=plain_rows.dtype)
 
     n_prefix, n_tokens, n_prefixed, reward_sum = trainer.global_sums(
         [sum(map(len, prefixes)), sum(map(len, demos)), len(examples), float(torch.nan_to_num(rewards).sum())])
+    target_ids = merged(plain.target_ids, targets)
+    prefix_lengths = merged([0] * rows, [len(p) for p in prefixes])
+    prefix_values = merged([0.0] * rows, prefix_advantage.tolist())
     rollouts = dataclasses.replace(
-        plain, prompt_ids=merged(plain.prompt_ids, prompts), target_ids=merged(plain.target_ids, targets),
-        is_demo=torch.zeros(len(rows) + len(examples), dtype=torch.bool),
+        plain, prompt_ids=merged(plain.prompt_ids, prompts), target_ids=target_ids,
+        is_demo=torch.zeros(rows + len(examples), dtype=torch.bool),
         truncated=merged_tensor(plain.truncated, sampled.truncated), rewards=merged_tensor(plain.rewards, rewards.tolist()),
         advantages=merged_tensor(plain.advantages, advantage.tolist()), group_size=group + 1,
-        prefix_lengths=merged_tensor(torch.zeros(len(rows), dtype=torch.long), map(len, prefixes)),
-        prefix_advantages=merged_tensor(torch.zeros(len(rows)), prefix_advantage.tolist()))
+        token_inputs={  # (len(target),) each
+            "prefix": [(torch.arange(len(t)) < k).float() for t, k in zip(target_ids, prefix_lengths)],
+            "prefix_advantages": [torch.where(torch.arange(len(t)) < k, value, 0.0)
+                                  for t, k, value in zip(target_ids, prefix_lengths, prefix_values)]})
 
-    def prefix_loss(logps, old_logps, entropy, advantages, is_demo, prefix_lengths, prefix_advantages):
-        token_advantages = losses.prefix_token_advantages(advantages, prefix_lengths, prefix_advantages, entropy,
-                                                          cfg.uft_entropy_top)  # (B, T)
+    def prefix_loss(*, logps: torch.Tensor, old_logps: torch.Tensor, entropy: torch.Tensor, advantages: torch.Tensor,
+                    is_demo: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        token_advantages = losses.prefix_token_advantages(advantages, inputs["prefix"] > 0, inputs["prefix_advantages"],
+                                                          entropy, cfg.uft_entropy_top)  # (B, T)
         return losses.grpo_token_loss(logps, old_logps, token_advantages, cfg.epsilon, cfg.epsilon_high,
                                       clip=cfg.clip_ratio)
 
