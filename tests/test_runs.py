@@ -114,7 +114,7 @@ def poison(monkeypatch, bad_steps, mode="grad"):
             if mode == "grad":
                 next(self.model.parameters()).grad.view(-1)[0] = float("nan")
             else:  # the loss the step back-propagated (what `loss` logs) is not finite
-                self._loss += float("inf")
+                self.terms.loss += float("inf")  # Terms.loss: what take_loss sums
         return metrics
 
     monkeypatch.setattr(Trainer, "sft_backward", sft_backward)
