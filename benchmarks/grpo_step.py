@@ -35,6 +35,16 @@ ratio compares the engines, not the completion lengths they happened to sample.
   ``TrainerCallback`` (``on_step_begin`` -> ``on_step_end``); phases by wrapping ``_generate``,
   ``_generate_and_score_completions``, ``_prepare_inputs`` and ``training_step`` on the trainer.
 
+Two ratios (``--settings both``, the default): the **identical-work** ratio, both engines in float32 on a
+CPU (each engine's bf16 autocast on a GPU that has it: sftrl's ``mixed_precision=auto``, TRL's ``bf16``),
+and the **best-settings** ratio, where each engine may use bf16 (sftrl ``mixed_precision=bf16``, TRL
+``bf16=True``) with everything else the same. On a CPU the best-settings pass runs only where the CPU has
+bfloat16 instructions (``sftrl.hardware.cpu_bf16_supported``: AVX512-BF16, AMX or Arm BF16); elsewhere it
+prints "bf16 unsupported on <CPU name>" and is skipped. On a GPU the identical-work pass already runs
+bf16 in both, so there is one pass. The output names the CPU. ``--settings identical`` or ``best`` runs one
+pass; ``--force-bf16`` runs the best-settings pass on a CPU without bf16 instructions (torch emulates bf16
+there, many times slower: only to test the path, its times mean nothing).
+
 Each engine runs in a fresh subprocess of this script (``--engine-only NAME``), one after the other, with
 the same environment and torch thread count, so peaks do not mix and neither engine warms the other's
 caches. The two engines sample from the same model but draw different prompts and random numbers, so
@@ -49,10 +59,12 @@ Run
 
     python benchmarks/grpo_step.py                       # defaults below, CPU, both engines
     python benchmarks/grpo_step.py --steps 2 --warmup 1 --batch-size 4     # a quick smoke run
+    python benchmarks/grpo_step.py --steps 1 --warmup 0 --batch-size 2 --num-generations 2 --max-completion-length 8  # smallest
     python benchmarks/grpo_step.py [--steps N] [--warmup K] [--batch-size 16] [--num-generations 8]
         [--max-completion-length 64] [--micro-batch-size 64] [--model sandbox|PATH] [--engines sftrl,trl]
         [--device cpu|cuda] [--threads N] [--learning-rate 1e-3] [--seed 0] [--json out.json]
         [--profile DIR] [--fixed-length] [--sftrl-backend torch|generate|vllm] [--rollout hf|vllm] [--rounds N]
+        [--settings identical|best|both] [--force-bf16]
     python benchmarks/grpo_step.py --fixed-length --threads 2 --rounds 3                       # the README's table
     python benchmarks/grpo_step.py --fixed-length --threads 2 --rounds 3 --model sandbox-10m   # a 10M-parameter model
     python benchmarks/grpo_step.py --device cuda --rollout vllm --model Qwen/Qwen2.5-0.5B-Instruct  # GPU, vLLM colocate
@@ -166,6 +178,10 @@ def run_sftrl(args, workdir: Path) -> dict:
     from sftrl.validate import load_config
     from sftrl.trainer import Trainer
 
+    if args.force_bf16:  # test the bf16 path on a CPU without bf16 instructions (emulated: slow)
+        import sftrl.hardware
+
+        sftrl.hardware.cpu_bf16_supported = lambda: True
     total_steps = args.warmup + args.steps
     sequences = args.batch_size * args.num_generations
     config = load_config(overrides={
@@ -196,7 +212,7 @@ def run_sftrl(args, workdir: Path) -> dict:
         "scale_rewards": "group",
         "logging_steps": 1,
         "seed": args.seed,
-        "mixed_precision": "no" if args.device == "cpu" else "auto",
+        "mixed_precision": "bf16" if args.bf16 else "no" if args.device == "cpu" else "auto",
         "vllm_gpu_memory_utilization": VLLM_MEMORY,
     })
     t0 = time.perf_counter()
@@ -236,7 +252,7 @@ def run_trl(args, workdir: Path) -> dict:
     total_steps = args.warmup + args.steps
     sequences = args.batch_size * args.num_generations
     micro = args.micro_batch_size
-    bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()  # sftrl's mixed_precision=auto
+    bf16 = args.bf16 or (args.device == "cuda" and torch.cuda.is_bf16_supported())  # sftrl's mixed_precision=auto
     vllm = args.rollout == "vllm"
     generation_kwargs = None
     if args.fixed_length:  # EOS masked until max_completion_length, as sftrl's min_completion_length does
@@ -386,9 +402,10 @@ def _child_env(args) -> dict:
     return env
 
 
-def _run_engine(args, engine: str, tmp: Path, round_: int = 0) -> dict:
-    out = tmp / f"{engine}-{round_}.json"
-    log = tmp / f"{engine}-{round_}.log"
+def _run_engine(args, engine: str, tmp: Path, round_: int = 0, bf16: bool = False) -> dict:
+    tag = "-bf16" if bf16 else ""
+    out = tmp / f"{engine}-{round_}{tag}.json"
+    log = tmp / f"{engine}-{round_}{tag}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--engine-only", engine, "--json", str(out),
            "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--batch-size", str(args.batch_size), "--num-generations", str(args.num_generations),
@@ -398,11 +415,16 @@ def _run_engine(args, engine: str, tmp: Path, round_: int = 0) -> dict:
            "--sftrl-backend", args.sftrl_backend, "--rollout", args.rollout]
     if args.fixed_length:
         cmd.append("--fixed-length")
+    if bf16:
+        cmd.append("--bf16")
+    if args.force_bf16:
+        cmd.append("--force-bf16")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.profile:
         cmd += ["--profile", args.profile]
     rounds = f", round {round_ + 1} of {args.rounds}" if args.rounds > 1 else ""
+    rounds += ", bf16" if bf16 else ""
     print(f"running {engine} ({args.warmup} warm-up + {args.steps} timed steps{rounds}) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as handle:
@@ -519,7 +541,13 @@ def parse_args(argv=None):
                    help="hf: sftrl's --sftrl-backend and TRL's transformers generate; vllm: both with vLLM colocated (GPU)")
     p.add_argument("--sftrl-backend", choices=("torch", "generate", "vllm"),
                    help="sftrl's rollout_backend (default: torch, or vllm with --rollout vllm)")
+    p.add_argument("--settings", choices=("identical", "best", "both"), default="both",
+                   help="identical: both engines in float32 on a CPU (the identical-work ratio); best: each engine "
+                        "in bf16 where the CPU has bfloat16 instructions (TRL bf16=True); both (default)")
+    p.add_argument("--force-bf16", action="store_true",
+                   help="run the bf16 pass on a CPU without bfloat16 instructions (emulated, slow: tests the path only)")
     p.add_argument("--engine-only", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)  # an engine child's best-settings pass
     args = p.parse_args(argv)
     if args.sftrl_backend is None:
         args.sftrl_backend = "vllm" if args.rollout == "vllm" else "torch"
@@ -531,6 +559,65 @@ def parse_args(argv=None):
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         p.error("--steps and --rounds must be >= 1 and --warmup >= 0")
     return args
+
+
+def cpu_description() -> tuple[str, bool]:
+    """(the CPU's name, whether it has bfloat16 instructions), from sftrl.hardware; from /proc/cpuinfo
+    where the sftrl on the path predates it."""
+    try:
+        from sftrl.hardware import cpu_bf16_supported, cpu_name
+
+        return cpu_name(), cpu_bf16_supported()
+    except ImportError:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+        fields = {key.strip(): value for key, _, value in (line.partition(":") for line in text.splitlines())}
+        name = " ".join(fields.get("model name", "").split()) or platform.processor()
+        flags = set(fields.get("flags", "").split())
+        return name or "unknown CPU", bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def passes(settings: str, device: str, cpu_bf16: bool, force_bf16: bool, cpu: str) -> list[tuple[str, bool, str | None]]:
+    """The passes to run, (name, bf16, why skipped or None): identical-work and/or best-settings."""
+    out = []
+    if settings in ("identical", "both"):
+        out.append(("identical", False, None))
+    if settings in ("best", "both"):
+        if device == "cuda":
+            skip = None if settings == "best" else "on a GPU the identical-work pass already runs both engines in bf16"
+            out.append(("best", settings == "best", skip))
+        elif cpu_bf16 or force_bf16:
+            out.append(("best", True, None))
+        else:
+            out.append(("best", True, f"bf16 unsupported on {cpu}"))
+    return out
+
+
+def pass_label(name: str, precision: str | None, fixed_length: bool) -> str:
+    lengths = "fixed length" if fixed_length else "sampled lengths"
+    what = {"no": "float32", "bf16": "bf16", None: "?"}.get(precision, precision)
+    if name == "identical":
+        return f"identical work ({what}, {lengths})"
+    return f"best settings (each engine in {what}: sftrl mixed_precision=bf16, TRL bf16=True; {lengths})"
+
+
+def ratio_line(label: str, rounds: list[dict] | None, skipped: str | None = None) -> str:
+    """One summary line: sftrl steps/s over TRL's, pooled over the rounds' timed steps (mean step times),
+    with each round's ratio; or why the pass was skipped."""
+    if skipped:
+        return f"{label}: skipped, {skipped}"
+    if not rounds or not all("sftrl" in r and "trl" in r for r in rounds):
+        return f"{label}: no ratio (one engine only)"
+    sftrl = [s["step_time"] for r in rounds for s in r["sftrl"]["timed"]]
+    trl = [s["step_time"] for r in rounds for s in r["trl"]["timed"]]
+    ratio = _mean(trl) / _mean(sftrl) if sftrl and trl else float("nan")
+    per_round = [r["trl"]["summary"]["step"] / r["sftrl"]["summary"]["step"] for r in rounds]
+    text = f"{label}: sftrl/TRL = {_fmt(ratio, 2)}x"
+    if len(rounds) > 1:
+        text += " (per round " + ", ".join(_fmt(q, 2) for q in per_round) + ")"
+    return text
 
 
 def main(argv=None) -> None:
@@ -550,48 +637,76 @@ def main(argv=None) -> None:
     import torch
     import transformers
 
+    cpu, cpu_bf16 = cpu_description()
+    plan = passes(args.settings, args.device, cpu_bf16, args.force_bf16, cpu)
     requested_model = args.model
     if args.model == "sandbox":  # prepare (train and cache) it here, once, before either engine starts
         args.model = str(Path(_sandbox_model_path()).resolve())
+    done: dict[str, tuple[list[dict], dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         if args.model == "sandbox-10m":
             args.model = _build_10m_model(Path(tmp) / "sandbox-10m")
-        rounds = []
-        for round_ in range(args.rounds):
-            order = engines if round_ % 2 == 0 else engines[::-1]
-            this = {engine: _run_engine(args, engine, Path(tmp), round_) for engine in order}
-            rounds.append({engine: this[engine] for engine in engines})
-        sequences = args.batch_size * args.num_generations
-        results = {engine: _pool([r[engine] for r in rounds], args.warmup, sequences) for engine in engines}
+        for name, bf16, skipped in plan:
+            if skipped:
+                continue
+            rounds = []
+            for round_ in range(args.rounds):
+                order = engines if round_ % 2 == 0 else engines[::-1]
+                this = {engine: _run_engine(args, engine, Path(tmp), round_, bf16) for engine in order}
+                rounds.append({engine: this[engine] for engine in engines})
+            sequences = args.batch_size * args.num_generations
+            for r in rounds:
+                for engine in engines:
+                    r[engine]["timed"] = [s for s in r[engine]["steps"] if s["step"] > args.warmup]
+            done[name] = (rounds, {engine: _pool([r[engine] for r in rounds], args.warmup, sequences)
+                                   for engine in engines})
 
     try:
         import trl
         trl_version = trl.__version__
     except ImportError:
         trl_version = None
-    first = next(iter(results.values()))
     settings = {
         "model": requested_model if requested_model == args.model else f"{requested_model} ({args.model})",
         "device": args.device,
-        "threads": first["torch_threads"],
+        "cpu": cpu, "cpu_bf16": cpu_bf16,
         "batch_size": args.batch_size, "num_generations": args.num_generations,
         "sequences_per_step": args.batch_size * args.num_generations,
         "max_completion_length": args.max_completion_length, "micro_batch_size": args.micro_batch_size,
         "learning_rate": args.learning_rate, "warmup": args.warmup, "steps": args.steps, "rounds": args.rounds,
         "seed": args.seed,
         "fixed_length": args.fixed_length, "rollout": args.rollout,
-        "mixed_precision": first.get("mixed_precision"),
         "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
         "python": platform.python_version(), "cpus": os.cpu_count(),
     }
-    print(render(results, settings, rounds))
-    if args.json:
-        payload = {"settings": settings, "engines": results}
+    summary, payload = [], {"settings": settings, "passes": {}}
+    for name, bf16, skipped in plan:
+        if name not in done:
+            summary.append(ratio_line(pass_label(name, "bf16" if bf16 else "no", args.fixed_length), None, skipped))
+            payload["passes"][name] = {"skipped": skipped}
+            continue
+        rounds, results = done[name]
+        first = next(iter(results.values()))
+        label = pass_label(name, first.get("mixed_precision"), args.fixed_length)
+        if bf16 and args.force_bf16 and not cpu_bf16 and args.device == "cpu":
+            label += " [forced on a CPU without bf16 instructions: emulated, the times mean nothing]"
+        pass_settings = {**settings, "threads": first["torch_threads"], "mixed_precision": first.get("mixed_precision")}
+        print(f"## {label}\n")
+        print(render(results, pass_settings, rounds) + "\n")
+        summary.append(ratio_line(label, rounds))
+        entry = {"settings": pass_settings, "engines": results}
         if args.rounds > 1:
-            payload["rounds"] = rounds
+            entry["rounds"] = rounds
         if "sftrl" in results and "trl" in results:
-            payload["sftrl_over_trl_steps_per_s"] = (results["sftrl"]["summary"]["steps_per_s"]
-                                                    / results["trl"]["summary"]["steps_per_s"])
+            entry["sftrl_over_trl_steps_per_s"] = (results["sftrl"]["summary"]["steps_per_s"]
+                                                  / results["trl"]["summary"]["steps_per_s"])
+        payload["passes"][name] = entry
+    print("\n".join(summary))
+    print(f"CPU: {cpu} (bfloat16 instructions: {'yes' if cpu_bf16 else 'no'}); device {args.device}")
+    if args.json:
+        identical = payload["passes"].get("identical", {})
+        payload.update({key: identical[key] for key in ("engines", "rounds", "sftrl_over_trl_steps_per_s")
+                        if key in identical})  # the identical-work pass where earlier readers look
         Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"\nwritten to {args.json}", file=sys.stderr)
 

@@ -49,7 +49,7 @@ from typing import Any, Callable
 from .config import Config, ConfigError
 from .errors import RunError, SftrlError
 from .formatting import number
-from .validate import load_config
+from .validate import check_precision, load_config
 from .methods import METHODS
 from .summary import mean_ci  # noqa: F401  (re-exported: benchmarks/sandbox_gains.py reads it from here)
 from .summary import (BASE, CONTROL, METHOD_ORDER, comparison_table, differences_table, headline, paired_differences,
@@ -116,7 +116,9 @@ def run_config(label: str, seed: int, run_dir: Path, shared: dict[str, Any], che
     if not METHODS[method].needs_demonstrations:
         defaults = Config().to_dict()
         values.update({name: defaults[name] for name in DEMONSTRATION_FIELDS if name in defaults})
-    return load_config(None, values)
+    config = load_config(None, values)
+    check_precision(config)  # a run's check (the trainer makes it too), here before any run starts
+    return config
 
 
 def budget_limits(budget: str, shared: dict[str, Any], amount: int | None) -> dict[str, Any]:

@@ -60,7 +60,10 @@ class Config:
     tokenizer: str | None = _f(None, "Tokenizer id or directory; default: the model's.")
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the model repository.")
     dtype: str = _f("auto", "Weights dtype: auto (float32; bf16 compute comes from mixed_precision), float32, bfloat16, float16.")
-    mixed_precision: str = _f("auto", "Autocast: auto (bf16 on a GPU that supports it, none on CPU), no, bf16, fp16.")
+    mixed_precision: str = _f("auto", "Autocast: auto (bf16 on a GPU that supports it, none on CPU), no, bf16, fp16. "
+                              "On a CPU run bf16 is opt-in (auto stays none until its parity with float32 is "
+                              "shown) and refused on a CPU without bfloat16 instructions (AVX512-BF16, AMX or Arm "
+                              "BF16), where torch emulates it, slower than float32.")
     seed: int = _f(0, "Seed for model init (sandbox), data order, sampling and method randomness.")
 
     # --- data ----------------------------------------------------------------------------------

@@ -58,11 +58,36 @@ def check_config(c: Config) -> None:
         raise ConfigError(f"plugins: {exc}") from exc
 
 
+def check_precision(c: Config, cuda: bool | None = None, cpu_bf16: bool | None = None) -> None:
+    """mixed_precision=bf16 on a CPU run (no CUDA) needs a CPU with bfloat16 instructions; without them
+    torch emulates bf16, many times slower than float32 (sftrl.hardware). Not part of check_config: a
+    GPU recipe's config is loaded and its memory estimated (`sftrl train --dry-run`) on any machine.
+    `auto` is float32 on a CPU: bf16 there is opt-in until its parity with float32 is shown."""
+    if c.mixed_precision != "bf16":
+        return
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return
+    from . import hardware
+
+    if cpu_bf16 is None:
+        cpu_bf16 = hardware.cpu_bf16_supported()
+    if not cpu_bf16:
+        raise ConfigError(f"mixed_precision: bf16 on a CPU run needs bfloat16 instructions (AVX512-BF16, AMX or "
+                          f"Arm BF16), which this CPU ({hardware.cpu_name()}) lacks, so torch would emulate them, "
+                          "slower than float32; use mixed_precision=no (auto is no on a CPU)")
+
+
 def check_processes(c: Config, processes: int, backend: str = "ddp", environ: Mapping[str, str] | None = None,
                     deepspeed_config: Mapping[str, Any] | None = None) -> None:
     """The step's prompts (and an SFT step's demonstrations) split evenly over data-parallel processes,
-    the backend accelerate chose is the one asked for, and a DeepSpeed config leaves sftrl the
-    accumulation, the learning rate and the skip rules (see sftrl.parallel)."""
+    the backend accelerate chose is the one asked for, a DeepSpeed config leaves sftrl the
+    accumulation, the learning rate and the skip rules (see sftrl.parallel), and the precision asked
+    for runs on this machine (check_precision). The trainer calls it once it knows the processes."""
+    check_precision(c)
     for name, value, what in (("batch_size", c.batch_size, "prompts"), ("sft_batch_size", c.sft_batch, "demonstrations")):
         if value % processes:
             raise ConfigError(f"{name}: {value} {what} do not split evenly over {processes} processes; "

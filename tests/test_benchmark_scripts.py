@@ -1,0 +1,110 @@
+"""The benchmark scripts that cannot run in full here: benchmarks/gpu_check.sh (syntax, and its dry run:
+each check's CPU equivalent, tiny), and the pure parts of compare_speed.py and grpo_step.py (commands,
+ratios, tables). Nothing here is timed."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def bench_module(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------- gpu_check.sh
+def test_gpu_check_is_valid_bash():
+    done = subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_gpu_check_refuses_an_unknown_argument():
+    done = subprocess.run(["bash", str(GPU_CHECK), "--gpus", "2"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown argument --gpus" in done.stderr
+
+
+def test_gpu_check_dry_run_passes_every_check_on_cpu(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(GPU_CHECK), "--out", str(tmp_path), "--python", sys.executable],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = {m.group(2): m.group(1) for m in (re.match(r"(PASS|FAIL|SKIP)\s+(\S+)\s", line) for line in lines) if m}
+    assert status == {name: "PASS" for name in ("env", "decode", "train", "bf16", "fsdp", "vllm", "bench", "bench-vllm")}
+    assert re.search(r"gpu_check: 8 PASS, 0 FAIL, 0 SKIP in \d+ s \(dry run", lines[-1]), lines[-1]
+    fsdp = next(line for line in lines if line.startswith("PASS  fsdp"))
+    assert "parameters DTensor" in fsdp  # FSDP2 really sharded, through tests/fsdp_on_cpu.py
+    assert (tmp_path / "logs" / "decode.log").exists()
+
+
+# ---------------------------------------------------------------------------------------------- compare_speed.py
+def rows(*entries):
+    return {"results": [{"method": m, "seed": s, "in-dist": {"avg@k": a}, "ood": {"avg@k": o}} for m, s, a, o in entries]}
+
+
+def test_compare_speed_builds_the_same_compare_for_both_sides():
+    speed = bench_module("compare_speed")
+    args = speed.parse_args(["527ff28", "--rounds", "2", "--jobs", "2", "--", "mixed_precision=bf16"])
+    assert (args.methods, args.seeds, args.max_steps, args.k, args.eval_limit) == (["sft", "grpo", "luffy"], [0, 1], 20, 4, 200)
+    assert args.overrides == ["mixed_precision=bf16"] and not args.both
+    cmd = speed.compare_command("py", "/out", args, args.overrides)
+    assert cmd[:4] == ["py", "-m", "sftrl.cli", "compare"]
+    assert cmd[cmd.index("--methods") + 1:cmd.index("--seeds")] == ["sft", "grpo", "luffy"]
+    assert cmd[cmd.index("--max-steps") + 1] == "20" and cmd[cmd.index("--jobs") + 1] == "2"
+    assert cmd[-1] == "mixed_precision=bf16" and "--batch-size" not in cmd
+    smoke = speed.parse_args(["HEAD", "--smoke"])
+    assert (smoke.rounds, smoke.methods, smoke.seeds, smoke.max_steps) == (1, ["sft", "grpo"], [0], 2)
+    assert speed.compare_command("py", "/out", smoke, smoke.budget_overrides)[-1] == "sft_batch_size=4"
+    assert [speed.side_order(i)[0] for i in range(4)] == ["this", "ref", "this", "ref"]
+    with pytest.raises(SystemExit):
+        speed.parse_args(["HEAD", "--rounds", "0"])
+
+
+def test_compare_speed_accuracies_ratio_and_table():
+    speed = bench_module("compare_speed")
+    this = speed.accuracies(rows(("base", 0, 0.3, 0.1), ("sft", 0, 0.8, 0.2), ("sft", 1, 0.6, 0.4)))
+    assert this["sft"] == pytest.approx({"in-dist": 0.7, "ood": 0.3}) and this["base"]["in-dist"] == pytest.approx(0.3)
+    ref = speed.accuracies(rows(("base", 0, 0.3, 0.1), ("sft", 0, 0.8, 0.2), ("sft", 1, 0.6, 0.5)))
+    rounds = [{"first": "this", "this": {"seconds": 100.0, "accuracy": this}, "ref": {"seconds": 250.0, "accuracy": ref}},
+              {"first": "ref", "this": {"seconds": 150.0, "accuracy": this}, "ref": {"seconds": 250.0, "accuracy": ref}}]
+    pooled, per_round = speed.speedup(rounds)
+    assert pooled == pytest.approx(2.0) and per_round == pytest.approx([2.5, 5 / 3])
+    table = speed.render(rounds, {"this": "abc1234", "ref": "527ff28"}, "Test CPU 9000", "3 methods")
+    assert "| 1 | this | 100.0 | 250.0 | 2.50x |" in table and "| 2 | ref | 150.0 | 250.0 | 1.67x |" in table
+    assert "speed-up (REF seconds / this checkout's, pooled over 2 rounds): 2.00x; per round 2.50, 1.67" in table
+    assert "| sft | 70.0% | 70.0% | 30.0% | 35.0% |" in table and "CPU: Test CPU 9000" in table
+    rounds[1]["this"]["accuracy"] = {"sft": {"in-dist": 0.5, "ood": 0.3}}
+    assert "round 2's this accuracies differ from round 1's" in speed.render(rounds, {"this": "a", "ref": "b"}, "x", "y")
+
+
+# ---------------------------------------------------------------------------------------------- grpo_step.py
+def test_grpo_step_plans_both_ratios_and_says_why_one_is_skipped():
+    step = bench_module("grpo_step")
+    assert step.parse_args([]).settings == "both"
+    assert step.passes("both", "cpu", True, False, "X") == [("identical", False, None), ("best", True, None)]
+    assert step.passes("both", "cpu", False, False, "AMD EPYC") == [("identical", False, None),
+                                                                  ("best", True, "bf16 unsupported on AMD EPYC")]
+    assert step.passes("best", "cpu", False, True, "X") == [("best", True, None)]  # --force-bf16
+    assert step.passes("identical", "cpu", True, False, "X") == [("identical", False, None)]
+    gpu = step.passes("both", "cuda", False, False, "X")
+    assert gpu[0] == ("identical", False, None) and gpu[1][0] == "best" and "already runs" in gpu[1][2]
+    assert step.pass_label("identical", "no", True) == "identical work (float32, fixed length)"
+    assert step.pass_label("best", "bf16", True).startswith("best settings (each engine in bf16")
+    assert step.ratio_line("best settings", None, "bf16 unsupported on AMD EPYC") == \
+        "best settings: skipped, bf16 unsupported on AMD EPYC"
+
+    def engine(times):
+        return {"timed": [{"step_time": t} for t in times], "summary": {"step": sum(times) / len(times)}}
+
+    rounds = [{"sftrl": engine([1.0, 1.0]), "trl": engine([2.0, 2.0])}, {"sftrl": engine([1.0, 3.0]), "trl": engine([3.0, 3.0])}]
+    assert step.ratio_line("identical work", rounds) == "identical work: sftrl/TRL = 1.67x (per round 2.00, 1.50)"
