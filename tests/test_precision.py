@@ -66,6 +66,8 @@ def test_sftrl_train_refuses_bf16_on_such_a_cpu_before_anything_is_written(tmp_p
     fails_cleanly(capsys, tmp_path, train_args(tmp_path, tiny_model_dir, "mixed_precision=bf16"),
                   "mixed_precision: bf16 on a CPU run", "Test CPU 9000")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    # refused before the accelerator is made: accelerate would keep bf16 for the rest of the process
+    assert AcceleratorState._shared_state.get("_mixed_precision") is None
 
 
 def test_sftrl_compare_refuses_it_before_any_run_starts(tmp_path, capsys, monkeypatch):

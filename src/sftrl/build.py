@@ -25,6 +25,7 @@ from .methods import Method
 from .models import AdapterFreeReference, add_lora, frozen_copy, load_model, set_activation_checkpointing
 from .parallel import Parallel
 from .rollout import make_engine
+from .validate import check_precision
 
 
 def seed_everything(seed: int) -> None:
@@ -34,7 +35,9 @@ def seed_everything(seed: int) -> None:
 
 
 def make_accelerator(config: Config) -> Accelerator:
-    """The run's accelerator: mixed precision ("auto": bf16 on a GPU that has it) and its trackers."""
+    """The run's accelerator: mixed precision ("auto": bf16 on a GPU that has it) and its trackers. The
+    precision is checked first: accelerate keeps a refused setting for the rest of the process."""
+    check_precision(config)
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
