@@ -42,8 +42,8 @@ from .validate import check_processes
 
 
 class Trainer:
-    """Sets up model, data, rewards and optimizer from a Config; `train()` runs the loop (`_start`, then
-    `_train_step` until the run's length or budget, then the final evaluation and save)."""
+    """Sets up model, data, rewards and optimizer from a Config; `train()` runs the loop (`start`, then
+    `train_step` until the run's length or budget, then the final evaluation and save)."""
 
     reference_step: int | None  # the step of the reference snapshot taken during training; None: none
 
@@ -240,8 +240,8 @@ class Trainer:
         """The run's evaluation metrics now (Evaluator.evaluate; collective under FSDP and ZeRO-3)."""
         return self.evaluator.evaluate(self.whole_policy)
 
-    def _start(self) -> None:
-        """Set up the run directory as planned: resume from a checkpoint, or start (again)."""
+    def start(self) -> None:
+        """Set up the run directory as planned (resume, or start again); once, before any `train_step`."""
         self.logger.prepare(restart=self.plan.restart)
         self.collective.barrier()
         if self.plan.checkpoints:
@@ -251,7 +251,7 @@ class Trainer:
         self.logger.start_trackers(self.config.to_dict())
 
     def train(self) -> dict[str, Any]:
-        """The whole run: start, evaluate, steps until done, evaluate, save; returns the summary."""
+        """The whole run: start, evaluate, train_step until done, evaluate, save; returns the summary."""
         try:
             return self._train()
         finally:
@@ -259,7 +259,7 @@ class Trainer:
 
     def _train(self) -> dict[str, Any]:
         cfg = self.config
-        self._start()
+        self.start()
         summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "eval_before": self.logger.logged_eval(0)}
         if self.demo_report:
             summary["demonstrations"] = self.demo_report
@@ -273,7 +273,7 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < self.total_steps and not self.budget_spent():
-                self._train_step()
+                self.train_step()
         finally:
             self.logger.close_bar()
         summary.update(train_seconds=time.perf_counter() - start, skipped_steps=self.skipped_steps, steps=self.step,
@@ -289,7 +289,7 @@ class Trainer:
             self.logger.print(f"pushed {folder} to {url}")
         return summary
 
-    def _train_step(self) -> None:
+    def train_step(self) -> None:
         """One optimizer step: plan -> the method's backward passes -> the update (or a skip) -> the
         method's after_step -> the step's costs -> log, evaluate, checkpoint."""
         cfg = self.config
