@@ -276,9 +276,9 @@ def test_uft_step_adds_the_hint_nll_with_its_weight(tmp_path, tiny_model_dir, re
 # ---------------------------------------------------------------------------------------------- SFT→RL
 def run_steps(trainer, steps):
     if trainer.step == 0:
-        trainer._start()  # the run directory, as train() makes it
+        trainer.start()  # the run directory, as train() makes it
     for _ in range(steps):
-        trainer._train_step()
+        trainer.train_step()
 
 
 def test_sft_then_grpo_stage_lengths_schedules_and_fresh_optimizer(tmp_path, tiny_model_dir, reward_spec):

@@ -76,7 +76,7 @@ def test_kl_from_base_measures_the_trained_policy_against_the_base(tmp_path, tin
 
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, eval_data="sandbox:test", max_eval_examples=4,
                                   kl_from_base_examples=3, eval_samples=0))
-    base = trainer.kl_base
+    base = trainer.evaluator.kl_base
     assert len(base.target_ids) == 3 and base.top_logps[0].shape == (len(base.target_ids[0]), base.top_ids[0].shape[1])
     with torch.no_grad():
         for p in trainer.policy.parameters():
@@ -91,7 +91,7 @@ def test_kl_from_base_measures_the_trained_policy_against_the_base(tmp_path, tin
     assert kl == pytest.approx(total / tokens, rel=1e-4) and kl > 0
     off = Trainer(make_config(tmp_path, tiny_model_dir, eval_data="sandbox:test", max_eval_examples=4,
                               kl_from_base_examples=0, output_dir=str(tmp_path / "off")))
-    assert off.kl_base is None
+    assert off.evaluator.kl_base is None
 
 
 def test_bad_kl_from_base_examples_is_a_one_line_error():

@@ -180,7 +180,7 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoin
 def test_weights_that_are_not_finite_are_never_saved(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     trainer = Trainer(make_config(tmp_path, tiny_model_dir, method="sft", max_steps=2, save_every=1, output_dir=str(run)))
-    trainer._start()
+    trainer.start()
     trainer.save_checkpoint()
     before = files_of(run)
     with torch.no_grad():

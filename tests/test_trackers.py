@@ -78,7 +78,7 @@ def test_chat_template_kwargs_reach_training_and_evaluation(tmp_path, template_m
     example = trainer.rows.examples[0]
     assert tokenizer.decode(trainer.prompt_ids(example)).endswith(":quiet")  # the tokens trained on
     import sftrl.evaluate
-    import sftrl.trainer
+    import sftrl.experience
 
     seen = []
 
@@ -86,7 +86,7 @@ def test_chat_template_kwargs_reach_training_and_evaluation(tmp_path, template_m
         seen.extend(texts)
         raise StopIteration  # the texts are all this test needs
 
-    monkeypatch.setattr(sftrl.trainer, "generate_completions", recording)
+    monkeypatch.setattr(sftrl.experience, "generate_completions", recording)
     with pytest.raises(StopIteration):
         trainer.generate([example], 2)  # rollouts
     monkeypatch.setattr(sftrl.evaluate, "generate_completions", recording)

@@ -1,6 +1,7 @@
-"""Building a run's parts from its config: the accelerator, the policy (activation checkpointing, LoRA)
-and its frozen reference, the optimizers and the rollout engine; and, once they are built, the base
-model's log-probs that kl_from_base measures the policy against (RL's Razor).
+"""Building a run's parts from its config: the accelerator; the rows, reward functions and tokenizer; the
+policy (activation checkpointing, LoRA) and its frozen reference, the optimizers and the rollout engine;
+and, once they are built, the base model's log-probs that kl_from_base measures the policy against
+(RL's Razor).
 
 The parts are made in one fixed order here, because the run's random draws depend on it: a resumed
 or repeated run must build them exactly as the first one did.
@@ -22,9 +23,12 @@ from .data import Example
 from .errors import ConfigError
 from .evaluate import BaseLogprobs, base_logprobs
 from .methods import Method
-from .models import AdapterFreeReference, add_lora, frozen_copy, load_model, set_activation_checkpointing
-from .parallel import Parallel
+from .models import (AdapterFreeReference, add_lora, frozen_copy, load_frozen, load_model, load_tokenizer, resolve_model_path,
+                     set_activation_checkpointing)
+from .parallel import Collective, Parallel
+from .rewards.scorer import Scorer
 from .rollout import make_engine
+from .rows import Rows, kept_rows, load_rows
 from .validate import check_precision
 
 
@@ -46,10 +50,54 @@ def make_accelerator(config: Config) -> Accelerator:
                        project_dir=str(config.run_dir / "trackers") if trackers else None)
 
 
+@dataclass
+class Data:
+    """The run's rows and what reads them, made before any model is loaded."""
+
+    rows: Rows  # the training rows (the demonstration-length policy applied) and their samplers
+    eval_examples: list[Example]
+    scorer: Scorer  # the reward functions
+    tokenizer: Any
+    model_path: str  # the policy's local directory (models.resolve_model_path)
+    demo_report: dict[str, Any]  # what the demonstration-length policy kept and dropped; {} when none applies
+
+
+def make_data(config: Config, method: Method, collective: Collective, print: Callable[[str], None]) -> Data:
+    """Data first, so that a bad row fails before any model is loaded; then the reward functions, the
+    tokenizer, and the demonstration-length policy (rows.kept_rows) for a method that trains on them."""
+    examples, eval_examples = load_rows(config, method.needs_demonstrations)
+    scorer = Scorer(config)
+    model_path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(config.tokenizer or model_path, config.trust_remote_code)
+    demo_report: dict[str, Any] = {}
+    if method.needs_demonstrations:
+        examples, demo_report = kept_rows(examples, tokenizer, config, print)
+    return Data(rows=Rows(examples, tokenizer, config, collective), eval_examples=eval_examples, scorer=scorer,
+                tokenizer=tokenizer, model_path=model_path, demo_report=demo_report)
+
+
 def frozen(model, device: torch.device) -> torch.nn.Module:
     """A frozen copy of `model` on `device`: the reference, its snapshots during training, the FSDP replica."""
     copy: torch.nn.Module = frozen_copy(model)
     return copy.to(device)
+
+
+class Teachers:
+    """Frozen models (teachers: OPSD's, OPD's) loaded as the policy is (models.load_frozen: a local directory
+    or hub id, the run's dtype; their tokenizer must have the policy's vocabulary), on `device`, each loaded
+    once per run."""
+
+    def __init__(self, config: Config, tokenizer, device: torch.device):
+        self.config, self.tokenizer, self.device = config, tokenizer, device
+        self.loaded: dict[str, Any] = {}
+
+    def get(self, name: str, what: str) -> Any:
+        """The model `name`; `what` names the config field in errors."""
+        if name not in self.loaded:
+            cfg = self.config
+            model: Any = load_frozen(name, what, self.tokenizer, cfg.dtype, cfg.trust_remote_code)
+            self.loaded[name] = model.to(self.device)
+        return self.loaded[name]
 
 
 def adamw(parameters: list, config: Config, weight_decay: float) -> torch.optim.AdamW:

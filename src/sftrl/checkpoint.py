@@ -28,6 +28,7 @@ import yaml
 
 from .config import RESULT_NEUTRAL_FIELDS, Config
 from .errors import RunError, one_line
+from . import models
 
 TRAINER_STATE = "trainer_state.pt"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model")  # what makes a directory hold a run
@@ -261,3 +262,71 @@ def load_newest_readable(checkpoints: list[Path], load_weights: Callable[[str], 
                  f"{lost} will be trained again")
         return path, loaded
     raise RunError(f"resume=true but no checkpoint in {checkpoints[0].parent} can be loaded: {'; '.join(damaged)}")
+
+
+def write(run_dir: Path, step: int, whole_policy: Callable[[], Any], tokenizer, capture: Callable[[], RunState],
+          reference, keep: int, barrier: Callable[[], None], main: bool) -> Path:
+    """A training run's checkpoint at `step` (save_checkpoint), written by the main process (`main`) between
+    two barriers; never with non-finite weights. `whole_policy` and `capture` (the run's state) are called on
+    every process (collective under FSDP and ZeRO-3)."""
+    refuse_nonfinite_weights(whole_policy(), run_dir, step, "a checkpoint")
+    barrier()
+    path = run_dir / "checkpoints" / f"step-{step:06d}"
+    state = capture()  # collective under FSDP (the optimizer's shards), so on every process
+    if main:
+        path = save_checkpoint(run_dir, step, whole_policy(), tokenizer, state, reference, keep)
+    barrier()
+    return path
+
+
+def newest_for_resume(config: Config, checkpoints: list[Path], warn: Callable[[str], None]
+                      ) -> tuple[Path, RunState, dict[str, torch.Tensor], Any]:
+    """The newest of `checkpoints` that loads (load_newest_readable): its path, run state, the policy's
+    weights as the run holds them (the whole model's; a use_peft run's adapter) and its reference snapshot
+    or None."""
+    def model_at(path: str):
+        return models.load_model(path, config.dtype, config.trust_remote_code)
+
+    if config.use_peft:  # a checkpoint holds the adapter only
+        peft = models.import_peft("resuming a use_peft run")
+        weights_at = lambda path: peft.utils.load_peft_weights(path, device="cpu")  # noqa: E731
+    else:
+        weights_at = lambda path: model_at(path).state_dict()  # noqa: E731
+    latest, (state, weights, reference) = load_newest_readable(checkpoints, weights_at, model_at, warn)
+    return latest, state, weights, reference
+
+
+def parameters_finite(model) -> bool:
+    norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in model.parameters()])
+    return bool(torch.isfinite(norms).all())
+
+
+def refuse_nonfinite_weights(model, run_dir: Path, step: int, what: str) -> None:
+    """A RunError when `model`'s weights are not all finite: `what` (a checkpoint, the final model) is
+    then never written, and the older checkpoints it would rotate out stay."""
+    if not parameters_finite(model):
+        kept = checkpoint_dirs(run_dir)
+        raise RunError(f"not writing {what} at step {step}: the model's weights are not finite (NaN or "
+                       f"inf); the last good checkpoint is {kept[-1] if kept else 'none'}. Lower learning_rate")
+
+
+def save_final(run_dir: Path, step: int, whole_policy: Callable[[], Any], policy, tokenizer, merge_lora: bool,
+               barrier: Callable[[], None], main: bool) -> None:
+    """run_dir/model (a LoRA run: the adapter) and, with merge_lora, run_dir/model-merged: the adapters
+    merged into `policy` in place (no second copy of the weights: the last thing a run does with it);
+    written by the main process (`main`) after a barrier, never with non-finite weights. `whole_policy` is
+    called on every process (collective under FSDP and ZeRO-3)."""
+    refuse_nonfinite_weights(whole_policy(), run_dir, step, "the final model")
+    barrier()
+    if main:
+        save_model(run_dir, whole_policy(), tokenizer)
+        if merge_lora:
+            save_model(run_dir, policy.merge_and_unload(), tokenizer, name="model-merged")
+
+
+def nonfinite_stop(run_dir: Path, step: int, in_a_row: int, limit: int) -> RunError:
+    """The error that stops a run after `limit` non-finite steps in a row."""
+    kept = checkpoint_dirs(run_dir)
+    return RunError(f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or gradient "
+                    f"(max_nonfinite_steps={limit}); no model was written, the last good checkpoint is "
+                    f"{kept[-1] if kept else 'none'}. Lower learning_rate, or check the data and reward functions")

@@ -24,6 +24,6 @@ class RunError(SftrlError):
     had to stop (too many non-finite steps)."""
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     """`text` with its line breaks folded, so that a message stays on one line."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())

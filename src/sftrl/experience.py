@@ -12,12 +12,12 @@ import torch
 
 from . import losses
 from .config import Config
-from .data import Example
+from .data import Example, render_prompt
 from .methods.base import Placement, Rollouts
 from .parallel import Collective
 from .rewards import combine, function_metrics, nanmean, nanstd
 from .rewards.scorer import Scorer
-from .rollout import Completions
+from .rollout import Completions, generate_completions
 from .rows import Rows
 
 # (examples, samples per example, a continuation per example or None) -> the rollout backend's completions
@@ -34,6 +34,21 @@ class Groups:
     texts: list[str]  # what the reward functions grade (UFT: the hint + the completion)
     is_demo: list[bool]
     group_size: int
+
+
+def sample(policy, tokenizer, examples: list[Example], num_generations: int, config: Config, engine=None,
+           greedy: bool = False, continuations: list[str] | None = None) -> Completions:
+    """`num_generations` completions of each example's rendered prompt at the run's sampling settings, by
+    the rollout engine (None: transformers' generate); `continuations` (one text per example) are appended
+    to the rendered prompts, so the samples continue them (UFT's hints)."""
+    texts = [render_prompt(tokenizer, e.prompt, config.chat_template_kwargs) for e in examples]
+    if continuations is not None:
+        texts = [text + extra for text, extra in zip(texts, continuations)]
+    return generate_completions(
+        policy, tokenizer, texts, num_generations=num_generations, max_new_tokens=config.max_completion_length,
+        temperature=config.temperature, top_p=config.top_p, batch_size=config.generation_batch_size,
+        max_prompt_length=config.max_prompt_length, greedy=greedy, min_new_tokens=config.min_completion_length,
+        engine=engine)
 
 
 def sample_groups(examples: list[Example], placement: Placement, hints: list[str] | None, num_generations: int,

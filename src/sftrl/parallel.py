@@ -22,6 +22,7 @@ of processes, so the average is the whole step's gradient.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -145,6 +146,19 @@ class Parallel:
         # local whole copy, refreshed from the shards after each update.
         self.needs_replica = self.backend == "fsdp" or self.zero_stage == 3
         self.updates = 0  # optimizer updates made; the replica is refreshed when it lags
+        self._replica_updates = -1  # `updates` when the replica was last refreshed
+
+    def whole_policy(self, model, policy, replica):
+        """The policy with all its weights on this process, for generation, evaluation and saving: `policy`
+        itself (`replica` None), or under FSDP / ZeRO-3 the local copy `replica`, refreshed from the shards
+        of `model` when an update was made since (collective there: every process calls it at the same
+        points)."""
+        if replica is None:
+            return policy
+        if self._replica_updates != self.updates:
+            replica.load_state_dict(self.full_state_dict(model, policy))
+            self._replica_updates = self.updates
+        return replica
 
     def configure(self, config: Config) -> None:
         """Fill DeepSpeed's 'auto' values before accelerator.prepare: sftrl accumulates a step's
@@ -207,6 +221,37 @@ class Parallel:
         elif self.world > 1:
             self.accelerator.backward(self._zero_loss(model, token_id))
 
+    def update(self, model, optimizers: list, learning_rate: float, max_grad_norm: float, token_id: int,
+               loss: float | None = None, skip_above: float = 0.0) -> tuple[float, bool, bool]:
+        """The one update of either optimizer: average the step's gradients over processes (`sync`), clip
+        their global norm at max_grad_norm (0: none), and step `optimizers[0]` at `learning_rate` unless the
+        norm (or the loss summed over processes, when given) is not finite or the norm is above skip_above
+        (when set); every optimizer's gradients are zeroed either way (they all hold the policy's
+        parameters). Returns the norm before clipping, whether it (and the loss) was finite, and whether
+        the update was made. Collective."""
+        self.sync(model, token_id)
+        max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
+        grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+        finite = math.isfinite(grad_norm) and (loss is None or math.isfinite(self.collective.sum(loss)))
+        taken = finite and not (skip_above > 0 and grad_norm > skip_above)
+        if taken:
+            for group in optimizers[0].param_groups:
+                group["lr"] = learning_rate
+            optimizers[0].step()
+            self.updates += 1
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return grad_norm, finite, taken
+
+    def deepspeed_update(self, model, optimizer, learning_rate: float, token_id: int, loss: float) -> tuple[float, bool]:
+        """`update` under DeepSpeed: the engine clips and steps (`deepspeed_step`), and only a non-finite
+        loss (summed over processes) skips. Returns the norm and whether the update was made. Collective."""
+        finite = math.isfinite(self.collective.sum(loss))
+        self.sync(model, token_id)
+        grad_norm = self.deepspeed_step(model, optimizer, learning_rate, finite)
+        self.updates += finite
+        return grad_norm, finite
+
     def deepspeed_step(self, model, optimizer, learning_rate: float, take: bool) -> float:
         """DeepSpeed's update after `sync`: it clips at gradient_clipping (= max_grad_norm) and steps the
         optimizer at `learning_rate`; with take=False (a non-finite loss) the gradients are dropped
@@ -220,7 +265,7 @@ class Parallel:
         norm = model.get_global_grad_norm()
         return float(norm.item() if hasattr(norm, "item") else norm if norm is not None else float("nan"))
 
-    def full_state_dict(self, model, unwrapped) -> dict[str, torch.Tensor]:
+    def full_state_dict(self, model, unwrapped) -> dict[str, Any]:
         """The policy's whole weights on every process (collective under FSDP and ZeRO-3)."""
         if self.backend == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -231,7 +276,7 @@ class Parallel:
                 return {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
         return unwrapped.state_dict()
 
-    def load_full_state_dict(self, model, unwrapped, weights: dict[str, torch.Tensor]) -> None:
+    def load_full_state_dict(self, model, unwrapped, weights: dict[str, Any]) -> None:
         """Set the policy's weights from a whole state dict (a checkpoint's); collective when sharded."""
         if self.backend == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict

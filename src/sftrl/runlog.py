@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,16 @@ class RunLogger:
         self.main = accelerator.is_main_process
         self.bar: Progress | None = None
 
+    def prepare(self, restart: bool) -> None:
+        """Make the run directory; `restart`: it holds a run of the same settings that stopped before its
+        first checkpoint, whose records are cleared (the run starts again from step 0)."""
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if restart:
+                self.print(f"{self.run_dir} holds a run with these settings that stopped before its first "
+                           "checkpoint: starting it again from step 0")
+                self.clear()
+
     def print(self, text: str) -> None:
         if self.main:
             if self.bar is not None:
@@ -160,6 +171,17 @@ class RunLogger:
         if self.accelerator.log_with:
             self.accelerator.end_training()
 
+    def finish(self, summary: dict[str, Any], lora: bool, merged: bool, accuracy: Callable[[dict[str, float]], str]) -> None:
+        """The run is over: write summary.json and say what it reached and where the model is (`lora`: an
+        adapter; `merged`: and the merged model); `accuracy` formats evaluation metrics."""
+        if self.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(finite_or_none(summary), indent=2))
+            if summary["eval_after"]:
+                self.print(end_message(summary, summary["method"], accuracy))
+            self.print(f"model saved to {self.run_dir / 'model'}" + (
+                f" (LoRA adapter; merged model in {self.run_dir / 'model-merged'})" if merged
+                else " (LoRA adapter)" if lora else ""))
+
     def open_bar(self, total: int, desc: str, enabled: bool, initial: int) -> None:
         """Show a progress bar of optimizer steps (on the main process, when `enabled`)."""
         self.bar = Progress(total, desc, enabled=enabled and self.main, initial=initial, unit="step")
@@ -175,3 +197,23 @@ class RunLogger:
             postfix = {short: number(metrics[k], ".3g") for k, short in BAR_METRICS.items()
                        if isinstance(metrics.get(k), (int, float))}
             self.bar.update(1, step=metrics["step_type"], **postfix)
+
+
+def skip_warning(step: int, metrics: dict[str, Any], finite: bool, skip_above: float) -> str:
+    """Why step `step` made no update: its loss or gradient norm was not finite, or the norm was above
+    skip_update_grad_norm (`skip_above`)."""
+    if not finite:
+        return (f"warning: step {step} skipped: its loss or gradient norm is not finite (loss "
+                f"{number(metrics['loss'], '.4g')}, grad_norm {number(metrics['grad_norm'], '.4g')}); "
+                "no update was made")
+    return (f"warning: step {step} skipped: its gradient norm {number(metrics['grad_norm'], '.4g')} "
+            f"is above skip_update_grad_norm={number(skip_above, 'g')}; no update was made")
+
+
+def end_message(summary: dict[str, Any], method: str, accuracy: Callable[[dict[str, float]], str]) -> str:
+    """The accuracy before and after training, with the run's length and time (`summary` as the trainer
+    writes it, with `eval_after`; `accuracy` formats evaluation metrics)."""
+    before = summary.get("eval_before") or {}
+    return ((f"accuracy before training: {accuracy(before)}\n" if before else "")
+            + f"accuracy after training:  {accuracy(summary['eval_after'])} "
+            f"({method}, {summary['steps']} steps, {number(summary['train_seconds'], '.0f')} s)")

@@ -155,58 +155,91 @@ class StepContext(Protocol):
                      observe: Observer | None = None, temperature: float = 1.0,
                      entropy_tokens: int | None = None,
                      token_loss: SFTTokenLoss | None = None,
-                     ) -> dict[str, float]: ...
+                     ) -> dict[str, float]:
+        """The SFT term (Terms.sft)."""
 
     def rollouts(self, examples: list[Example], placement: Placement = Placement.NONE,
-                 hints: list[str] | None = None) -> Rollouts: ...
+                 hints: list[str] | None = None) -> Rollouts:
+        """Sample, place demonstrations in the groups, score, and compute group advantages
+        (:func:`sftrl.experience.collect`; `placement` as in :func:`sftrl.experience.sample_groups`)."""
 
     def policy_backward(self, rollouts: Rollouts, token_loss: TokenLoss, weight: float = 1.0,
                         observe: Observer | None = None, entropy_tokens: int | None = None,
-                        entropy_coef: float | None = None) -> dict[str, float]: ...
+                        entropy_coef: float | None = None) -> dict[str, float]:
+        """A policy-gradient term over rollouts and demonstrations (Terms.policy)."""
 
-    def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]: ...
+    def grpo_backward(self, examples: list[Example], weight: float = 1.0) -> dict[str, float]:
+        """Roll out G completions per prompt, score, group advantages, accumulate weight · GRPO loss."""
 
-    def snapshot_reference(self) -> None: ...
+    def snapshot_reference(self) -> None:
+        """Make the current policy the frozen reference (SASR after warm-up; the end of RL in RL→SFT_KL).
+        Checkpoints then carry its weights, so a resumed run measures against the same model."""
 
-    def reset_optimizer_state(self) -> None: ...
+    def reset_optimizer_state(self) -> None:
+        """Forget AdamW's moments and step counts, as a new training job would start (SFT→RL's RL stage)."""
 
-    def extra_optimizer_step(self, learning_rate: float) -> tuple[float, bool]: ...
+    def extra_optimizer_step(self, learning_rate: float) -> tuple[float, bool]:
+        """Step the method's own optimizer (Method.extra_optimizer) on the gradients accumulated since the
+        last update, clipped at its own max_grad_norm (Parallel.update); returns the norm before clipping
+        and whether the update was made (a non-finite norm makes none). Collective."""
 
-    def take_loss(self) -> float: ...
+    def take_loss(self) -> float:
+        """The loss back-propagated since the last call, summed over processes (each process's share is
+        normalised by whole-step counts, so the sum is the step's loss); collective."""
 
-    def global_sum(self, value: float) -> float: ...
+    def global_sum(self, value: float) -> float:
+        """`value` summed over every process (collective: every process must call it)."""
 
-    def global_sums(self, values: list[float]) -> list[float]: ...
+    def global_sums(self, values: list[float]) -> list[float]:
+        """Each value summed over every process, in one all-reduce (collective)."""
 
-    def gather_rows(self, values: list) -> list: ...
+    def gather_rows(self, values: list) -> list:
+        """Every process's per-row values of a list sharded as global[rank::world] (the step's prompts,
+        drawn demonstrations), put back in the global order; collective."""
 
-    def local_rows(self, values: list) -> list: ...
+    def local_rows(self, values: list) -> list:
+        """This process's share of a global per-row list: values[rank::world], as the step's prompts are sharded."""
 
-    def draw_demonstrations(self, count: int) -> list[Example]: ...
+    def draw_demonstrations(self, count: int) -> list[Example]:
+        """This process's share of `count` training rows drawn for their demonstrations from a sampler of
+        their own (seeded, checkpointed), independent of the step's prompts (CHORD's expert rows)."""
 
-    def example_position(self, example: Example) -> int: ...
+    def example_position(self, example: Example) -> int:
+        """The example's position in the training set (what train_example takes back; ReLIFT's buffer)."""
 
     def train_example(self, position: int) -> Example: ...
 
     def demonstration_ids(self, example: Example) -> tuple[list[int], bool]: ...
 
-    def text_ids(self, text: str) -> list[int]: ...
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of a piece of target text, no special tokens (UFT's hints)."""
 
     def context_ids(self, prompt: str | list[dict]) -> list[int]: ...
 
-    def frozen_model(self, name: str, what: str) -> Any: ...
+    def frozen_model(self, name: str, what: str) -> Any:
+        """A frozen model (a teacher) loaded as the policy is (models.load_frozen: a local directory or hub id,
+        the run's dtype; its tokenizer must have the policy's vocabulary), on this process's device, loaded
+        once per run; `what` names the config field in errors."""
 
     def score_rows(self, prompt_ids: list[list[int]], target_ids: list[list[int]], model=None,
-                   temperature: float = 1.0) -> list[torch.Tensor]: ...
+                   temperature: float = 1.0) -> list[torch.Tensor]:
+        """Terms.score_rows under `model` (None: the current policy). Collective under FSDP and ZeRO-3 when
+        model is None (whole_policy)."""
 
-    def decode(self, ids: list[int]) -> str: ...
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (Prefix-RFT's demonstration prefix)."""
 
     # Sampling and grading outside `rollouts` (uft's Prefix-RFT schedule: one extra prefixed rollout a group).
     def generate(self, examples: list[Example], num_generations: int, greedy: bool = False,
-                 continuations: list[str] | None = None) -> Completions: ...
+                 continuations: list[str] | None = None) -> Completions:
+        """Sample completions; `continuations` (one text per example) are appended to the rendered
+        prompts, so the samples continue them (UFT's hints)."""
 
     def score(self, examples: list[Example], texts: list[str], target_ids: list[list[int]], group_size: int,
-              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, list[float]]]: ...
+              is_demo: list[bool]) -> tuple[torch.Tensor, dict[str, list[float]]]:
+        """Each reward function's rewards, (N, F), NaN for None, and what they logged with log_metric, by name
+        (Scorer.score, called as TRL calls them; row i belongs to examples[i // group_size]). Not collective:
+        for targets sampled outside `rollouts` (uft's Prefix-RFT schedule)."""
 
 
 LEARNING_RATE_FIELDS = {StepKind.SFT: "sft_learning_rate", StepKind.POLICY: "learning_rate"}
