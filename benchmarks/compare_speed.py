@@ -133,10 +133,6 @@ def cpu_name() -> str:
         from sftrl.hardware import cpu_bf16_supported, cpu_name as name
 
         return f"{name()} (bfloat16 instructions: {'yes' if cpu_bf16_supported() else 'no'})"
-    except ImportError:
-        import platform
-
-        return platform.processor() or "unknown CPU"
     finally:
         sys.path.pop(0)
 

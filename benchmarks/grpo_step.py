@@ -562,21 +562,10 @@ def parse_args(argv=None):
 
 
 def cpu_description() -> tuple[str, bool]:
-    """(the CPU's name, whether it has bfloat16 instructions), from sftrl.hardware; from /proc/cpuinfo
-    where the sftrl on the path predates it."""
-    try:
-        from sftrl.hardware import cpu_bf16_supported, cpu_name
+    """(the CPU's name, whether it has bfloat16 instructions): sftrl.hardware's answers."""
+    from sftrl.hardware import cpu_bf16_supported, cpu_name
 
-        return cpu_name(), cpu_bf16_supported()
-    except ImportError:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            text = ""
-        fields = {key.strip(): value for key, _, value in (line.partition(":") for line in text.splitlines())}
-        name = " ".join(fields.get("model name", "").split()) or platform.processor()
-        flags = set(fields.get("flags", "").split())
-        return name or "unknown CPU", bool(flags & {"avx512_bf16", "amx_bf16"})
+    return cpu_name(), cpu_bf16_supported()
 
 
 def passes(settings: str, device: str, cpu_bf16: bool, force_bf16: bool, cpu: str) -> list[tuple[str, bool, str | None]]:
