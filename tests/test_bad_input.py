@@ -54,6 +54,21 @@ def test_train_config_values(tmp_path, tiny_model_dir, capsys):
                   "plugins", "no_such_plugin_xyz")
 
 
+def test_yaml_booleans_in_string_fields(tmp_path, tiny_model_dir, capsys):
+    """YAML 1.1 reads `no` as false: on the command line a string field keeps the text as typed (so
+    `mixed_precision=no` works, in `sftrl compare --grid` too); in a recipe the error says to quote it."""
+    from sftrl.config import parse_overrides
+    assert parse_overrides(["mixed_precision=no", "mixed_precision_2=no"]) == \
+        {"mixed_precision": "no", "mixed_precision_2": False}
+    assert parse_overrides(["mixed_precision='no'", "eval_data=null", "eval_data=off", "max_steps=3"]) == \
+        {"mixed_precision": "no", "eval_data": "off", "max_steps": 3}
+    assert parse_overrides(["eval_data=null"]) == {"eval_data": None}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: sft\nmixed_precision: no\n")
+    fails_cleanly(capsys, tmp_path, ["train", "--config", recipe], "mixed_precision: expected a string, got False",
+                  "mixed_precision: 'no'")
+
+
 def test_train_model_that_is_not_a_model(tmp_path, tiny_model_dir, not_a_model, capsys):
     fails_cleanly(capsys, tmp_path, train_args(tmp_path, not_a_model), "model:", str(not_a_model),
                   "not a model directory", "config.json")

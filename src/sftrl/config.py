@@ -273,6 +273,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         return value
     if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/on/off as booleans
+        raise ConfigError(f"{name}: expected a string, got {value!r} (YAML reads no, yes, on and off as "
+                          f"true/false: quote the value, e.g. {name}: 'no')")
     raise ConfigError(f"{name}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
@@ -284,12 +287,18 @@ def _unknown(name: str) -> ConfigError:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`key=value` strings -> dict; values are read as YAML (so 1e-6, true, null and [a, b] work)."""
+    """`key=value` strings -> dict; values are read as YAML (so 1e-6, true, null and [a, b] work), except
+    that a string field keeps the text as typed (`mixed_precision=no` is "no", not YAML's false)."""
+    hints = typing.get_type_hints(Config)
     parsed: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
+        hint, text = hints.get(key.strip()), raw.strip()
+        if hint in (str, str | None) and text and not (hint != str and text in ("null", "~")):
+            parsed[key.strip()] = yaml.safe_load(text) if text[0] in "'\"" else text
+            continue
         try:
             parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
