@@ -187,3 +187,27 @@ def test_every_kind_of_step_finishes_under_fsdp(tmp_path, tiny_model_dir, even_a
         assert "kl_ref" not in rows[0] and "kl_ref" in rows[-1]
     if method == "sft-then-grpo":  # the RL stage, with its fresh optimizer, ran
         assert [r["step_type"] for r in rows] == ["sft", "sft", "grpo", "grpo"]
+
+
+def test_prefix_rft_on_two_processes_draws_and_counts_as_one(tmp_path, tiny_model_dir, even_answer_spec):
+    """Prefix-RFT (uft_schedule=prefix-rft): every process draws every prompt's prefix share from the same
+    stream and the counts are summed over processes, so the prefix schedule, the prefixed rollouts and
+    their share of the demonstrations' tokens are the same in 1 and 2 processes. The weights are not
+    compared: the prefixed rollout's sampled tokens carry advantage r (not 0) and come from each process's
+    own random stream, and its prefix tokens are ranked by entropy within each process's micro-batch."""
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    values = dict(overrides("uft", tiny_model_dir, even_answer_spec, one_dir), uft_schedule="prefix-rft",
+                  uft_hint_steps=3, loss_type="dapo")
+    Trainer(load_config(overrides=values)).train()
+    run_two_processes({**values, "output_dir": str(two_dir)}, "uft prefix-rft")
+    one = [r for r in read_metrics(one_dir) if "step_type" in r]
+    two = [r for r in read_metrics(two_dir) if "step_type" in r]
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    assert one[0]["uft/prefix_low"] > one[-1]["uft/prefix_low"]  # the cosine decayed
+    assert all(r["uft/hinted_prompts"] == 4 for r in one)  # one prefixed rollout per prompt of the step
+    for a, b in zip(one, two):
+        for key in ("step_type", "uft/hinted_prompts", "uft/prefix_low"):
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+        for key in ("uft/hint_share", "uft/prefixed_reward", "reward"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key, a[key], b[key])
+        assert math.isfinite(b["loss"]) and math.isfinite(b["grad_norm"])
