@@ -63,6 +63,8 @@ def test_yaml_booleans_in_string_fields(tmp_path, tiny_model_dir, capsys):
     assert parse_overrides(["mixed_precision='no'", "eval_data=null", "eval_data=off", "max_steps=3"]) == \
         {"mixed_precision": "no", "eval_data": "off", "max_steps": 3}
     assert parse_overrides(["eval_data=null"]) == {"eval_data": None}
+    assert parse_overrides(['opsd_teacher_template="{prompt}\\n{demonstration}"', "reward_funcs=[a, b]"]) == \
+        {"opsd_teacher_template": "{prompt}\n{demonstration}", "reward_funcs": ["a", "b"]}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("method: sft\nmixed_precision: no\n")
     fails_cleanly(capsys, tmp_path, ["train", "--config", recipe], "mixed_precision: expected a string, got False",
