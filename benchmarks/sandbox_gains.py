@@ -25,7 +25,8 @@ import json
 import os
 from pathlib import Path
 
-from sftrl.compare import mean_ci, run_jobs
+from sftrl.compare import run_jobs
+from sftrl.summary import mean_ci
 from sftrl.validate import load_config
 
 ROOT = Path(__file__).resolve().parent.parent

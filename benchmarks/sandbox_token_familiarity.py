@@ -32,7 +32,7 @@ import statistics
 import numpy as np
 
 from sftrl.analyze import load_scorer, response_token_probs
-from sftrl.data import load_rows
+from sftrl.sources import load_rows
 
 # The first 200 training rows hold 60 doubling problems (skill share 0.3), enough for the default 50;
 # training rows are prefix-stable, so these are the first double rows of every default-size run.

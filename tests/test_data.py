@@ -16,15 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftrl.data import (
-    DataError,
-    Example,
-    PromptSampler,
-    load_examples,
-    load_rows,
-    render_prompt,
-    to_examples,
-)
+from sftrl.data import Example, load_examples, render_prompt, to_examples
+from sftrl.errors import DataError
+from sftrl.prompt_sampler import PromptSampler
+from sftrl.sources import load_rows
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 

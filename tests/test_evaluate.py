@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from sftrl.evaluate import avg_at_k, pass_at_k
+from sftrl.eval_metrics import avg_at_k, pass_at_k
 
 
 def brute_force_pass_at_k(grades, k):
@@ -45,7 +45,9 @@ import random
 from pathlib import Path
 
 from sftrl.data import Example, load_examples
-from sftrl.evaluate import build_questions, grader_for, run_benchmark, shuffle_options, summarize
+from sftrl.eval_metrics import summarize
+from sftrl.evaluate import run_benchmark
+from sftrl.grading import build_questions, grader_for, shuffle_options
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 SETTINGS = {"model": "fake", "k": 2, "shuffle_choices": False}
@@ -258,7 +260,8 @@ def test_the_same_model_files_at_another_path_reuse_their_samples(tiny_model_dir
     import shutil
 
     from sftrl.data import load_examples
-    from sftrl.evaluate import build_questions, read_samples, run_benchmark
+    from sftrl.evaluate import read_samples, run_benchmark
+    from sftrl.grading import build_questions
     from sftrl.models import load_model, load_tokenizer, model_fingerprint
 
     first, moved = tmp_path / "a" / "model", tmp_path / "b" / "model"
@@ -282,7 +285,7 @@ def test_the_same_model_files_at_another_path_reuse_their_samples(tiny_model_dir
 def test_compare_evaluations_follow_the_model_files(tiny_model_dir, tmp_path):
     import shutil
 
-    from sftrl.compare import evaluate_run
+    from sftrl.compare_eval import evaluate_run
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from sftrl.sandbox import prepare as prepare_module  # noqa: E402
 from sftrl.sandbox.model import build_model  # noqa: E402
 from sftrl.config import ConfigError  # noqa: E402
-from sftrl.data import load_examples, load_rows  # noqa: E402
+from sftrl.data import load_examples  # noqa: E402
+from sftrl.sources import load_rows  # noqa: E402
 from sftrl.sandbox.task import Problem, Ref, make_split, verify  # noqa: E402
 from sftrl.validate import load_config  # noqa: E402
 from sftrl.sandbox.tokenizer import build_tokenizer  # noqa: E402

@@ -64,7 +64,9 @@ def test_config_registry_and_rewards_import_only_what_comes_before_them():
     assert edges["registry"] == set()
     assert edges["config"] <= {"errors"}
     assert "methods" not in edges["config"] and "sandbox" not in edges["rewards"]
-    assert not {"trainer", "cli"} & (edges["analyze"] | edges["evaluate"] | edges["report"] | edges["methods"])
+    assert not {"trainer", "cli"} & (edges["analyze"] | edges["evaluate"] | edges["grading"] | edges["eval_metrics"]
+                                     | edges["compare_eval"] | edges["compare_plan"] | edges["report"] | edges["methods"]
+                                     | edges["sources"] | edges["prompt_sampler"])
 
 
 def test_a_user_plugin_registers_a_dataset_and_its_verifier_like_the_sandbox(tmp_path, monkeypatch):
@@ -79,7 +81,7 @@ def test_a_user_plugin_registers_a_dataset_and_its_verifier_like_the_sandbox(tmp
         "register_dataset('toy', toy_rows, verifier='toy_verifier', default_eval='toy:test')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from sftrl.data import load_examples
-    from sftrl.evaluate import grader_for, grade_samples, build_questions
+    from sftrl.grading import grader_for, grade_samples, build_questions
     from sftrl.validate import load_config
 
     config = load_config(overrides={"plugins": ["toy_plugin"], "train_data": "toy", "method": "grpo"})

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from .config import ConfigError
-from .data import DataError, load_examples, render_prompt
+from .data import load_examples, render_prompt
+from .errors import DataError
 from .batching import pack, target_logprobs
 from .formatting import number
 from .report import legend_outside, save_figure, series_style

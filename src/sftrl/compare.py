@@ -35,8 +35,6 @@ curves.png (with --curve-every) and the training-dynamics report (report.md / re
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import json
 import os
 import shutil
@@ -46,101 +44,16 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
+from .compare_eval import SPLITS, control_prob, evaluate_run, learning_curve
+from .compare_plan import TOKENS_PER_SEQUENCE  # noqa: F401  (re-exported: test_compare_map reads it here)
+from .compare_plan import (DEFAULT_BUDGET, TUNE_SEED, budget_limits, budget_overrides, expand_grid, known_label,
+                           method_of, rate_tag, run_config, run_key, tuning_grid)
 from .config import Config, ConfigError
 from .errors import RunError, SftrlError
 from .formatting import number
-from .validate import check_precision, load_config
-from .methods import METHODS
-from .summary import mean_ci  # noqa: F401  (re-exported: benchmarks/sandbox_gains.py reads it from here)
+from .validate import load_config
 from .summary import (BASE, CONTROL, METHOD_ORDER, comparison_table, differences_table, headline, paired_differences,
                       plot_accuracy, plot_curves, plot_regime_map, regime_cells, regime_map_table)
-
-# A row that is not a method of its own: (the method it runs, what it sets). The coin's chance of
-# paying is the base model's measured pass rate (measure_pass_rate), filled in per regime.
-CONTROLS: dict[str, tuple[str, dict[str, Any]]] = {CONTROL: ("grpo", {"reward_funcs": ["coin"]})}
-BUDGETS = ("steps", "sequences", "tokens")
-# Settings that change only the demonstrations: a method that trains on none runs the same with any value,
-# so a grid reuses its run across regimes that differ only in them.
-DEMONSTRATION_FIELDS = ("sandbox_demo_error_rate", "sandbox_double_form")
-SPLITS = {"in-dist": "sandbox:test", "ood": "sandbox:ood"}
-FAMILIES = ("chain", "double")
-STEP_CAP_FACTOR = 4  # under a sequence or token budget no run takes more than this x max_steps steps
-# The default token budget per budgeted sequence: about what a GRPO step of the sandbox spends per rollout
-# (measured over 50 steps of the default regime, seed 0: GRPO 78.6 token passes per trained sequence,
-# an SFT-only step 55.8, SRFT's and CHORD's mixed steps 73-75).
-TOKENS_PER_SEQUENCE = 80
-TUNE_SEED = 1000  # tuning runs use a seed of their own, so the compared seeds never choose their own rates
-# The sandbox budget every compared run shares (recipes/sandbox-*.yaml carry the same values).
-DEFAULT_BUDGET: dict[str, Any] = {
-    "max_steps": 50, "batch_size": 16, "sft_batch_size": 128, "num_generations": 8, "learning_rate": 1e-4,
-    "sft_learning_rate": 1e-3,
-    "lr_scheduler": "constant", "warmup_steps": 5, "max_completion_length": 64,
-}
-DEFAULT_LR_GRID = {"learning_rate": [3e-5, 1e-4, 3e-4], "sft_learning_rate": [3e-4, 1e-3, 3e-3]}
-
-def budget_overrides(budget: dict[str, Any]) -> dict[str, Any]:
-    """The config values every run shares; phase lengths are fractions of the steps."""
-    steps = budget["max_steps"]
-    return {"model": "sandbox", "train_data": "sandbox", **budget, "sft_steps": steps // 2, "grpo_steps": steps // 2,
-            "sasr_warmup_steps": max(1, steps // 5)}
-
-
-def method_overrides(method: str, budget: dict[str, Any]) -> dict[str, Any]:
-    """Phase lengths only one method reads, set for that method alone, so that a finished run of
-    another method is still reused when they are added (a run's config records every field)."""
-    if method == "uft":
-        return {"uft_hint_steps": round(0.6 * budget["max_steps"])}  # UFT: hints for 300 of 500 steps
-    return {}
-
-
-def method_of(label: str) -> str:
-    """The method a row runs: itself, or for a control the method it is built on."""
-    return CONTROLS[label][0] if label in CONTROLS else label
-
-
-def known_label(label: str) -> bool:
-    return label in METHODS or label in CONTROLS
-
-
-def run_config(label: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int) -> Config:
-    """One run's config: the method's defaults and preset, then the shared budget, then the control's
-    settings (for a control row), then seed and paths. A method that trains on no demonstrations gets
-    the default of every demonstration-only setting, so its run does not depend on them."""
-    method = method_of(label)
-    values = {"method": method, **method_overrides(method, shared), **shared,
-              **(CONTROLS[label][1] if label in CONTROLS else {}), "seed": seed, "output_dir": str(run_dir),
-              "save_every": checkpoint_every, "save_total_limit": 1000,
-              # compare samples avg@k itself on both splits (evaluate_run); the trainer's own evaluation keeps
-              # greedy accuracy only, so no run pays twice for the same samples (result-neutral: reuse holds)
-              "eval_samples": 0}
-    if not METHODS[method].needs_demonstrations:
-        defaults = Config().to_dict()
-        values.update({name: defaults[name] for name in DEMONSTRATION_FIELDS if name in defaults})
-    config = load_config(None, values)
-    check_precision(config)  # a run's check (the trainer makes it too), here before any run starts
-    return config
-
-
-def budget_limits(budget: str, shared: dict[str, Any], amount: int | None) -> dict[str, Any]:
-    """The config values a budget sets. steps: `max_steps` steps each (today's sandbox budget). sequences:
-    every run trains on the same count of sequences (max_steps x sft_batch_size by default; a step
-    with more rows, e.g. SRFT's demonstrations or CHORD's expert rows, spends it faster). tokens: the same
-    count of token passes (see Config.max_token_passes; default TOKENS_PER_SEQUENCE x that many
-    sequences). Under sequences and tokens a run may take up to STEP_CAP_FACTOR x max_steps steps."""
-    if budget not in BUDGETS:
-        raise ConfigError(f"--budget: {budget!r} is not one of {', '.join(BUDGETS)}")
-    if amount is not None and amount < 1:
-        raise ConfigError(f"--budget-amount: must be at least 1, got {amount}")
-    if budget == "steps":
-        if amount is not None:
-            raise ConfigError("--budget-amount: only with --budget sequences or tokens (use --max-steps for steps)")
-        return {}
-    steps = shared["max_steps"]
-    sequences = steps * (shared.get("sft_batch_size") or shared["batch_size"])
-    cap = {"max_steps": STEP_CAP_FACTOR * steps}
-    if budget == "sequences":
-        return {**cap, "max_train_sequences": amount or sequences}
-    return {**cap, "max_token_passes": amount or TOKENS_PER_SEQUENCE * sequences}
 
 
 def _differences(run_dir: Path, config: Config) -> list[str]:
@@ -177,93 +90,7 @@ def train_or_reuse(config: Config) -> tuple[Path, str]:
     return run_dir, "trained"
 
 
-def evaluate_run(model_dir: Path, eval_dir: Path, k: int, temperature: float, limit: int, seed: int,
-                 max_new_tokens: int, trust_remote_code: bool = False,
-                 chat_template_kwargs: dict | None = None, splits: tuple[str, ...] = tuple(SPLITS)) -> dict[str, dict]:
-    """avg@k and pass@k of one model on each split, overall and per family (`<split>/<family>`);
-    samples go to eval_dir/<split>.jsonl (resumable). Prompts are rendered as in training."""
-    from .data import load_examples
-    from .evaluate import build_questions, run_benchmark, sample_with_generate, summarize
-    from .models import load_model, load_tokenizer, model_fingerprint
-
-    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
-    model = load_model(str(model_dir), trust_remote_code=trust_remote_code)
-    sampler = functools.partial(sample_with_generate, chat_template_kwargs=chat_template_kwargs)
-    fingerprint = model_fingerprint(str(model_dir))  # a retrained model is evaluated again, never served old samples
-    results = {}
-    for name in splits:
-        source = SPLITS[name]
-        questions = build_questions(load_examples(source, limit=limit), source, k=k)
-        settings = {"model": str(model_dir), "k": k, "shuffle_choices": False, "model_sha256": fingerprint,
-                    "chat_template_kwargs": chat_template_kwargs}
-        records = run_benchmark(model, tokenizer, questions, eval_dir / f"{name}.jsonl", settings,
-                                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, sampler=sampler)
-        summary = summarize(records)
-        results[name] = summary["overall"]
-        for source_name, stats in summary["by_source"].items():
-            family = source_name.rsplit("-", 1)[-1]
-            if family in FAMILIES:
-                results[f"{name}/{family}"] = stats
-    return results
-
-
-def measure_pass_rate(shared: dict[str, Any], prompts: int = 256, samples: int = 4, seed: int = 0) -> float:
-    """The base model's pass rate on the run's training prompts at the rollout temperature: what GRPO's
-    reward pays at its first step, and so the chance the negative control's coin pays."""
-    import torch
-
-    from .data import load_examples
-    from .evaluate import evaluate_accuracy
-    from .models import load_model, load_tokenizer, resolve_model_path
-
-    config = load_config(None, {"method": "grpo", **shared})
-    path = resolve_model_path(config.model)
-    examples = load_examples(config.train_data, config.train_split, limit=prompts,
-                             sandbox_demo_error_rate=config.sandbox_demo_error_rate,
-                             sandbox_skill_share=config.sandbox_skill_share, sandbox_train_size=config.sandbox_train_size)
-    torch.manual_seed(seed)
-    result = evaluate_accuracy(load_model(path), load_tokenizer(path), examples, max_new_tokens=config.max_completion_length,
-                               temperature=config.temperature, num_samples=samples,
-                               chat_template_kwargs=config.chat_template_kwargs)
-    return result["accuracy"]
-
-
-def control_prob(regime_dir: Path, shared: dict[str, Any]) -> float:
-    """The control's coin probability for this regime: measured once, then read from control.json (so a
-    resumed comparison uses the same value on any machine)."""
-    path = regime_dir / "control.json"
-    key = {name: shared.get(name) for name in ("model", "train_data", "temperature", "max_completion_length",
-                                               "sandbox_skill_share", "sandbox_train_size")}
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("settings") == key:
-            return stored["coin_reward_prob"]
-    prob = round(measure_pass_rate(shared), 3)
-    regime_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": key, "coin_reward_prob": prob,
-                                "how": "base model's pass rate on 256 training prompts x 4 samples at the rollout "
-                                       "temperature"}, indent=2))
-    return prob
-
-
 # ------------------------------------------------------------------------------------ running jobs
-def _curve(run_dir: Path, e: dict[str, Any]) -> list[dict[str, Any]]:
-    """In-distribution avg@k of each kept checkpoint, with the step and the token passes spent by then."""
-    from . import runlog
-    from .checkpoint import checkpoint_dirs
-
-    spent = {r["step"]: r.get("total_token_passes") for r in runlog.read(run_dir / "metrics.jsonl")
-             if "total_token_passes" in r}
-    points = []
-    for path in checkpoint_dirs(run_dir):
-        step = int(path.name.split("-")[-1])
-        evals = evaluate_run(path, run_dir / "eval" / "curve" / path.name, e["k"], e["temperature"], e["limit"],
-                             e["seed"], e["max_new_tokens"], e["trust_remote_code"], e["chat_template_kwargs"],
-                             splits=("in-dist",))
-        points.append({"step": step, "token_passes": spent.get(step), "avg@k": evals["in-dist"]["avg@k"]})
-    return points
-
-
 def _job(task: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse) one run and/or evaluate one model; runs in a worker process or inline.
 
@@ -296,7 +123,7 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
             out["evals"] = evaluate_run(Path(e["model"]), Path(e["dir"]), e["k"], e["temperature"], e["limit"],
                                         e["seed"], e["max_new_tokens"], e["trust_remote_code"], e["chat_template_kwargs"])
             if task.get("curve"):
-                out["curve"] = _curve(Path(task["config"]["output_dir"]), e) + [
+                out["curve"] = learning_curve(Path(task["config"]["output_dir"]), e) + [
                     {"step": out["steps"], "token_passes": out["total_token_passes"],
                      "avg@k": out["evals"]["in-dist"]["avg@k"]}]
     out["seconds"] = time.perf_counter() - started
@@ -334,17 +161,6 @@ def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, d
 
 
 # ------------------------------------------------------------------------------------ tuning
-def tuning_grid(method: str, shared: dict[str, Any], grid: dict[str, list[float]]) -> list[dict[str, float]]:
-    """The points to try: the product of the grid's values over the learning rates `method` uses."""
-    fields = METHODS[method].learning_rate_fields(load_config(None, {"method": method, **shared}))
-    return [dict(zip(fields, values)) for values in itertools.product(*(grid[f] for f in fields))]
-
-
-def _rate_tag(point: dict[str, float]) -> str:
-    short = {"learning_rate": "lr", "sft_learning_rate": "sftlr"}
-    return "-".join(f"{short[k]}{number(v, 'g')}" for k, v in point.items())
-
-
 def tune(labels: list[str], shared: dict[str, Any], out_dir: Path, grid: dict[str, list[float]], jobs: int,
          k: int, temperature: float) -> dict[str, dict[str, Any]]:
     """Train each method at every grid point (seed TUNE_SEED) and keep the point with the best sampled
@@ -355,7 +171,7 @@ def tune(labels: list[str], shared: dict[str, Any], out_dir: Path, grid: dict[st
     tasks, points = [], []
     for method in methods:
         for point in tuning_grid(method, shared, grid):
-            run_dir = out_dir / "tune" / f"{method}-{_rate_tag(point)}"
+            run_dir = out_dir / "tune" / f"{method}-{rate_tag(point)}"
             values = {"method": method, **shared, **point, "seed": TUNE_SEED, "eval_data": "sandbox:val",
                       "eval_samples": k, "eval_temperature": temperature,
                       "output_dir": str(run_dir), "save_every": 0, "progress": jobs <= 1}
@@ -369,7 +185,7 @@ def tune(labels: list[str], shared: dict[str, Any], out_dir: Path, grid: dict[st
         c = task["config"]
         score = (f": val avg@{k} {number(result['sampled_after'], '.1%')} (greedy {number(result['greedy_after'], '.1%')})"
                  if result.get("sampled_after") is not None else "")
-        return f"tune {c['method']} {_rate_tag(task['point'])}{score}"
+        return f"tune {c['method']} {rate_tag(task['point'])}{score}"
 
     finished = run_jobs(tasks, jobs, describe)
     tuning: dict[str, dict[str, Any]] = {}
@@ -387,41 +203,11 @@ def tuning_table(tuning: dict[str, dict[str, Any]], k: int) -> str:
     for method, entry in tuning.items():
         chosen = entry["chosen"]
         tried = ", ".join(
-            f"{_rate_tag({key: v for key, v in s.items() if not key.startswith('val_')})}: "
+            f"{rate_tag({key: v for key, v in s.items() if not key.startswith('val_')})}: "
             f"{number(s['val_sampled'], '.1%')} / {number(s['val_greedy'], '.1%')}" for s in entry["scores"])
         lines.append(f"| {method} | {chosen.get('learning_rate', '–')} | {chosen.get('sft_learning_rate', '–')} | "
                      f"{number(entry['best'], '.1%')} | {tried} |")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------ regimes
-def expand_grid(grid: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
-    """`key=v1,v2 ...` -> the regimes: ("default", {}) first, then each key at each of its values with
-    every other setting at its default (one knob at a time, not their product), named `key=value`."""
-    from .config import parse_overrides
-
-    regimes: list[tuple[str, dict[str, Any]]] = [("default", {})]
-    for item in grid or []:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
-            raise ConfigError(f"--grid: expected key=value1,value2,..., got {item!r}")
-        for text in values.split(","):
-            if not text.strip():
-                raise ConfigError(f"--grid: an empty value in {item!r}")
-            value = parse_overrides([f"{key.strip()}={text.strip()}"])[key.strip()]
-            name = f"{key.strip()}={text.strip()}"
-            if name in (n for n, _ in regimes):
-                raise ConfigError(f"--grid: {name} is given twice")
-            regimes.append((name, {key.strip(): value}))
-    return regimes
-
-
-def _run_key(config: Config) -> str:
-    """What makes two runs the same run: every result-changing setting (not where it is written)."""
-    from .config import RESULT_NEUTRAL_FIELDS
-
-    values = {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL_FIELDS and k != "output_dir"}
-    return json.dumps(values, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------------ compare
@@ -488,7 +274,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
                 rates = tuning.get(method_of(label), {}).get("chosen", {})
                 config = run_config(label, s, directory / f"{label}-seed{s}",
                                     {**shared, **rates, "progress": jobs <= 1}, save_every)
-                key = _run_key(config)
+                key = run_key(config)
                 if key not in where:
                     where[key] = len(tasks)
                     tasks.append({"config": config.to_dict(), "label": (label, s), "curve": bool(curve_every),

@@ -1,8 +1,9 @@
-"""Evaluation: greedy accuracy during training, and the benchmark harness behind `sftrl eval`.
+"""Evaluation: greedy accuracy during training, kl_from_base, and the benchmark harness behind `sftrl eval`.
 
 The harness samples k completions per question (temperature 0.6, top_p 1.0: the papers' protocol),
-grades them (math-verify on the text after ``</think>``, multiple choice by letter, the sandbox's
-exact check) and reports avg@k and pass@k per ``data_source`` and overall.
+grades them (:mod:`sftrl.grading`: math-verify on the text after ``</think>``, multiple choice by letter,
+the sandbox's exact check) and keeps every graded question in a resumable samples file; avg@k and pass@k
+per ``data_source`` and overall are :mod:`sftrl.eval_metrics`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import random
-import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,10 @@ import torch
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import registry
 from .batching import pack, target_logits
 from .data import Example, render_prompt
-from .formatting import number
-from .rewards import as_completions, load_rewards, score_completions
-from .rewards.scorer import reward_columns
+from .eval_metrics import avg_at_k
+from .grading import Question, build_questions, grade_samples
 from .rollout import Engine, generate_completions
 
 logger = logging.getLogger(__name__)
@@ -48,7 +44,7 @@ def evaluate_accuracy(
     """Share of examples solved by one completion each (greedy at temperature 0), or with
     `num_samples` > 1 the mean share over that many samples per example (avg@k, sampled at `temperature`).
 
-    Each example is graded by the task's own verifier (:func:`grader_for`: the sandbox's check,
+    Each example is graded by the task's own verifier (:func:`~sftrl.grading.grader_for`: the sandbox's check,
     option letters, or math-verify), never by a training reward, which may be shaped or noisy;
     ``grader`` names one reward function to grade them all instead. Returns the accuracy, the
     accuracy per ``data_source`` (when there are several), the mean completion length, the share of
@@ -158,22 +154,6 @@ def kl_from_base(model, tokenizer, base: BaseLogprobs) -> float:
     return total / tokens if tokens else 0.0
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, Eq. 1)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def avg_at_k(grades: list[float]) -> float:
-    """avg@k: the mean grade over a question's k samples (the papers' AIME/AMC metric with k = 32)."""
-    if not grades:
-        raise ValueError("avg@k of no samples")
-    return sum(grades) / len(grades)
-
-
 # ---------------------------------------------------------------------------------------------------
 # The benchmark harness: k samples per question, avg@k and pass@k per data_source
 #
@@ -183,117 +163,6 @@ def avg_at_k(grades: list[float]) -> float:
 DEFAULT_TEMPERATURE = 0.6  # the papers' evaluation protocol (ALGORITHMS.md, "Shared ... protocol")
 SETTINGS_KEYS = ("model", "k", "k_by_source", "temperature", "top_p", "max_new_tokens", "shuffle_choices", "seed",
                  "chat_template_kwargs")
-
-_OPTION_LINE = re.compile(r"^([A-J])[).:]\s+(.*\S)\s*$")
-
-
-def task_verifier(source: str) -> str | None:
-    """The verifier a registered data source names for itself ("sandbox" for the sandbox), or None."""
-    registered = registry.data_source_of(source)
-    return registered[0].verifier if registered is not None else None
-
-
-def grader_for(example: Example, reward: str | None = None) -> str:
-    """The reward that grades `example`: `reward` if given; else the verifier its registered data
-    source names ("sandbox" for the sandbox), "choice" when the gold answer is a lone option letter
-    (ARC-C, GPQA), and "math" otherwise."""
-    if reward:
-        return reward
-    verifier = task_verifier(example.source)
-    if verifier:
-        return verifier
-    return "choice" if re.fullmatch(r"\(?[A-J]\)?", example.answer.strip()) else "math"
-
-
-def shuffle_options(text: str, gold: str, rng: random.Random) -> tuple[str, str] | None:
-    """Permute the contents of a question's option lines ("A) ...", "B. ...", one per line, labels
-    A, B, C, ... in order) and return the new text and the gold's new letter; None when the text has
-    no such option block or the gold is not one of its labels."""
-    lines = text.split("\n")
-    found = [(i, m) for i, m in ((i, _OPTION_LINE.match(line)) for i, line in enumerate(lines)) if m]
-    labels = [m.group(1) for _, m in found]
-    if len(found) < 2 or labels != [chr(ord("A") + j) for j in range(len(found))]:
-        return None
-    gold_label = gold.strip().strip("()")
-    if gold_label not in labels:
-        return None
-    order = list(range(len(found)))
-    rng.shuffle(order)
-    for position, (line_index, match) in enumerate(found):
-        source = found[order[position]][1]
-        # Keep this line's label and punctuation ("A) "), take another line's option text.
-        lines[line_index] = f"{match.group(0)[:match.start(2)]}{source.group(2)}"
-    new_gold = labels[order.index(labels.index(gold_label))]
-    return "\n".join(lines), new_gold
-
-
-def _shuffled(example: Example, seed: int) -> Example:
-    """`example` with its options shuffled (in its last user message), by a generator fixed by seed and row."""
-    rng = random.Random(f"sftrl.shuffle:{seed}:{example.source}:{example.index}")
-    if isinstance(example.prompt, str):
-        result = shuffle_options(example.prompt, example.answer, rng)
-        return example if result is None else replace(example, prompt=result[0], answer=result[1])
-    messages = [dict(m) for m in example.prompt]
-    for message in reversed(messages):
-        if message["role"] == "user":
-            result = shuffle_options(message["content"], example.answer, rng)
-            if result is None:
-                return example
-            message["content"] = result[0]
-            return replace(example, prompt=messages, answer=result[1])
-    return example
-
-
-@dataclass
-class Question:
-    """One benchmark question as evaluated: its id in the samples file, source name, grader and k."""
-
-    id: str
-    data_source: str
-    grader: str
-    k: int
-    example: Example
-
-
-def build_questions(
-    examples: list[Example],
-    dataset_name: str,
-    k: int,
-    k_by_source: dict[str, int] | None = None,
-    reward: str | None = None,
-    shuffle_choices: bool = False,
-    seed: int = 0,
-) -> list[Question]:
-    """Questions for the harness: `data_source` from the column (verl) or the dataset name, the grader
-    by :func:`grader_for`, k from `k_by_source` (e.g. {"aime24": 32}) or `k`, options optionally shuffled."""
-    questions = []
-    for example in examples:
-        source = str(example.columns.get("data_source") or dataset_name)
-        grader = grader_for(example, reward)
-        if shuffle_choices and grader == "choice":
-            example = _shuffled(example, seed)
-        questions.append(Question(id=f"{dataset_name}#{example.index}", data_source=source, grader=grader,
-                                  k=(k_by_source or {}).get(source, k), example=example))
-    return questions
-
-
-def grade_samples(questions: list[Question], completions: list[list[str]]) -> list[list[float]]:
-    """0/1 grade of every completion (``completions[i]`` are question i's samples), each question by
-    its grader; graders run once per grader over all their completions (math in parallel workers)."""
-    grades: list[list[float]] = [[0.0] * len(c) for c in completions]
-    for name in sorted({q.grader for q in questions}):
-        rows = [i for i, q in enumerate(questions) if q.grader == name]
-        examples = [questions[i].example for i in rows]
-        columns = reward_columns(examples, [len(completions[i]) for i in rows])
-        prompts = [questions[i].example.prompt for i in rows for _ in completions[i]]
-        flat = as_completions(prompts, [text for i in rows for text in completions[i]])
-        scores, _ = score_completions(load_rewards([name]), prompts, flat, columns)
-        scores = scores.nan_to_num(0.0).tolist()
-        position = 0
-        for i in rows:
-            grades[i] = [float(s) for s in scores[position:position + len(completions[i])]]
-            position += len(completions[i])
-    return grades
 
 
 def samples_are_stale(path: Path, settings: dict[str, Any]) -> bool:
@@ -438,54 +307,3 @@ def run_benchmark(
         if progress is not None:
             progress.update(len(part))
     return [done[q.id] for q in questions]
-
-
-def pass_ks(k: int) -> list[int]:
-    """The pass@k values reported for k samples: 1, 2, 4, ... up to k, and k itself."""
-    values = [1]
-    while values[-1] * 2 <= k:
-        values.append(values[-1] * 2)
-    return values if values[-1] == k else values + [k]
-
-
-def _summarize_group(records: list[dict]) -> dict[str, float]:
-    """Means over questions of avg@k and pass@j, each question with its own k; pass@j for the j
-    every question in the group has samples for."""
-    k = min(len(r["grades"]) for r in records)
-    out: dict[str, float] = {"questions": len(records), "k": k,
-                             "avg@k": sum(avg_at_k(r["grades"]) for r in records) / len(records)}
-    for j in pass_ks(k):
-        out[f"pass@{j}"] = sum(pass_at_k(len(r["grades"]), int(sum(r["grades"])), j) for r in records) / len(records)
-    lengths = [n for r in records for n in r["lengths"]]
-    out["mean_length"] = sum(lengths) / len(lengths)
-    out["truncated"] = sum(t for r in records for t in r["truncated"]) / len(lengths)
-    return out
-
-
-def summarize(records: list[dict]) -> dict[str, Any]:
-    """avg@k, pass@j (j = 1, 2, 4, ..., k), mean length and truncation per data_source; overall, with
-    every question weighted equally; and `source_mean`, the mean over sources of avg@k (the papers'
-    "average" column)."""
-    if not records:
-        raise ValueError("nothing to summarize: no graded questions")
-    by_source: dict[str, list[dict]] = {}
-    for record in records:
-        by_source.setdefault(record["data_source"], []).append(record)
-    sources = {name: _summarize_group(group) for name, group in by_source.items()}
-    return {"by_source": sources, "overall": _summarize_group(records),
-            "source_mean": sum(s["avg@k"] for s in sources.values()) / len(sources)}
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a plain-text table: one row per data_source, then overall."""
-    rows = [(name, s) for name, s in summary["by_source"].items()] + [("overall", summary["overall"])]
-    header = f"{'data_source':<20} {'n':>6} {'k':>4} {'avg@k':>8} {'pass@1':>8} {'pass@k':>8} {'length':>8} {'trunc':>7}"
-    lines = [header, "-" * len(header)]
-    for name, s in rows:
-        k = int(s["k"])
-        lines.append(f"{name:<20} {int(s['questions']):>6} {k:>4} {number(s['avg@k'], '>8.1%')} "
-                     f"{number(s['pass@1'], '>8.1%')} {number(s[f'pass@{k}'], '>8.1%')} "
-                     f"{number(s['mean_length'], '>8.1f')} {number(s['truncated'], '>7.1%')}")
-    if len(summary["by_source"]) > 1:
-        lines.append(f"mean avg@k over the {len(summary['by_source'])} sources: {number(summary['source_mean'], '.1%')}")
-    return "\n".join(lines)

@@ -8,9 +8,10 @@ from typing import Any
 
 from . import registry
 from .config import Config
-from .data import Example, PromptSampler, load_examples, render_prompt
+from .data import Example, load_examples, render_prompt
 from .errors import ConfigError
 from .parallel import Collective
+from .prompt_sampler import PromptSampler
 
 
 def load_rows(config: Config, require_demo: bool) -> tuple[list[Example], list[Example]]:
