@@ -231,7 +231,8 @@ def regime_cells(regimes: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, d
         for label in names_in(results):
             values = [headline(r) for r in results if r["method"] == label and headline(r) is not None]
             if values:
-                mean, half = mean_ci(values)
+                # in percent before averaging, as the comparison table does, so both print the same digits
+                mean, half = (v / 100 for v in mean_ci([100 * v for v in values]))
                 row[label] = {"mean": mean, "ci95": half, "seeds": len(values),
                               "above_control": above_control(results, label) if label not in (BASE, CONTROL) else None}
         methods = [m for m in row if m != BASE]
