@@ -3,6 +3,7 @@ each check's CPU equivalent, tiny), and the pure parts of compare_speed.py and g
 ratios, tables). Nothing here is timed."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -108,3 +109,27 @@ def test_grpo_step_plans_both_ratios_and_says_why_one_is_skipped():
 
     rounds = [{"sftrl": engine([1.0, 1.0]), "trl": engine([2.0, 2.0])}, {"sftrl": engine([1.0, 3.0]), "trl": engine([3.0, 3.0])}]
     assert step.ratio_line("identical work", rounds) == "identical work: sftrl/TRL = 1.67x (per round 2.00, 1.50)"
+
+
+def test_paired_rows_pairs_runs_of_two_compares_by_seed(tmp_path, capsys):
+    """Rows from two compare outputs, paired by seed: a seed only one side has is left out of the pair."""
+    paired_rows = bench_module("paired_rows")
+
+    def write(directory, method, values):
+        rows = [{"method": method, "seed": seed, **{s: {"avg@k": v + d} for s, d in
+                 (("in-dist", 0), ("in-dist/chain", 0.1), ("in-dist/double", -0.1), ("ood", -0.2))}}
+                for seed, v in values.items()]
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "results.json").write_text(json.dumps({"results": rows}))
+
+    write("a", "sft", {0: 0.50, 1: 0.60, 2: 0.70})
+    write("b", "uft", {0: 0.40, 1: 0.51, 2: 0.59, 3: 0.90})
+    paired_rows.main([f"sft={tmp_path / 'a'}:sft", f"questa={tmp_path / 'b'}:uft", "--against", "sft"])
+    lines = capsys.readouterr().out.splitlines()
+    questa = next(line for line in lines if line.startswith("| questa |")).split(" | ")
+    assert questa[1] == "4" and questa[2].startswith("60.0 ± ")  # all four of its own seeds
+    assert questa[-1].rstrip(" |") == "**-10.0 ± 2.5**"  # seeds 0-2 only: -10, -9, -11 points
+    with pytest.raises(SystemExit, match="no runs of 'grpo'"):
+        paired_rows.main([f"grpo={tmp_path / 'a'}:grpo"])
+    with pytest.raises(SystemExit, match="not LABEL=DIR:METHOD"):
+        paired_rows.main(["sft"])

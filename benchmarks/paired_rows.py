@@ -1,0 +1,71 @@
+"""One table from the rows of several `sftrl compare` outputs, with paired differences by seed.
+
+`sftrl compare` pairs methods within one output directory. A method that needs its own settings (an
+`opd` teacher, a `uft` schedule, an `opsd` template) runs in a compare of its own, since an override
+applies to every run of a compare; this script puts such rows beside the rows they should be read
+against, pairing runs by seed, exactly as compare's own tables do (in-distribution avg@k, mean ± 95%
+interval over seeds, Student t).
+
+Run:
+
+    python benchmarks/paired_rows.py sft=runs/i25:sft grpo=runs/i25:grpo questa=runs/i25-questa:uft \\
+        --against sft grpo
+
+Each row is LABEL=DIR:METHOD, DIR a compare output (its results.json, or DIR/default/results.json for a
+grid). Prints a markdown table: each row's in-dist and ood avg@k and its `chain` / `double` families,
+then each row minus each --against row over the seeds both have; **bold** where the interval excludes zero.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sftrl.formatting import number
+from sftrl.summary import mean_ci
+
+SPLITS = ("in-dist", "in-dist/chain", "in-dist/double", "ood")
+
+
+def load(spec: str) -> tuple[str, dict[int, dict]]:
+    """LABEL=DIR:METHOD -> (label, {seed: that run's result row})."""
+    if "=" not in spec or ":" not in spec.split("=", 1)[1]:
+        raise SystemExit(f"paired_rows: {spec!r} is not LABEL=DIR:METHOD")
+    label, rest = spec.split("=", 1)
+    directory, method = rest.rsplit(":", 1)
+    for path in (Path(directory) / "results.json", Path(directory) / "default" / "results.json"):
+        if path.is_file():
+            rows = {r["seed"]: r for r in json.loads(path.read_text())["results"] if r["method"] == method}
+            if not rows:
+                raise SystemExit(f"paired_rows: {path} has no runs of {method!r}")
+            return label, rows
+    raise SystemExit(f"paired_rows: no results.json in {directory} or {directory}/default")
+
+
+def cell(values: list[float], sign: str = "") -> str:
+    mean, half = mean_ci([100 * v for v in values])
+    text = f"{number(mean, sign + '.1f')} ± {number(half, '.1f')}"
+    return f"**{text}**" if sign and abs(mean) > half else text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rows", nargs="+", help="LABEL=DIR:METHOD")
+    parser.add_argument("--against", nargs="*", default=[], help="labels every row is paired against")
+    args = parser.parse_args(argv)
+    rows = dict(load(spec) for spec in args.rows)
+    missing = [a for a in args.against if a not in rows]
+    if missing:
+        raise SystemExit(f"paired_rows: --against {' '.join(missing)}: not among the row labels")
+    head = ["row", "seeds", *SPLITS] + [f"− {a} (in-dist)" for a in args.against]
+    print("| " + " | ".join(head) + " |\n|---|" + "---:|" * (len(head) - 1))
+    for label, runs in rows.items():
+        line = [label, str(len(runs))] + [cell([r[s]["avg@k"] for r in runs.values()]) for s in SPLITS]
+        for other in args.against:
+            seeds = sorted(set(runs) & set(rows[other]))
+            line.append("–" if other == label or len(seeds) < 2 else cell(
+                [runs[s]["in-dist"]["avg@k"] - rows[other][s]["in-dist"]["avg@k"] for s in seeds], "+"))
+        print("| " + " | ".join(line) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
