@@ -294,15 +294,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        hint, text = hints.get(key.strip()), raw.strip()
-        if hint in (str, str | None) and text and not (hint != str and text in ("null", "~")):
-            parsed[key.strip()] = yaml.safe_load(text) if text[0] in "'\"" else text
+        name, raw = item.split("=", 1)
+        key, text = name.strip(), raw.strip()
+        hint = hints.get(key)
+        null = hint == str | None and text in ("null", "~")  # an optional text field set to none
+        if hint in (str, str | None) and text and not null:
+            parsed[key] = yaml.safe_load(text) if text[0] in "'\"" else text
             continue
         try:
-            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            parsed[key] = yaml.safe_load(raw) if text else ""
         except yaml.YAMLError:
-            parsed[key.strip()] = raw
+            parsed[key] = raw
     return parsed
 
 

@@ -231,8 +231,7 @@ def regime_cells(regimes: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, d
         for label in names_in(results):
             values = [headline(r) for r in results if r["method"] == label and headline(r) is not None]
             if values:
-                # in percent before averaging, as the comparison table does, so both print the same digits
-                mean, half = (v / 100 for v in mean_ci([100 * v for v in values]))
+                mean, half = mean_ci(values)
                 row[label] = {"mean": mean, "ci95": half, "seeds": len(values),
                               "above_control": above_control(results, label) if label not in (BASE, CONTROL) else None}
         methods = [m for m in row if m != BASE]
@@ -254,12 +253,13 @@ def regime_map_table(regimes: list[tuple[str, list[dict[str, Any]]]], k: int) ->
     lines = ["| method | " + " | ".join(name for name, _ in regimes) + " |", "|---|" + "---:|" * len(regimes)]
     for label in labels:
         row = []
-        for name, _ in regimes:
+        for name, results in regimes:
             c = cells[name].get(label)
             if c is None:
                 row.append("–")
                 continue
-            text = f"{number(100 * c['mean'], '.1f')} ± {number(100 * c['ci95'], '.1f')}"
+            # the comparison table's cell, so a regime's number reads the same digits in both
+            text = _cell([v for v in (headline(r) for r in results if r["method"] == label) if v is not None])
             text = f"**{text}**" if c.get("best") else f"*{text}*" if c.get("tied") else text
             row.append(text + (" †" if c.get("above_control") is False else ""))
         lines.append(f"| {label} | " + " | ".join(row) + " |")
