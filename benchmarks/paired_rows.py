@@ -13,7 +13,8 @@ Run:
 
 Each row is LABEL=DIR:METHOD, DIR a compare output (its results.json, or DIR/default/results.json for a
 grid). Prints a markdown table: each row's in-dist and ood avg@k and its `chain` / `double` families,
-then each row minus each --against row over the seeds both have; **bold** where the interval excludes zero.
+then each row minus each --against row over the seeds both have, on the split `--split` names (default
+in-dist; e.g. `--split in-dist/double`); **bold** where the interval excludes zero.
 """
 import argparse
 import json
@@ -51,19 +52,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rows", nargs="+", help="LABEL=DIR:METHOD")
     parser.add_argument("--against", nargs="*", default=[], help="labels every row is paired against")
+    parser.add_argument("--split", default="in-dist", choices=SPLITS, help="the split the paired differences are on")
     args = parser.parse_args(argv)
     rows = dict(load(spec) for spec in args.rows)
     missing = [a for a in args.against if a not in rows]
     if missing:
         raise SystemExit(f"paired_rows: --against {' '.join(missing)}: not among the row labels")
-    head = ["row", "seeds", *SPLITS] + [f"− {a} (in-dist)" for a in args.against]
+    head = ["row", "seeds", *SPLITS] + [f"− {a} ({args.split})" for a in args.against]
     print("| " + " | ".join(head) + " |\n|---|" + "---:|" * (len(head) - 1))
     for label, runs in rows.items():
         line = [label, str(len(runs))] + [cell([r[s]["avg@k"] for r in runs.values()]) for s in SPLITS]
         for other in args.against:
             seeds = sorted(set(runs) & set(rows[other]))
             line.append("–" if other == label or len(seeds) < 2 else cell(
-                [runs[s]["in-dist"]["avg@k"] - rows[other][s]["in-dist"]["avg@k"] for s in seeds], "+"))
+                [runs[s][args.split]["avg@k"] - rows[other][s][args.split]["avg@k"] for s in seeds], "+"))
         print("| " + " | ".join(line) + " |")
 
 

@@ -129,6 +129,19 @@ def test_paired_rows_pairs_runs_of_two_compares_by_seed(tmp_path, capsys):
     questa = next(line for line in lines if line.startswith("| questa |")).split(" | ")
     assert questa[1] == "4" and questa[2].startswith("60.0 ± ")  # all four of its own seeds
     assert questa[-1].rstrip(" |") == "**-10.0 ± 2.5**"  # seeds 0-2 only: -10, -9, -11 points
+    # the differences on another split: questa's `double` is 0.1 below its in-dist, sft's too, so the same -10.0;
+    # with a run whose `double` alone moves, only the --split in-dist/double column sees it
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())
+    for row in rows["results"]:
+        row["in-dist/double"]["avg@k"] += 0.05
+    (tmp_path / "b" / "results.json").write_text(json.dumps(rows))
+    paired_rows.main([f"sft={tmp_path / 'a'}:sft", f"questa={tmp_path / 'b'}:uft", "--against", "sft"])
+    assert capsys.readouterr().out.splitlines()[-1].split(" | ")[-1].rstrip(" |") == "**-10.0 ± 2.5**"
+    paired_rows.main([f"sft={tmp_path / 'a'}:sft", f"questa={tmp_path / 'b'}:uft", "--against", "sft",
+                      "--split", "in-dist/double"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "− sft (in-dist/double)" in lines[0]
+    assert lines[-1].split(" | ")[-1].rstrip(" |") == "**-5.0 ± 2.5**"
     with pytest.raises(SystemExit, match="no runs of 'grpo'"):
         paired_rows.main([f"grpo={tmp_path / 'a'}:grpo"])
     with pytest.raises(SystemExit, match="not LABEL=DIR:METHOD"):

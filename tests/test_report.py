@@ -35,6 +35,9 @@ def test_compare_trains_every_method_and_seed_and_writes_table_and_plots(compare
     table = (out / "comparison.md").read_text()
     assert "| base | 2 |" in table and "| sft | 2 |" in table and "| static | 2 |" in table and " ± " in table
     assert "| sft − static |" in table and "95% confidence interval" in table
+    # the settings given to every run are named in the first line, so `default` is not read as the sandbox's default
+    assert table.startswith("Regime: default. Given for every run: model=") and " max_train_examples=32," in table
+    assert saved["overrides"]["max_train_examples"] == 32
     assert {d["a"] + "/" + d["b"] for d in saved["paired_differences"]["in-dist"]} == {
         "base/sft", "base/static", "sft/static"}
     for name in ("final_accuracy.png", "accuracy.png", "report.md", "report.html", "step_types.png", "grad_norm.png"):

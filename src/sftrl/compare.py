@@ -326,7 +326,8 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
                     row["curve"] = [{"step": 0, "token_passes": 0, "avg@k": base["in-dist"]["avg@k"]}] + result["curve"]
             results.append(row)
         write_regime(name, directory, results, regime_budget, shared, budget_kind, seeds, k, temperature, eval_limit,
-                     tuning, [Path(tasks[i]["config"]["output_dir"]) for label, s, i in rows[name] if label != BASE])
+                     tuning, [Path(tasks[i]["config"]["output_dir"]) for label, s, i in rows[name] if label != BASE],
+                     overrides or {})
         everything[name] = results
         if len(regimes) > 1:
             write_map(out_dir, [(n, everything[n]) for n, _ in regimes if n in everything], k, seeds)
@@ -336,8 +337,10 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
 
 def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budget: dict[str, Any],
                  shared: dict[str, Any], budget_kind: str, seeds: list[int], k: int, temperature: float,
-                 eval_limit: int, tuning: dict[str, Any], run_dirs: list[Path]) -> None:
-    """One regime's comparison.md, results.json, final_accuracy.png, curves.png and training report."""
+                 eval_limit: int, tuning: dict[str, Any], run_dirs: list[Path], overrides: dict[str, Any]) -> None:
+    """One regime's comparison.md, results.json, final_accuracy.png, curves.png and training report.
+    `overrides`: the settings the user gave every run, named in the table's first line (a regime named
+    `default` with `sandbox_double_form=sum` given is not the default sandbox)."""
     from .report import load_run, write_report
     from .summary import paired
 
@@ -363,12 +366,14 @@ def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budg
                     f"a gain not above the control's (paired 95% interval of the difference not above zero)."
                     if control is not None else "")
     (directory / "results.json").write_text(json.dumps(
-        {"regime": name, "budget": shared, "budget_kind": budget_kind, "k": k, "temperature": temperature,
+        {"regime": name, "overrides": overrides, "budget": shared, "budget_kind": budget_kind, "k": k, "temperature": temperature,
          "eval_limit": eval_limit, "seeds": seeds, "tuning": tuning, "results": results, "paired_differences": pairs,
          "gains": {label: {"vs_base": paired(results, headline, label, BASE),
                            "vs_control": paired(results, headline, label, CONTROL)}
                    for label in names if label != BASE}}, indent=2))
-    sections = [f"Regime: {name}. Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% "
+    given = "".join(f" {key}={value}," for key, value in overrides.items()).rstrip(",")
+    given = f" Given for every run:{given}." if given else ""
+    sections = [f"Regime: {name}.{given} Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% "
                 f"confidence interval over seeds {', '.join(map(str, seeds))} (Student t). The headline is the "
                 f"sampled avg@{k}; greedy accuracy is beside it. `chain` and `double` are the two problem families "
                 f"(see README, The sandbox).{control_text}", table,
