@@ -1,9 +1,8 @@
 """One table from the rows of several `sftrl compare` outputs, with paired differences by seed.
 
-`sftrl compare` pairs methods within one output directory. A method that needs its own settings (an
-`opd` teacher, a `uft` schedule, an `opsd` template) runs in a compare of its own, since an override
-applies to every run of a compare; this script puts such rows beside the rows they should be read
-against, pairing runs by seed, exactly as compare's own tables do (in-distribution avg@k, mean ± 95%
+`sftrl compare` pairs methods within one output directory (a method that needs its own settings joins it
+as a row of its own: `LABEL:key=value`). Runs that live in different output directories (compares run
+apart, or a regime of the map beside another compare) are put side by side here, pairing runs by seed, exactly as compare's own tables do (in-distribution avg@k, mean ± 95%
 interval over seeds, Student t).
 
 Run:

@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "budget, evaluate in and out of distribution, and write comparison.md (mean "
                                      "and 95%% confidence interval over seeds, paired differences), "
                                      "final_accuracy.png and the training-dynamics report.")
-    cmp.add_argument("--methods", nargs="+", default=None, help="grpo-random is the negative control, GRPO rewarded by a coin paying with the base model's "
-                     "measured pass rate; default: all (sft grpo grpo-random sft-then-grpo grpo-then-sft static luffy "
+    cmp.add_argument("--methods", nargs="+", default=None, help="the rows; grpo-random is the negative control, GRPO rewarded by a coin paying with the base model's "
+                     "measured pass rate; NAME=METHOD is a row of its own running METHOD (e.g. questa=uft, with "
+                     "questa:key=value settings); default: all (sft grpo grpo-random sft-then-grpo grpo-then-sft static luffy "
                      "srft hpt relift chord uft sasr gac)")
     cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     cmp.add_argument("--jobs", "-j", type=int, default=min(8, os.cpu_count() or 1),
@@ -133,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--checkpoint-every", type=int, default=0,
                      help="keep a checkpoint every N steps (for `sftrl analyze map`; 0 = final model only)")
     cmp.add_argument("--output-dir", "-o", default="runs/compare")
-    cmp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run, e.g. learning_rate=5e-4")
+    cmp.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="config overrides for every run, e.g. learning_rate=5e-4; LABEL:key=value for one row's runs "
+                          "only, e.g. opd:opd_teacher=runs/sft/model or questa:uft_schedule=questa")
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="plots and a table from the metrics of one or many runs",

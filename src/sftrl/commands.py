@@ -155,7 +155,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for option in ("max_steps", "batch_size", "num_generations"):
         check_range(f"--{option.replace('_', '-')}", getattr(args, option), 1, allow_none=True)
     check_output_dir("--output-dir", args.output_dir)
-    overrides = parse_overrides(args.overrides)
+    # --methods takes every word up to the next option, so settings written after it land there: move them back.
+    from .config import Config
+
+    def is_setting(item: str) -> bool:
+        key = item.split("=", 1)[0].strip()
+        return "=" in item and (":" in key or key in Config.__dataclass_fields__)
+
+    if args.methods:
+        args.overrides = [item for item in args.methods if is_setting(item)] + list(args.overrides)
+        args.methods = [item for item in args.methods if not is_setting(item)] or None
+    # `LABEL:key=value` is a setting for one row's runs (an opd teacher, a uft schedule); `key=value` for every run.
+    for_row = [item for item in args.overrides if ":" in item.split("=", 1)[0]]
+    row_settings: dict[str, dict] = {}
+    for item in for_row:
+        label, setting = item.split(":", 1)
+        row_settings.setdefault(label.strip(), {}).update(parse_overrides([setting]))
+    overrides = parse_overrides([item for item in args.overrides if item not in for_row])
     # Budget values given as flags or as key=value land in the budget (the table's caption shows them).
     budget = {key: overrides.pop(key) for key in list(overrides) if key in DEFAULT_BUDGET}
     budget.update({key: value for key, value in (("max_steps", args.max_steps), ("batch_size", args.batch_size),
@@ -167,7 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     compare(args.methods or METHOD_ORDER, args.seeds, args.output_dir, budget=budget, k=args.k,
             temperature=args.temperature, eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
             overrides=overrides, jobs=args.jobs, tune_grid=grid, budget_kind=args.budget,
-            budget_amount=args.budget_amount, grid=args.grid, curve_every=args.curve_every)
+            budget_amount=args.budget_amount, grid=args.grid, curve_every=args.curve_every, row_settings=row_settings)
     return 0
 
 

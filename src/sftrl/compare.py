@@ -46,8 +46,8 @@ from typing import Any, Callable
 
 from .compare_eval import SPLITS, control_prob, evaluate_run, learning_curve
 from .compare_plan import TOKENS_PER_SEQUENCE  # noqa: F401  (re-exported: test_compare_map reads it here)
-from .compare_plan import (DEFAULT_BUDGET, TUNE_SEED, budget_limits, budget_overrides, expand_grid, known_label,
-                           method_of, rate_tag, run_config, run_key, tuning_grid)
+from .compare_plan import (DEFAULT_BUDGET, TUNE_SEED, Row, budget_limits, budget_overrides, define_rows, expand_grid,
+                           method_of, own_rows, rate_tag, run_config, run_key, tuning_grid)
 from .config import Config, ConfigError
 from .errors import RunError, SftrlError
 from .formatting import number
@@ -215,7 +215,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
             k: int = 4, temperature: float = 0.6, eval_limit: int = 200, checkpoint_every: int = 0,
             overrides: dict[str, Any] | None = None, jobs: int = 1, tune_grid: dict[str, list[float]] | None = None,
             budget_kind: str = "steps", budget_amount: int | None = None, grid: list[str] | None = None,
-            curve_every: int = 0) -> dict[str, list[dict[str, Any]]]:
+            curve_every: int = 0, row_settings: dict[str, dict[str, Any]] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Train (or reuse) every method x seed in every regime, evaluate each, and write the tables, plots
     and reports; returns {regime: result rows}.
 
@@ -224,11 +224,12 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
     for every run; grid: `key=v1,v2` items, each value a regime of its own beside the default (OUT/<regime>/,
     and the regime map in OUT); tune_grid: {"learning_rate": [...], "sft_learning_rate": [...]} to tune
     each method's rates on sandbox:val in the default regime first (None: no tuning); curve_every: keep
-    a checkpoint every N steps and evaluate each (learning curves).
+    a checkpoint every N steps and evaluate each (learning curves); methods: the rows, each a method, a
+    control or `NAME=METHOD` (define_rows); row_settings: {row: {key: value}}, config values for that row's
+    runs alone (e.g. an `opd` teacher, a `uft` schedule).
     """
-    unknown = [m for m in methods if not known_label(m)]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_ORDER)}")
+    defined = define_rows(methods, row_settings)
+    labels = list(defined)
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
     if curve_every < 0:
@@ -245,12 +246,12 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
                   **{key: v for key, v in values.items() if key not in DEFAULT_BUDGET}}
         shared.update(budget_limits(budget_kind, shared, budget_amount))
         directory = out_dir if len(regimes) == 1 else out_dir / name.replace("/", "-")
-        for label in methods:  # fail early on a bad setting
-            run_config(label, seeds[0], directory / "check", shared, checkpoint_every or curve_every)
+        for label, row in defined.items():  # fail early on a bad setting
+            run_config(label, seeds[0], directory / "check", shared, checkpoint_every or curve_every, row)
         plans.append((name, directory, regime_budget, shared))
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tuning = tune(methods, plans[0][3], out_dir, tune_grid, jobs, k, temperature) if tune_grid else {}
+    tuning = tune([row.method for row in defined.values()], plans[0][3], out_dir, tune_grid, jobs, k, temperature) if tune_grid else {}
     save_every = curve_every or checkpoint_every
 
     tasks: list[dict[str, Any]] = []
@@ -258,7 +259,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
     rows: dict[str, list[tuple[str, int, int]]] = {}  # regime -> (label, seed, task index)
     for name, directory, regime_budget, shared in plans:
         rows[name] = []
-        if CONTROL in methods:
+        if CONTROL in labels:
             shared = {**shared, "coin_reward_prob": control_prob(directory, shared)}
         base_dir = out_dir if "model" not in dict(regimes)[name] else directory
         for s in seeds:
@@ -270,10 +271,10 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
                               "eval": {"model": model, "dir": str(base_dir / f"base-seed{s}"), "seed": s}})
             rows[name].append((BASE, s, where[key]))
         for s in seeds:
-            for label in methods:
-                rates = tuning.get(method_of(label), {}).get("chosen", {})
+            for label, row in defined.items():
+                rates = tuning.get(row.method, {}).get("chosen", {})
                 config = run_config(label, s, directory / f"{label}-seed{s}",
-                                    {**shared, **rates, "progress": jobs <= 1}, save_every)
+                                    {**shared, **rates, "progress": jobs <= 1}, save_every, row)
                 key = run_key(config)
                 if key not in where:
                     where[key] = len(tasks)
@@ -288,7 +289,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
     for task in tasks:
         task["eval"].update(evaluation)
     trained = sum(task["config"] is not None for task in tasks)
-    print(f"compare: {trained} runs ({len(methods)} methods x {len(seeds)} seeds"
+    print(f"compare: {trained} runs ({len(labels)} methods x {len(seeds)} seeds"
           + (f" x {len(regimes)} regimes, runs that regimes share trained once" if len(regimes) > 1 else "")
           + f", budget in {budget_kind}) and {len(tasks) - trained} base-model evaluations, {jobs} at a time "
           f"-> {out_dir}", flush=True)
@@ -327,7 +328,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
             results.append(row)
         write_regime(name, directory, results, regime_budget, shared, budget_kind, seeds, k, temperature, eval_limit,
                      tuning, [Path(tasks[i]["config"]["output_dir"]) for label, s, i in rows[name] if label != BASE],
-                     overrides or {})
+                     overrides or {}, own_rows(defined))
         everything[name] = results
         if len(regimes) > 1:
             write_map(out_dir, [(n, everything[n]) for n, _ in regimes if n in everything], k, seeds)
@@ -337,10 +338,12 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
 
 def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budget: dict[str, Any],
                  shared: dict[str, Any], budget_kind: str, seeds: list[int], k: int, temperature: float,
-                 eval_limit: int, tuning: dict[str, Any], run_dirs: list[Path], overrides: dict[str, Any]) -> None:
+                 eval_limit: int, tuning: dict[str, Any], run_dirs: list[Path], overrides: dict[str, Any],
+                 own: dict[str, Row]) -> None:
     """One regime's comparison.md, results.json, final_accuracy.png, curves.png and training report.
     `overrides`: the settings the user gave every run, named in the table's first line (a regime named
-    `default` with `sandbox_double_form=sum` given is not the default sandbox)."""
+    `default` with `sandbox_double_form=sum` given is not the default sandbox); `own`: the rows with
+    settings of their own (`NAME=METHOD`, `LABEL:key=value`), named there too."""
     from .report import load_run, write_report
     from .summary import paired
 
@@ -366,13 +369,18 @@ def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budg
                     f"a gain not above the control's (paired 95% interval of the difference not above zero)."
                     if control is not None else "")
     (directory / "results.json").write_text(json.dumps(
-        {"regime": name, "overrides": overrides, "budget": shared, "budget_kind": budget_kind, "k": k, "temperature": temperature,
+        {"regime": name, "overrides": overrides,
+         "rows": {label: {"method": row.method, "settings": row.settings} for label, row in own.items()},
+         "budget": shared, "budget_kind": budget_kind, "k": k, "temperature": temperature,
          "eval_limit": eval_limit, "seeds": seeds, "tuning": tuning, "results": results, "paired_differences": pairs,
          "gains": {label: {"vs_base": paired(results, headline, label, BASE),
                            "vs_control": paired(results, headline, label, CONTROL)}
                    for label in names if label != BASE}}, indent=2))
     given = "".join(f" {key}={value}," for key, value in overrides.items()).rstrip(",")
     given = f" Given for every run:{given}." if given else ""
+    for label, row in own.items():
+        settings = ", ".join(f"{key}={value}" for key, value in row.settings.items())
+        given += f" Row `{label}`: {row.method}{' with ' + settings if settings else ''}."
     sections = [f"Regime: {name}.{given} Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% "
                 f"confidence interval over seeds {', '.join(map(str, seeds))} (Student t). The headline is the "
                 f"sampled avg@{k}; greedy accuracy is beside it. `chain` and `double` are the two problem families "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +62,63 @@ def known_label(label: str) -> bool:
     return label in METHODS or label in CONTROLS
 
 
-def run_config(label: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int) -> Config:
-    """One run's config: the method's defaults and preset, then the shared budget, then the control's
-    settings (for a control row), then seed and paths. A method that trains on no demonstrations gets
-    the default of every demonstration-only setting, so its run does not depend on them."""
-    method = method_of(label)
+@dataclass(frozen=True)
+class Row:
+    """One row of a comparison: the method its runs train with and the settings only its runs get (a
+    control's, or a user's `LABEL:key=value`), applied over the settings every run shares."""
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a row's name is part of its runs' directory names
+
+
+def define_rows(entries: list[str], settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Row]:
+    """--methods entries -> {label: Row}, in the order given. An entry is a method or control (`sft`,
+    `grpo-random`) or `NAME=METHOD`, a row of its own that runs METHOD (e.g. `questa=uft`: two rows of one
+    method with different settings); `settings` gives a row's own config values ({label: {key: value}},
+    from `LABEL:key=value` on the command line)."""
+    rows: dict[str, Row] = {}
+    for entry in entries:
+        name, alias, target = entry.partition("=")
+        if not alias:
+            if not known_label(name):
+                raise ConfigError(f"--methods: unknown method {name!r}; choose from {', '.join(sorted(METHODS))}, "
+                                  f"{', '.join(CONTROLS)}, or NAME=METHOD for a row of its own")
+            row = Row(method_of(name), dict(CONTROLS[name][1]) if name in CONTROLS else {})
+        else:
+            if not ROW_NAME.fullmatch(name) or name == "base" or known_label(name):
+                raise ConfigError(f"--methods {entry}: {name!r} must be a new row name (letters, digits, . _ + -; "
+                                  f"not a method's, a control's or 'base')")
+            if not known_label(target):
+                raise ConfigError(f"--methods {entry}: unknown method {target!r}; choose from {', '.join(sorted(METHODS))}")
+            row = Row(method_of(target), dict(CONTROLS[target][1]) if target in CONTROLS else {})
+        if name in rows:
+            raise ConfigError(f"--methods: {name!r} is given twice")
+        rows[name] = row
+    for label, values in (settings or {}).items():
+        if label not in rows:
+            raise ConfigError(f"{label}:{next(iter(values), '')}=...: {label!r} is not a row of --methods "
+                              f"({' '.join(rows)})")
+        rows[label] = Row(rows[label].method, {**rows[label].settings, **values})
+    return rows
+
+
+def own_rows(rows: dict[str, Row]) -> dict[str, Row]:
+    """The rows that are not a method or control under its own name with its own settings (a table names them)."""
+    return {label: row for label, row in rows.items() if not known_label(label) or row != define_rows([label])[label]}
+
+
+def run_config(label: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int,
+               row: Row | None = None) -> Config:
+    """One run's config: the method's defaults and preset, then the shared budget, then the row's own
+    settings (a control's; a user's `LABEL:key=value`), then seed and paths. A method that trains on no
+    demonstrations gets the default of every demonstration-only setting, so its run does not depend on
+    them. `row` None: the row `label` names by itself (a method or control)."""
+    row = row or define_rows([label])[label]
+    method = row.method
     values = {"method": method, **method_overrides(method, shared), **shared,
-              **(CONTROLS[label][1] if label in CONTROLS else {}), "seed": seed, "output_dir": str(run_dir),
+              **row.settings, "seed": seed, "output_dir": str(run_dir),
               "save_every": checkpoint_every, "save_total_limit": 1000,
               # compare samples avg@k itself on both splits (evaluate_run); the trainer's own evaluation keeps
               # greedy accuracy only, so no run pays twice for the same samples (result-neutral: reuse holds)
