@@ -220,9 +220,27 @@ def test_analyze_map_reports_bad_references_and_runs_as_errors(compared, tiny_mo
     assert not (tmp_path / "map.png").exists()
 
 
-def test_compare_tunes_on_the_validation_split_in_parallel_processes(tmp_path, tiny_model_dir):
+def test_running_status_names_each_running_runs_step(tmp_path):
+    run = tmp_path / "sft-seed0"
+    run.mkdir()
+    task = {"label": ("sft", 0), "config": {"output_dir": str(run), "max_steps": 200}}
+    base = {"label": ("base", 1), "config": None}
+    tuning = {"config": {"method": "grpo", "seed": 1000, "output_dir": str(tmp_path / "t"), "max_steps": 50}}
+    assert compare_module.last_step(run) is None
+    line = compare_module.running_status([task, base, tuning], 3, 45, 3725.2)
+    assert line == "  ... 3/45 done, 1:02:05 elapsed; running: sft seed 0 starting, base seed 1 evaluating, grpo seed 1000 starting"
+    (run / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.1}\n' + '{"step": 119, "loss": 1.0}\n' * 400
+                                       + '{"step": 120, "loss": 0.5}\n{"step": 121, "lo')  # a line being written
+    assert compare_module.last_step(run) == 120
+    assert "sft seed 0 step 120/200" in compare_module.running_status([task], 0, 1, 1)
+    (run / "metrics.jsonl").write_text('{"step": 200, "eval/accuracy": 0.6}\n')
+    assert "sft seed 0 step 200/200 (evaluating)" in compare_module.running_status([task], 0, 1, 1)
+
+
+def test_compare_tunes_on_the_validation_split_in_parallel_processes(tmp_path, tiny_model_dir, monkeypatch, capsys):
     import yaml
 
+    monkeypatch.setattr(compare_module, "HEARTBEAT_S", 0.2)  # the status line of running runs, at once
     grid = {"learning_rate": [1e-5, 1e-3], "sft_learning_rate": [1e-4]}
     results = compare_module.compare(
         methods=["grpo"], seeds=[0, 1], out_dir=tmp_path, budget={"max_steps": 2, "batch_size": 2, "num_generations": 2},
@@ -247,6 +265,9 @@ def test_compare_tunes_on_the_validation_split_in_parallel_processes(tmp_path, t
         assert run["learning_rate"] == first_best and run["seed"] == seed
     assert [(r["method"], r["seed"]) for r in results] == [("base", 0), ("base", 1), ("grpo", 0), ("grpo", 1)]
     assert "Learning rates chosen on sandbox:val" in (tmp_path / "comparison.md").read_text()
+    status = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ... ")]
+    assert status and all(" done, 0:00:" in line for line in status)
+    assert any("grpo seed 1000 " in line for line in status) and any("grpo seed 0 " in line for line in status)
 
 
 def test_a_phase_only_one_method_reads_is_set_for_that_method_alone(tmp_path):

@@ -39,7 +39,7 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
@@ -130,9 +130,44 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+HEARTBEAT_S = 300.0  # with several jobs, a status line of the running runs at least this often (seconds)
+
+
+def last_step(run_dir: str | Path) -> int | None:
+    """The step of the last line of a run's metrics.jsonl (None: none yet), read from the file's tail."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with path.open("rb") as stream:
+            stream.seek(max(0, path.stat().st_size - 8192))
+            lines = stream.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            return int(json.loads(line)["step"])
+    return None
+
+
+def running_status(running: list[dict[str, Any]], done: int, total: int, seconds: float) -> str:
+    """One line on a parallel compare's progress: tasks done, time so far, and each running run's step."""
+    parts = []
+    for task in running:
+        label, seed = task.get("label") or (task["config"]["method"], task["config"]["seed"])  # a tuning run: no label
+        if task.get("config") is None:
+            parts.append(f"{label} seed {seed} evaluating")
+            continue
+        step, steps = last_step(task["config"]["output_dir"]), task["config"]["max_steps"]
+        parts.append(f"{label} seed {seed} " + ("starting" if step is None else f"step {step}/{steps}"
+                                                + (" (evaluating)" if step >= steps else "")))
+    minutes, sec = divmod(int(seconds), 60)
+    return (f"  ... {done}/{total} done, {minutes // 60}:{minutes % 60:02d}:{sec:02d} elapsed"
+            + (f"; running: {', '.join(parts)}" if parts else ""))
+
+
 def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, dict], str]) -> list[dict[str, Any]]:
     """Run tasks (inline with jobs=1, else in `jobs` spawned processes, each with its share of the
-    threads); prints one line per finished task; results in task order. A failed task stops the rest."""
+    threads); prints one line per finished task, and with several jobs a status line of the running
+    ones every HEARTBEAT_S without one; results in task order. A failed task stops the rest."""
     results: list[dict[str, Any] | None] = [None] * len(tasks)
     if jobs <= 1 or len(tasks) <= 1:
         for i, task in enumerate(tasks):
@@ -142,21 +177,26 @@ def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, d
     threads = max(1, (os.cpu_count() or 2) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_job, {**task, "threads": threads}): i for i, task in enumerate(tasks)}
-        done = 0
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                results[i] = future.result()
-            except BaseException as exc:
-                for other in futures:
-                    other.cancel()
-                log = tasks[i].get("log")
-                message = f"{describe(tasks[i], {})} failed: {exc}" + (f" (log: {log})" if log else "")
-                # The user's problem (their input, their run directory) in one line; a bug keeps its traceback.
-                kind = RunError if isinstance(exc, (SftrlError, FileExistsError, FileNotFoundError)) else RuntimeError
-                raise kind(message) from exc
-            done += 1
-            print(f"  [{done}/{len(tasks)}] {describe(tasks[i], results[i])}", flush=True)
+        done, pending, start = 0, set(futures), time.perf_counter()
+        while pending:
+            finished, pending = wait(pending, timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
+            if not finished:  # a long run: say where the running ones are (`running()` may include one queued)
+                running = [tasks[futures[f]] for f in sorted(pending, key=futures.__getitem__) if f.running()]
+                print(running_status(running, done, len(tasks), time.perf_counter() - start), flush=True)
+            for future in sorted(finished, key=futures.__getitem__):
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except BaseException as exc:
+                    for other in futures:
+                        other.cancel()
+                    log = tasks[i].get("log")
+                    message = f"{describe(tasks[i], {})} failed: {exc}" + (f" (log: {log})" if log else "")
+                    # The user's problem (their input, their run directory) in one line; a bug keeps its traceback.
+                    kind = RunError if isinstance(exc, (SftrlError, FileExistsError, FileNotFoundError)) else RuntimeError
+                    raise kind(message) from exc
+                done += 1
+                print(f"  [{done}/{len(tasks)}] {describe(tasks[i], results[i])}", flush=True)
     return results  # type: ignore[return-value]
 
 
