@@ -236,3 +236,80 @@ def test_evaluation_is_graded_by_the_task_verifier_not_the_training_reward(tmp_p
                               max_new_tokens=trainer.config.max_completion_length)["completions"]
     by_hand = sum(verify(t, e.answer) for t, e in zip(texts, trainer.eval_examples)) / len(texts)
     assert metrics["eval/accuracy"] == by_hand < 1.0  # the training reward would have said 1.0
+
+
+def _held_by_subprocess(tmp_path, code):
+    """Start a Python process running `code` (which prints 'ready' when set); return it once ready."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused_until_that_process_dies(tmp_path, tiny_model_dir,
+                                                                                     capsys):
+    """Two processes never train into one directory (a rerun while the first still runs, or an orphan); the
+    lock goes with its process, kill -9 included."""
+    from sftrl.cli import main
+
+    run = tmp_path / "run"
+    holder = _held_by_subprocess(tmp_path, "import pathlib, time; from sftrl.checkpoint import lock_run_dir; "
+                                           f"h = lock_run_dir(pathlib.Path({str(run)!r})); print('ready', flush=True); "
+                                           "time.sleep(120)")
+    args = ["train", f"model={tiny_model_dir}", "train_data=sandbox", "eval_data=null", "max_steps=1", "method=sft",
+            "sft_batch_size=4", "max_completion_length=8", f"output_dir={run}", "progress=false"]
+    try:
+        assert main(args) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sftrl: error: ")]
+        assert errors == [f"sftrl: error: output_dir: {run} is in use by another sftrl process (pid {holder.pid}); "
+                          "wait for it to end or choose another output_dir"]
+        assert not (run / "config.yaml").exists() and not (run / "metrics.jsonl").exists()  # nothing written
+    finally:
+        holder.kill()  # SIGKILL: the system drops the lock with the process
+        holder.wait()
+    assert main(args) == 0
+    assert (run / "summary.json").exists()
+
+
+def test_compare_workers_die_with_the_compare(tmp_path):
+    """kill -9 of a parallel compare takes its worker processes with it, so none goes on writing a run
+    directory that a rerun resumes (Linux; elsewhere the run directory's lock refuses the rerun)."""
+    import os
+    import signal
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    parent = _held_by_subprocess(tmp_path, (
+        "import os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from sftrl.compare import _die_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=_die_with_parent,\n"
+        "                               initargs=(os.getpid(),))\n"
+        "    worker = pool.submit(os.getpid).result()\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    print('ready', worker, flush=True)\n"
+        "    time.sleep(120)\n").replace("print('ready', worker", "print('ready', flush=True); print(worker"))
+    worker = int(parent.stdout.readline())
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead, waiting to be reaped
+        except FileNotFoundError:
+            return False
+
+    assert alive(worker)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)

@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -130,6 +131,21 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker's initializer: the worker is killed when the compare that started it dies (kill -9
+    included), so no orphan goes on writing a run directory that a rerun then resumes beside it
+    (Linux's PR_SET_PDEATHSIG; elsewhere nothing: the run directory's lock still refuses the rerun)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the compare died before the line above: this worker is an orphan already
+        os._exit(1)
+
+
 HEARTBEAT_S = 300.0  # with several jobs, a status line of the running runs at least this often (seconds)
 
 
@@ -175,7 +191,8 @@ def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, d
             print(f"  [{i + 1}/{len(tasks)}] {describe(task, results[i])}", flush=True)
         return results  # type: ignore[return-value]
     threads = max(1, (os.cpu_count() or 2) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_job, {**task, "threads": threads}): i for i, task in enumerate(tasks)}
         done, pending, start = 0, set(futures), time.perf_counter()
         while pending:

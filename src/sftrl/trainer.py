@@ -60,6 +60,7 @@ class Trainer:
                         deepspeed_config=plugin.deepspeed_config if plugin is not None else None)
         # What the run directory allows (finished, other settings, resume): decided before anything loads.
         self.plan = checkpoint.plan_run(config)
+        self._lock = None  # the run directory's lock, from `start` to the end of `train`
         build.seed_everything(config.seed)
         data = build.make_data(config, self.method, self.collective, self.logger.print)
         self.rows, self.eval_examples, self.scorer = data.rows, data.eval_examples, data.scorer
@@ -241,7 +242,13 @@ class Trainer:
         return self.evaluator.evaluate(self.whole_policy)
 
     def start(self) -> None:
-        """Set up the run directory as planned (resume, or start again); once, before any `train_step`."""
+        """Set up the run directory as planned (resume, or start again); once, before any `train_step`.
+        The main process holds the directory from here to the end of `train` (checkpoint.lock_run_dir)."""
+        if self.accelerator.is_main_process and self._lock is None:
+            self._lock = checkpoint.lock_run_dir(self.run_dir)
+            if checkpoint.plan_run(self.config) != self.plan:  # written by another process while this one loaded
+                raise RunError(f"output_dir: {self.run_dir} changed while this run was loading (another process "
+                               "wrote to it); run again")
         self.logger.prepare(restart=self.plan.restart)
         self.collective.barrier()
         if self.plan.checkpoints:
@@ -256,6 +263,9 @@ class Trainer:
             return self._train()
         finally:
             self.logger.close()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
     def _train(self) -> dict[str, Any]:
         cfg = self.config
