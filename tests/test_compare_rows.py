@@ -72,3 +72,23 @@ def test_compare_command_line_rows_and_their_errors(tmp_path, tiny_model_dir, ca
     assert {r["method"] for r in saved["results"]} == {"base", "sft", "slow"}
     with pytest.raises(ConfigError, match="unknown method"):
         compare_module.compare(["nope"], [0], tmp_path / "d")
+
+
+def test_the_controls_coin_rate_does_not_tell_runs_without_a_coin_apart(tmp_path):
+    """compare writes the control's measured rate into every run's config; a run that uses no coin reward is
+    the same run at any rate (reused by a compare with or without the control), a coin run is not."""
+    from sftrl.checkpoint import config_differences
+    from sftrl.compare_plan import run_key
+    from sftrl.validate import load_config
+
+    shared = {"model": "sandbox", "train_data": "sandbox", "max_steps": 50}
+    at = {p: run_config("sft", 0, tmp_path / "s", {**shared, "coin_reward_prob": p}, 0) for p in (0.301, 0.5)}
+    assert run_key(at[0.301]) == run_key(at[0.5])
+    assert config_differences(at[0.301].to_dict(), at[0.5]) == []
+    coin = {p: run_config("grpo-random", 0, tmp_path / "c", {**shared, "coin_reward_prob": p}, 0) for p in (0.301, 0.5)}
+    assert run_key(coin[0.301]) != run_key(coin[0.5])
+    assert config_differences(coin[0.301].to_dict(), coin[0.5]) == ["coin_reward_prob 0.301 -> 0.5"]
+    # a run that switches to the coin is told apart by its reward (and the rate then counts)
+    grpo = load_config(None, {**shared, "method": "grpo", "coin_reward_prob": 0.301})
+    assert config_differences(grpo.to_dict(), coin[0.5]) == ["reward_funcs ['auto'] -> ['coin']",
+                                                              "coin_reward_prob 0.301 -> 0.5"]

@@ -9,7 +9,8 @@ renamed into place, so a crash never leaves a half-written checkpoint.
 Before a run starts, :func:`plan_run` decides from the run directory what may happen, writing nothing:
 a finished run (``summary.json``) is never touched; a run started with settings that change the
 result is never continued or overwritten (the differing fields are named; the fields in
-``RESULT_NEUTRAL_FIELDS`` may differ); a run that stopped before its first checkpoint starts again;
+``RESULT_NEUTRAL_FIELDS``, and ``coin_reward_prob`` without a coin reward, may differ); a run that
+stopped before its first checkpoint starts again;
 one with checkpoints resumes only with ``resume=true``, from the newest checkpoint that loads.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from .config import RESULT_NEUTRAL_FIELDS, Config
+from .config import Config, result_neutral
 from .errors import RunError, one_line
 from . import models
 
@@ -101,9 +102,10 @@ def config_differences(old: dict[str, Any], new: Config) -> list[str]:
     """'field old -> new' for each field that differs and can change the result; a field the old
     config lacks (written by an older sftrl) counts as its default."""
     defaults = Config().to_dict()
+    neutral = result_neutral(new.to_dict()) & result_neutral({**defaults, **old})
     differences = []
     for name, value in new.to_dict().items():
-        if name in RESULT_NEUTRAL_FIELDS or name == "output_dir":
+        if name in neutral or name == "output_dir":
             continue
         before = old.get(name, defaults[name])
         if before != value:

@@ -177,9 +177,11 @@ def expand_grid(grid: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
 
 def run_key(config: Config) -> str:
     """What makes two runs the same run: every result-changing setting (not where it is written)."""
-    from .config import RESULT_NEUTRAL_FIELDS
+    from .config import result_neutral
 
-    values = {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL_FIELDS and k != "output_dir"}
+    values = config.to_dict()
+    neutral = result_neutral(values)
+    values = {k: v for k, v in values.items() if k not in neutral and k != "output_dir"}
     return json.dumps(values, sort_keys=True, default=str)
 
 

@@ -37,6 +37,18 @@ RESULT_NEUTRAL_FIELDS = ("resume", "progress", "logging_steps", "save_every", "s
                          "vllm_sleep_mode", "gradient_checkpointing", "merge_lora_on_save", "logprob_chunk_size",
                          "report_to", "push_to_hub", "hub_model_id",
                          "eval_samples", "eval_temperature", "kl_from_base_examples")
+
+
+def result_neutral(values: dict[str, Any]) -> set[str]:
+    """The fields that cannot change a run with these config values: RESULT_NEUTRAL_FIELDS, and
+    `coin_reward_prob` when no `coin` reward is used (compare writes the control's measured rate into every
+    run's config, so a run is reused by a compare with or without the control)."""
+    neutral = set(RESULT_NEUTRAL_FIELDS)
+    if "coin" not in (values.get("reward_funcs") or []):
+        neutral.add("coin_reward_prob")
+    return neutral
+
+
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 OPSD_TEACHERS = ("live", "base")
 # The OPSD teacher's prompt (arXiv 2601.18734, Fig. 2) as a NeMo-RL on-policy distillation example writes it
