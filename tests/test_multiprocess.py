@@ -211,3 +211,24 @@ def test_prefix_rft_on_two_processes_draws_and_counts_as_one(tmp_path, tiny_mode
         for key in ("uft/hint_share", "uft/prefixed_reward", "reward"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key, a[key], b[key])
         assert math.isfinite(b["loss"]) and math.isfinite(b["grad_norm"])
+
+
+def test_two_processes_stop_together_when_the_run_directory_is_in_use(tmp_path, tiny_model_dir, even_answer_spec):
+    """The main process holds the run directory (checkpoint.lock_run_dir); when another process has it, both
+    processes stop with the error, rather than the second waiting in a collective for the first."""
+    from sftrl.checkpoint import lock_run_dir
+
+    run = tmp_path / "run"
+    held = lock_run_dir(run)  # this test's process is the other user of the directory
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "sftrl.cli", "train",
+               *cli_args(overrides("asft", tiny_model_dir, even_answer_spec, run))]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        held.close()
+    assert done.returncode != 0
+    assert f"is in use by another sftrl process (pid {os.getpid()})" in done.stderr, done.stderr[-3000:]
+    assert "was refused by the main process" in done.stderr, done.stderr[-3000:]
+    assert not (run / "config.yaml").exists()

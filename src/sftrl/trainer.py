@@ -244,11 +244,18 @@ class Trainer:
     def start(self) -> None:
         """Set up the run directory as planned (resume, or start again); once, before any `train_step`.
         The main process holds the directory from here to the end of `train` (checkpoint.lock_run_dir)."""
+        refused: RunError | None = None
         if self.accelerator.is_main_process and self._lock is None:
-            self._lock = checkpoint.lock_run_dir(self.run_dir)
-            if checkpoint.plan_run(self.config) != self.plan:  # written by another process while this one loaded
-                raise RunError(f"output_dir: {self.run_dir} changed while this run was loading (another process "
-                               "wrote to it); run again")
+            try:
+                self._lock = checkpoint.lock_run_dir(self.run_dir)
+                if checkpoint.plan_run(self.config) != self.plan:  # written by another process while this one loaded
+                    raise RunError(f"output_dir: {self.run_dir} changed while this run was loading (another "
+                                   "process wrote to it); run again")
+            except RunError as exc:
+                refused = exc
+        # every process stops together (collective), rather than the others waiting at the barrier below
+        if self.collective.max(int(refused is not None)):
+            raise refused or RunError(f"output_dir: {self.run_dir} was refused by the main process (see its error)")
         self.logger.prepare(restart=self.plan.restart)
         self.collective.barrier()
         if self.plan.checkpoints:
