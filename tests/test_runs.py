@@ -313,3 +313,34 @@ def test_compare_workers_die_with_the_compare(tmp_path):
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(worker)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_run_that_was_never_killed(tmp_path, tiny_model_dir):
+    """A real kill -9 (not a simulated leftover): `sftrl train` in a subprocess is killed once its first
+    checkpoint exists; resume=true then ends with the weights and metrics of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    common = dict(method="grpo", max_steps=40, save_every=2, seed=3)
+    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "full"), **common)).train()
+    killed = tmp_path / "killed"
+    config = make_config(tmp_path, tiny_model_dir, output_dir=str(killed), **common)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sftrl.cli", "train", "--config", str(tmp_path / "recipe.yaml")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step-000002").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    Trainer(make_config(tmp_path, tiny_model_dir, output_dir=str(killed), resume=True, **common)).train()
+    assert_same_metrics(strict_records(tmp_path / "full"), strict_records(killed))
+    torch.testing.assert_close(load_file(killed / "model" / "model.safetensors"),
+                               load_file(tmp_path / "full" / "model" / "model.safetensors"))
