@@ -209,6 +209,10 @@ def test_compare_grid_names_regimes_shares_runs_and_draws_the_map(tmp_path, tiny
         sft = [r for r in rows if r["method"] == "sft"]
         assert all(r["run_dir"].startswith(str(out / regime)) for r in sft)
         assert [p["step"] for p in sft[0]["curve"]] == [0, 1, 2]  # base model, checkpoint, final model
+    # the training report draws each run under its row: the control's runs are not GRPO's series
+    runs_table = (out / "default" / "report.md").read_text().split("## Runs")[-1]
+    labels = [line.split(" | ")[0].lstrip("| ") for line in runs_table.splitlines() if line.startswith("| ")][1:]
+    assert sorted(labels) == ["grpo", "grpo", "grpo-random", "grpo-random", "sft", "sft"]  # 2 seeds each
     control = json.loads((out / "default" / "control.json").read_text())
     assert 0.0 <= control["coin_reward_prob"] <= 1.0
     assert (out / "regime_map.png").stat().st_size > 1000

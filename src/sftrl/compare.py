@@ -383,8 +383,12 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
                     base = next(finished[i]["evals"] for b, s, i in rows[name] if b == BASE and s == seed)
                     row["curve"] = [{"step": 0, "token_passes": 0, "avg@k": base["in-dist"]["avg@k"]}] + result["curve"]
             results.append(row)
+        run_labels: dict[Path, str] = {}  # each run directory under the first row that uses it
+        for label, _, index in rows[name]:
+            if label != BASE:
+                run_labels.setdefault(Path(tasks[index]["config"]["output_dir"]), label)
         write_regime(name, directory, results, regime_budget, shared, budget_kind, seeds, k, temperature, eval_limit,
-                     tuning, [Path(tasks[i]["config"]["output_dir"]) for label, s, i in rows[name] if label != BASE],
+                     tuning, run_labels,
                      overrides or {}, own_rows(defined))
         everything[name] = results
         if len(regimes) > 1:
@@ -395,7 +399,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
 
 def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budget: dict[str, Any],
                  shared: dict[str, Any], budget_kind: str, seeds: list[int], k: int, temperature: float,
-                 eval_limit: int, tuning: dict[str, Any], run_dirs: list[Path], overrides: dict[str, Any],
+                 eval_limit: int, tuning: dict[str, Any], run_dirs: dict[Path, str], overrides: dict[str, Any],
                  own: dict[str, Row]) -> None:
     """One regime's comparison.md, results.json, final_accuracy.png, curves.png and training report.
     `overrides`: the settings the user gave every run, named in the table's first line (a regime named
@@ -451,7 +455,9 @@ def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budg
         images.append(directory / "curves.png")
         sections += [f"Learning curves: `curves.png` (in-dist avg@{k} against steps and against token passes)."]
     (directory / "comparison.md").write_text("\n\n".join(sections) + "\n")
-    runs = [load_run(path) for path in dict.fromkeys(run_dirs)]
+    # each run under its row's label: the control runs GRPO and a row of its own its method, so the
+    # method in config.yaml would draw them as one series with GRPO's (or the method's) runs
+    runs = [load_run(path, label) for path, label in run_dirs.items()]
     if runs:
         write_report(runs, directory, title=f"sftrl compare: sandbox, {name}",
                      extra_sections=[("Comparison", table), ("Paired differences", diffs)], extra_images=images)
