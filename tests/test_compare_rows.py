@@ -56,6 +56,10 @@ def test_compare_command_line_rows_and_their_errors(tmp_path, tiny_model_dir, ca
             "--num-generations", "2", "--k", "1", "--eval-limit", "2", "--jobs", "1", f"model={tiny_model_dir}",
             "max_completion_length=4", "max_train_examples=8", "sft_batch_size=4", "eval_data=null", "progress=false"]
     fails_cleanly(capsys, tmp_path, base + ["--methods", "sft", "grpo:learning_rate=1e-5"], "'grpo' is not a row")
+    # what compare sets per run is refused, not silently ignored (seed) or applied to every row (method)
+    fails_cleanly(capsys, tmp_path, base + ["--methods", "sft", "grpo", "method=luffy"], "method=...", "--methods")
+    fails_cleanly(capsys, tmp_path, base + ["--methods", "sft", "seed=3"], "seed=...", "--seeds")
+    fails_cleanly(capsys, tmp_path, base + ["--methods", "sft", "sft:output_dir=x"], "sft:output_dir=...", "--output-dir")
     fails_cleanly(capsys, tmp_path, base + ["--methods", "sft", "slow=sft", "slow:sft_learnin_rate=1e-5"],
                   "sft_learnin_rate")
     assert main(base + ["--methods", "sft", "slow=sft", "slow:sft_learning_rate=1e-6"]) == 0

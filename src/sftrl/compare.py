@@ -47,8 +47,8 @@ from typing import Any, Callable
 
 from .compare_eval import SPLITS, control_prob, evaluate_run, learning_curve
 from .compare_plan import TOKENS_PER_SEQUENCE  # noqa: F401  (re-exported: test_compare_map reads it here)
-from .compare_plan import (DEFAULT_BUDGET, TUNE_SEED, Row, budget_limits, budget_overrides, define_rows, expand_grid,
-                           method_of, own_rows, rate_tag, run_config, run_key, tuning_grid)
+from .compare_plan import (DEFAULT_BUDGET, TUNE_SEED, Row, budget_limits, budget_overrides, check_overrides, define_rows,
+                           expand_grid, method_of, own_rows, rate_tag, run_config, run_key, tuning_grid)
 from .config import Config, ConfigError
 from .errors import RunError, SftrlError
 from .formatting import number
@@ -285,6 +285,7 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
     control or `NAME=METHOD` (define_rows); row_settings: {row: {key: value}}, config values for that row's
     runs alone (e.g. an `opd` teacher, a `uft` schedule).
     """
+    check_overrides(overrides or {}, row_settings)
     defined = define_rows(methods, row_settings)
     labels = list(defined)
     if not seeds:

@@ -109,6 +109,20 @@ def own_rows(rows: dict[str, Row]) -> dict[str, Row]:
     return {label: row for label, row in rows.items() if not known_label(label) or row != define_rows([label])[label]}
 
 
+# Fields compare sets for each run itself: an override of them would be ignored (seed, output_dir, save_every)
+# or would silently train every row with another method (method), so it is refused, with the option to use.
+PER_RUN_FIELDS = {"method": "--methods (NAME=METHOD for a row of its own)", "seed": "--seeds",
+                  "output_dir": "--output-dir", "save_every": "--checkpoint-every or --curve-every"}
+
+
+def check_overrides(overrides: dict[str, Any], row_settings: dict[str, dict[str, Any]] | None = None) -> None:
+    """Refuse, in one line, a setting for every run or for one row that compare sets per run itself."""
+    for prefix, values in [("", overrides), *((f"{label}:", v) for label, v in (row_settings or {}).items())]:
+        for key in values:
+            if key in PER_RUN_FIELDS:
+                raise ConfigError(f"{prefix}{key}=...: compare sets {key} for each run itself; use {PER_RUN_FIELDS[key]}")
+
+
 def run_config(label: str, seed: int, run_dir: Path, shared: dict[str, Any], checkpoint_every: int,
                row: Row | None = None) -> Config:
     """One run's config: the method's defaults and preset, then the shared budget, then the row's own
