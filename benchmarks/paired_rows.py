@@ -2,8 +2,8 @@
 
 `sftrl compare` pairs methods within one output directory (a method that needs its own settings joins it
 as a row of its own: `LABEL:key=value`). Runs that live in different output directories (compares run
-apart, or a regime of the map beside another compare) are put side by side here, pairing runs by seed, exactly as compare's own tables do (in-distribution avg@k, mean ± 95%
-interval over seeds, Student t).
+apart, or a regime of the map beside another compare) are put side by side here, pairing runs by seed,
+exactly as compare's own tables do (in-distribution avg@k, mean ± 95% interval over seeds, Student t).
 
 Run:
 

@@ -158,15 +158,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # --methods takes every word up to the next option, so settings written after it land there: move them back.
     from .config import Config
 
+    # `LABEL:key=value` is a setting for one row's runs (an opd teacher, a uft schedule)
+    def for_one_row(item: str) -> bool:
+        return ":" in item.split("=", 1)[0]
+
     def is_setting(item: str) -> bool:
-        key = item.split("=", 1)[0].strip()
-        return "=" in item and (":" in key or key in Config.__dataclass_fields__)
+        return "=" in item and (for_one_row(item) or item.split("=", 1)[0].strip() in Config.__dataclass_fields__)
 
     if args.methods:
         args.overrides = [item for item in args.methods if is_setting(item)] + list(args.overrides)
         args.methods = [item for item in args.methods if not is_setting(item)] or None
-    # `LABEL:key=value` is a setting for one row's runs (an opd teacher, a uft schedule); `key=value` for every run.
-    for_row = [item for item in args.overrides if ":" in item.split("=", 1)[0]]
+    for_row = [item for item in args.overrides if for_one_row(item)]  # the rest, `key=value`, is for every run
     row_settings: dict[str, dict] = {}
     for item in for_row:
         label, setting = item.split(":", 1)

@@ -438,11 +438,12 @@ def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budg
          "gains": {label: {"vs_base": paired(results, headline, label, BASE),
                            "vs_control": paired(results, headline, label, CONTROL)}
                    for label in names if label != BASE}}, indent=2))
-    given = "".join(f" {key}={value}," for key, value in overrides.items()).rstrip(",")
-    given = f" Given for every run:{given}." if given else ""
+    def listed(values: dict[str, Any]) -> str:
+        return ", ".join(f"{key}={value}" for key, value in values.items())
+
+    given = f" Given for every run: {listed(overrides)}." if overrides else ""
     for label, row in own.items():
-        settings = ", ".join(f"{key}={value}" for key, value in row.settings.items())
-        given += f" Row `{label}`: {row.method}{' with ' + settings if settings else ''}."
+        given += f" Row `{label}`: {row.method}{' with ' + listed(row.settings) if row.settings else ''}."
     sections = [f"Regime: {name}.{given} Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% "
                 f"confidence interval over seeds {', '.join(map(str, seeds))} (Student t). The headline is the "
                 f"sampled avg@{k}; greedy accuracy is beside it. `chain` and `double` are the two problem families "

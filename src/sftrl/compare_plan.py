@@ -73,6 +73,11 @@ class Row:
 ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a row's name is part of its runs' directory names
 
 
+def _row_of(label: str) -> Row:
+    """The row a method or control name stands for by itself (a control carries its settings)."""
+    return Row(method_of(label), dict(CONTROLS[label][1]) if label in CONTROLS else {})
+
+
 def define_rows(entries: list[str], settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Row]:
     """--methods entries -> {label: Row}, in the order given. An entry is a method or control (`sft`,
     `grpo-random`) or `NAME=METHOD`, a row of its own that runs METHOD (e.g. `questa=uft`: two rows of one
@@ -85,14 +90,14 @@ def define_rows(entries: list[str], settings: dict[str, dict[str, Any]] | None =
             if not known_label(name):
                 raise ConfigError(f"--methods: unknown method {name!r}; choose from {', '.join(sorted(METHODS))}, "
                                   f"{', '.join(CONTROLS)}, or NAME=METHOD for a row of its own")
-            row = Row(method_of(name), dict(CONTROLS[name][1]) if name in CONTROLS else {})
+            row = _row_of(name)
         else:
             if not ROW_NAME.fullmatch(name) or name == "base" or known_label(name):
                 raise ConfigError(f"--methods {entry}: {name!r} must be a new row name (letters, digits, . _ + -; "
                                   f"not a method's, a control's or 'base')")
             if not known_label(target):
                 raise ConfigError(f"--methods {entry}: unknown method {target!r}; choose from {', '.join(sorted(METHODS))}")
-            row = Row(method_of(target), dict(CONTROLS[target][1]) if target in CONTROLS else {})
+            row = _row_of(target)
         if name in rows:
             raise ConfigError(f"--methods: {name!r} is given twice")
         rows[name] = row
@@ -106,7 +111,7 @@ def define_rows(entries: list[str], settings: dict[str, dict[str, Any]] | None =
 
 def own_rows(rows: dict[str, Row]) -> dict[str, Row]:
     """The rows that are not a method or control under its own name with its own settings (a table names them)."""
-    return {label: row for label, row in rows.items() if not known_label(label) or row != define_rows([label])[label]}
+    return {label: row for label, row in rows.items() if not known_label(label) or row != _row_of(label)}
 
 
 # Fields compare sets for each run itself: an override of them would be ignored (seed, output_dir, save_every)
@@ -129,7 +134,7 @@ def run_config(label: str, seed: int, run_dir: Path, shared: dict[str, Any], che
     settings (a control's; a user's `LABEL:key=value`), then seed and paths. A method that trains on no
     demonstrations gets the default of every demonstration-only setting, so its run does not depend on
     them. `row` None: the row `label` names by itself (a method or control)."""
-    row = row or define_rows([label])[label]
+    row = row or _row_of(label)
     method = row.method
     values = {"method": method, **method_overrides(method, shared), **shared,
               **row.settings, "seed": seed, "output_dir": str(run_dir),
