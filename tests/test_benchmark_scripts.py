@@ -146,3 +146,41 @@ def test_paired_rows_pairs_runs_of_two_compares_by_seed(tmp_path, capsys):
         paired_rows.main([f"grpo={tmp_path / 'a'}:grpo"])
     with pytest.raises(SystemExit, match="not LABEL=DIR:METHOD"):
         paired_rows.main(["sft"])
+
+
+def test_regime_map_redraws_saved_regimes_and_adds_a_results_json(tmp_path, capsys):
+    """A map from compare's saved files alone: a regimes.json's cells as saved, a results.json's regime
+    computed from its per-seed rows and named by the settings given to every run; bad inputs refused."""
+    from sftrl.summary import map_table, regime_cells
+
+    regime_map = bench_module("regime_map")
+
+    def rows(values):
+        return [{"method": m, "seed": s, "in-dist": {"avg@k": v + 0.01 * s}} for m, v in values.items() for s in range(5)]
+
+    old = rows({"base": 0.30, "grpo-random": 0.20, "sft": 0.70, "grpo": 0.60})
+    cells = regime_cells([("default", old)])
+    (tmp_path / "regimes.json").write_text(json.dumps({"k": 4, "seeds": [0, 1, 2, 3, 4], "cells": cells}))
+    # 200 steps: grpo best; sft 0.9 below it with seed-to-seed noise, so not separated from it
+    new = rows({"base": 0.30, "grpo-random": 0.10, "grpo": 0.80})
+    new += [{"method": "sft", "seed": s, "in-dist": {"avg@k": 0.795 + 0.01 * s + (0.02 if s % 2 else -0.02)}}
+            for s in range(5)]
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"regime": "default", "overrides": {"max_steps": 200}, "k": 4, "seeds": [0, 1, 2, 3, 4], "results": new}))
+    regime_map.main([str(tmp_path / "regimes.json"), str(tmp_path / "results.json"),
+                     "--md", str(tmp_path / "map.md"), "--png", str(tmp_path / "map.png")])
+    lines = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["| method"] == "| method | default | max_steps=200 |"
+    assert lines["| sft"] == "| sft | **72.0 ± 2.0** | *81.1 ± 3.4* |"
+    assert lines["| grpo"] == "| grpo | 62.0 ± 2.0 | **82.0 ± 2.0** |"
+    assert "| grpo-random | 22.0 ± 2.0 | 12.0 ± 2.0 |" in (tmp_path / "map.md").read_text()
+    assert map_table(cells).splitlines()[3] == "| sft | **72.0 ± 2.0** |"  # the saved regime as saved
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    (tmp_path / "other.json").write_text(json.dumps({"regime": "other", "k": 8, "results": new}))
+    with pytest.raises(SystemExit, match="different samples per prompt"):
+        regime_map.main([str(tmp_path / "regimes.json"), str(tmp_path / "other.json")])
+    with pytest.raises(SystemExit, match="already given by an earlier file"):
+        regime_map.main([str(tmp_path / "regimes.json"), str(tmp_path / "regimes.json")])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="neither a regimes.json"):
+        regime_map.main([str(tmp_path / "bad.json")])

@@ -74,7 +74,11 @@ def headline(result: dict[str, Any]) -> float | None:
 # ------------------------------------------------------------------------------------ tables
 def names_in(results: list[dict[str, Any]]) -> list[str]:
     """The row labels present, base first, then METHOD_ORDER, then any other in name order."""
-    present = {r["method"] for r in results}
+    return ordered_labels({r["method"] for r in results})
+
+
+def ordered_labels(present: set[str]) -> list[str]:
+    """Labels in display order: base first (always), then METHOD_ORDER, then any other in name order."""
     names = [BASE] + [m for m in METHOD_ORDER if m in present]
     return names + sorted(present - set(names))
 
@@ -222,9 +226,10 @@ def plot_curves(results: list[dict[str, Any]], k: int, path: Path) -> bool:
 
 # ------------------------------------------------------------------------------------ the regime map
 def regime_cells(regimes: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per regime and method: the headline mean and CI half-width, the gain over the control, and the
-    map's marks: `best` (highest mean) and `tied` (its paired difference with the best does not
-    exclude zero: not separated from the winner)."""
+    """Per regime and method: the headline mean and CI half-width, the table's text for it, the gain over
+    the control, and the map's marks: `best` (highest mean) and `tied` (its paired difference with the
+    best does not exclude zero: not separated from the winner). The map's table and figure are drawn
+    from these cells alone, so a map can be redrawn from saved regimes.json files without the runs."""
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     for name, results in regimes:
         row: dict[str, dict[str, Any]] = {}
@@ -232,7 +237,8 @@ def regime_cells(regimes: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, d
             values = [headline(r) for r in results if r["method"] == label and headline(r) is not None]
             if values:
                 mean, half = mean_ci(values)
-                row[label] = {"mean": mean, "ci95": half, "seeds": len(values),
+                # the comparison table's cell, so a regime's number reads the same digits in both
+                row[label] = {"mean": mean, "ci95": half, "seeds": len(values), "text": _cell(values),
                               "above_control": above_control(results, label) if label not in (BASE, CONTROL) else None}
         methods = [m for m in row if m != BASE]
         if methods:
@@ -248,37 +254,51 @@ def regime_cells(regimes: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, d
 def regime_map_table(regimes: list[tuple[str, list[dict[str, Any]]]], k: int) -> str:
     """Markdown: methods x regimes, in-dist avg@k mean ± CI; **bold** the best, *italic* a method not
     separated from the best (paired 95% interval includes zero); † a gain not above the control's."""
-    cells = regime_cells(regimes)
-    labels = names_in([r for _, results in regimes for r in results])
-    lines = ["| method | " + " | ".join(name for name, _ in regimes) + " |", "|---|" + "---:|" * len(regimes)]
+    return map_table(regime_cells(regimes))
+
+
+def plot_regime_map(regimes: list[tuple[str, list[dict[str, Any]]]], k: int, path: Path) -> None:
+    """The regime map's heatmap for compared runs (see draw_map)."""
+    draw_map(regime_cells(regimes), k, path)
+
+
+def map_table(cells: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """`regime_map_table` from cells (regime -> label -> cell, as regime_cells and regimes.json give them)."""
+    labels = ordered_labels({label for row in cells.values() for label in row})
+    lines = ["| method | " + " | ".join(cells) + " |", "|---|" + "---:|" * len(cells)]
     for label in labels:
         row = []
-        for name, results in regimes:
+        for name in cells:
             c = cells[name].get(label)
             if c is None:
                 row.append("–")
                 continue
-            # the comparison table's cell, so a regime's number reads the same digits in both
-            text = _cell([v for v in (headline(r) for r in results if r["method"] == label) if v is not None])
+            text = c.get("text") or _cell_of(c)
             text = f"**{text}**" if c.get("best") else f"*{text}*" if c.get("tied") else text
             row.append(text + (" †" if c.get("above_control") is False else ""))
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def plot_regime_map(regimes: list[tuple[str, list[dict[str, Any]]]], k: int, path: Path) -> None:
+def _cell_of(c: dict[str, Any]) -> str:
+    mean, half = number(100 * c["mean"], ".1f"), number(100 * c["ci95"], ".1f")
+    return f"{mean} ± {half}" if c.get("seeds", 2) > 1 else mean
+
+
+def draw_map(cells: dict[str, dict[str, dict[str, Any]]], k: int, path: Path) -> None:
     """Heatmap: methods (rows) x regimes (columns), colour = mean in-dist avg@k over seeds; ★ the best
     in each regime, ○ a method whose paired difference with the best does not exclude zero, † a gain
     not above the random-reward control's."""
     plt = _pyplot()
-    cells = regime_cells(regimes)
-    labels = names_in([r for _, results in regimes for r in results])
-    grid = [[100 * cells[name][label]["mean"] if label in cells[name] else math.nan for name, _ in regimes]
+    regimes = list(cells)
+    labels = ordered_labels({label for row in cells.values() for label in row})
+    grid = [[100 * cells[name][label]["mean"] if label in cells[name] else math.nan for name in regimes]
             for label in labels]
     fig, ax = plt.subplots(figsize=(1.6 * len(regimes) + 3, 0.42 * len(labels) + 1.8))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    brightest = max(v for row in grid for v in row if not math.isnan(v))
     for i, label in enumerate(labels):
-        for j, (name, _) in enumerate(regimes):
+        for j, name in enumerate(regimes):
             c = cells[name].get(label)
             if c is None:
                 continue
@@ -286,8 +306,8 @@ def plot_regime_map(regimes: list[tuple[str, list[dict[str, Any]]]], k: int, pat
             mark += " †" if c.get("above_control") is False else ""
             value = grid[i][j]
             ax.text(j, i, f"{number(value, '.0f')}{mark}", ha="center", va="center", fontsize=8,
-                    color="black" if value > 0.6 * max(v for row in grid for v in row if not math.isnan(v)) else "white")
-    ax.set_xticks(range(len(regimes)), [name for name, _ in regimes], rotation=20, ha="right", fontsize=8)
+                    color="black" if value > 0.6 * brightest else "white")
+    ax.set_xticks(range(len(regimes)), regimes, rotation=20, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_title(f"Which method wins where: in-dist avg@{k} (%), mean over seeds\n"
                  "★ best, ○ not separated from the best (paired 95% CI), † gain not above the random-reward control",
