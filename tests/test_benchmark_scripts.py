@@ -142,6 +142,23 @@ def test_paired_rows_pairs_runs_of_two_compares_by_seed(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "− sft (in-dist/double)" in lines[0]
     assert lines[-1].split(" | ")[-1].rstrip(" |") == "**-5.0 ± 2.5**"
+    # a run's learning-curve point (@STEP) against its final result, paired by seed
+    rows = json.loads((tmp_path / "a" / "results.json").read_text())
+    for row, early in zip(rows["results"], (0.30, 0.42, 0.47)):
+        row["curve"] = [{"step": 0, "avg@k": 0.1}, {"step": 50, "avg@k": early}]
+    (tmp_path / "a" / "results.json").write_text(json.dumps(rows))
+    paired_rows.main([f"sft@50={tmp_path / 'a'}:sft@50", f"sft={tmp_path / 'a'}:sft", "--against", "sft@50"])
+    lines = capsys.readouterr().out.splitlines()
+    early = lines[2].split(" | ")
+    assert early[2].startswith("39.7 ± ") and early[3:6] == ["–", "–", "–"]  # in-dist only
+    assert lines[3].split(" | ")[-1].rstrip(" |") == "**+20.3 ± 6.3**"  # +20, +18, +23 points
+    with pytest.raises(SystemExit, match="no curve point at step 60 .steps evaluated: 0, 50."):
+        paired_rows.main([f"sft@60={tmp_path / 'a'}:sft@60"])
+    with pytest.raises(SystemExit, match="has in-dist only"):
+        paired_rows.main([f"sft@50={tmp_path / 'a'}:sft@50", f"sft={tmp_path / 'a'}:sft", "--against", "sft@50",
+                          "--split", "ood"])
+    with pytest.raises(SystemExit, match="not a whole number"):
+        paired_rows.main([f"sft={tmp_path / 'a'}:sft@last"])
     with pytest.raises(SystemExit, match="no runs of 'grpo'"):
         paired_rows.main([f"grpo={tmp_path / 'a'}:grpo"])
     with pytest.raises(SystemExit, match="not LABEL=DIR:METHOD"):
