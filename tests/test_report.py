@@ -267,6 +267,7 @@ def test_compare_tunes_on_the_validation_split_in_parallel_processes(tmp_path, t
     assert "Learning rates chosen on sandbox:val" in (tmp_path / "comparison.md").read_text()
     status = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ... ")]
     assert status and all(" done, 0:00:" in line for line in status)
+    assert all(line.count(" seed ") <= 2 for line in status)  # two jobs: never a queued run listed as running
     assert any("grpo seed 1000 " in line for line in status) and any("grpo seed 0 " in line for line in status)
 
 

@@ -197,8 +197,10 @@ def run_jobs(tasks: list[dict[str, Any]], jobs: int, describe: Callable[[dict, d
         done, pending, start = 0, set(futures), time.perf_counter()
         while pending:
             finished, pending = wait(pending, timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
-            if not finished:  # a long run: say where the running ones are (`running()` may include one queued)
-                running = [tasks[futures[f]] for f in sorted(pending, key=futures.__getitem__) if f.running()]
+            if not finished:  # a long run: say where the running ones are
+                # `running()` is true of queued tasks too (the pool hands workers tasks ahead); workers take
+                # them in order, so the first `jobs` are the ones being run
+                running = [tasks[futures[f]] for f in sorted(pending, key=futures.__getitem__) if f.running()][:jobs]
                 print(running_status(running, done, len(tasks), time.perf_counter() - start), flush=True)
             for future in sorted(finished, key=futures.__getitem__):
                 i = futures[future]
