@@ -9,7 +9,8 @@ order given:
   - a `results.json` (one regime of `compare`) contributes one regime, its cells computed here from the
     per-seed results (best, not separated from the best, gain not above the control); it is named by its
     regime, or, for a comparison run without --grid, by the settings given to every run
-    (`max_steps=200` for `compare ... max_steps=200`).
+    (`max_steps=200` for `compare ... max_steps=200`: the budget values that differ from compare's
+    default budget, then the other settings given).
 Every input must use the same k (samples per prompt).
 
     python benchmarks/regime_map.py docs/results/regimes-50-steps.json docs/results/map-max-steps-200.json \
@@ -24,15 +25,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sftrl.compare_plan import DEFAULT_BUDGET
 from sftrl.summary import draw_map, map_table, regime_cells
 
 
 def regime_name(saved: dict[str, Any]) -> str:
-    """A results.json's column name: its regime, or the settings given to every run when it is `default`."""
-    name, overrides = saved.get("regime", "default"), saved.get("overrides") or {}
-    if name == "default" and overrides:
-        return " ".join(f"{key}={value}" for key, value in overrides.items())
-    return name
+    """A results.json's column name: its regime, or, when that is `default`, the settings given to every
+    run: the budget values that differ from compare's default budget (`--max-steps 200` or `max_steps=200`
+    goes into the budget) and the other settings given."""
+    name, overrides = saved.get("regime", "default"), dict(saved.get("overrides") or {})
+    if name != "default":
+        return name
+    budget = saved.get("budget") or {}
+    given = {key: budget[key] for key, value in DEFAULT_BUDGET.items() if key in budget and budget[key] != value}
+    given.update(overrides)
+    return " ".join(f"{key}={value}" for key, value in given.items()) or name
 
 
 def load(paths: list[Path]) -> tuple[dict[str, dict[str, dict[str, Any]]], int, list[list[int]]]:

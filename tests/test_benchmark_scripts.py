@@ -183,7 +183,8 @@ def test_regime_map_redraws_saved_regimes_and_adds_a_results_json(tmp_path, caps
     new += [{"method": "sft", "seed": s, "in-dist": {"avg@k": 0.795 + 0.01 * s + (0.02 if s % 2 else -0.02)}}
             for s in range(5)]
     (tmp_path / "results.json").write_text(json.dumps(
-        {"regime": "default", "overrides": {"max_steps": 200}, "k": 4, "seeds": [0, 1, 2, 3, 4], "results": new}))
+        {"regime": "default", "overrides": {}, "budget": {"max_steps": 200, "batch_size": 16, "sft_steps": 100},
+         "k": 4, "seeds": [0, 1, 2, 3, 4], "results": new}))
     regime_map.main([str(tmp_path / "regimes.json"), str(tmp_path / "results.json"),
                      "--md", str(tmp_path / "map.md"), "--png", str(tmp_path / "map.png")])
     lines = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()}
