@@ -15,7 +15,8 @@ grid), or LABEL=DIR:METHOD@STEP: the same runs' checkpoint at STEP as their lear
 (`compare --curve-every`; in-distribution only), so a run's accuracy at two horizons pairs by seed:
 
     python benchmarks/paired_rows.py sft@50=runs/map200:sft@50 sft@200=runs/map200:sft --against sft@50
- Prints a markdown table: each row's in-dist and ood avg@k and its `chain` / `double` families,
+
+Prints a markdown table: each row's in-dist and ood avg@k and its `chain` / `double` families,
 then each row minus each --against row over the seeds both have, on the split `--split` names (default
 in-dist; e.g. `--split in-dist/double`); **bold** where the interval excludes zero.
 """

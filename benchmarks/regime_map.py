@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cells, k, seeds = load(args.inputs)
     table = map_table(cells)
-    seed_text = ", ".join(map(str, seeds[0])) if all(s == seeds[0] for s in seeds) else "as each input gives"
+    common = seeds[0] if all(s == seeds[0] for s in seeds) else None  # the seeds, where every input has the same
+    seed_text = ", ".join(map(str, common)) if common is not None else "as each input gives"
     if args.md:
         args.md.write_text(
             f"Which method wins where: in-distribution avg@{k} (%), mean ± 95% CI over seeds {seed_text}; each "
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.png:
         draw_map(cells, k, args.png)
     if args.json:
-        args.json.write_text(json.dumps({"k": k, "seeds": seeds[0], "cells": cells, "regimes": list(cells)}, indent=2))
+        args.json.write_text(json.dumps({"k": k, "seeds": common, "cells": cells, "regimes": list(cells)}, indent=2))
     print(table)
     for path in (args.md, args.png, args.json):
         if path:

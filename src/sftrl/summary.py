@@ -86,9 +86,13 @@ def ordered_labels(present: set[str]) -> list[str]:
 def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     if not values:
         return "–"
-    mean, half = mean_ci([v * scale for v in values])
+    return _mean_text(*mean_ci([v * scale for v in values]), len(values), digits)
+
+
+def _mean_text(mean: float, half: float, n: int, digits: int = 1) -> str:
+    """`mean ± half` (the mean alone for one value), as every table cell prints it."""
     spec = f".{digits}f"
-    return f"{number(mean, spec)} ± {number(half, spec)}" if len(values) > 1 else number(mean, spec)
+    return f"{number(mean, spec)} ± {number(half, spec)}" if n > 1 else number(mean, spec)
 
 
 def _difference_cell(d: dict[str, Any] | None) -> str:
@@ -273,16 +277,12 @@ def map_table(cells: dict[str, dict[str, dict[str, Any]]]) -> str:
             if c is None:
                 row.append("–")
                 continue
-            text = c.get("text") or _cell_of(c)
+            # a regimes.json written before cells carried their text: the same format from mean and CI
+            text = c.get("text") or _mean_text(100 * c["mean"], 100 * c["ci95"], c.get("seeds", 2))
             text = f"**{text}**" if c.get("best") else f"*{text}*" if c.get("tied") else text
             row.append(text + (" †" if c.get("above_control") is False else ""))
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def _cell_of(c: dict[str, Any]) -> str:
-    mean, half = number(100 * c["mean"], ".1f"), number(100 * c["ci95"], ".1f")
-    return f"{mean} ± {half}" if c.get("seeds", 2) > 1 else mean
 
 
 def draw_map(cells: dict[str, dict[str, dict[str, Any]]], k: int, path: Path) -> None:
