@@ -96,3 +96,19 @@ def test_the_controls_coin_rate_does_not_tell_runs_without_a_coin_apart(tmp_path
     grpo = load_config(None, {**shared, "method": "grpo", "coin_reward_prob": 0.301})
     assert config_differences(grpo.to_dict(), coin[0.5]) == ["reward_funcs ['auto'] -> ['coin']",
                                                               "coin_reward_prob 0.301 -> 0.5"]
+
+
+def test_settings_are_named_on_one_line_as_they_are_typed():
+    """A template's newlines would break the table's first line; quoted with its escapes it stays one line
+    and reads back as the same value."""
+    from sftrl.compare import settings_text
+    from sftrl.config import parse_overrides
+
+    values = {"opsd_teacher_template": "{prompt}\n{demonstration}\n{prompt}", "sft_learning_rate": "1e-6",
+              "uft_schedule": "questa", "beta": 0, "system_prompt": ""}
+    text = settings_text(values)
+    assert "\n" not in text
+    assert text == ('opsd_teacher_template="{prompt}\\n{demonstration}\\n{prompt}", sft_learning_rate=1e-6, '
+                    'uft_schedule=questa, beta=0, system_prompt=""')
+    back = parse_overrides([text.split(", ")[0], text.split(", ")[-1]])
+    assert back == {"opsd_teacher_template": values["opsd_teacher_template"], "system_prompt": ""}

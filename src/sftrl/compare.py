@@ -400,6 +400,16 @@ def compare(methods: list[str], seeds: list[int], out_dir: str | Path, budget: d
     return everything
 
 
+def settings_text(values: dict[str, Any]) -> str:
+    """`key=value, ...` as the settings were given; a string with whitespace (a template's newlines) or an
+    empty one is double-quoted with its escapes, as it is typed on the command line, so the table's first
+    line stays one line and can be copied back."""
+    def text(value: Any) -> str:
+        return json.dumps(value) if isinstance(value, str) and (not value or any(c.isspace() for c in value)) else str(value)
+
+    return ", ".join(f"{key}={text(value)}" for key, value in values.items())
+
+
 def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budget: dict[str, Any],
                  shared: dict[str, Any], budget_kind: str, seeds: list[int], k: int, temperature: float,
                  eval_limit: int, tuning: dict[str, Any], run_dirs: dict[Path, str], overrides: dict[str, Any],
@@ -440,12 +450,9 @@ def write_regime(name: str, directory: Path, results: list[dict[str, Any]], budg
          "gains": {label: {"vs_base": paired(results, headline, label, BASE),
                            "vs_control": paired(results, headline, label, CONTROL)}
                    for label in names if label != BASE}}, indent=2))
-    def listed(values: dict[str, Any]) -> str:
-        return ", ".join(f"{key}={value}" for key, value in values.items())
-
-    given = f" Given for every run: {listed(overrides)}." if overrides else ""
+    given = f" Given for every run: {settings_text(overrides)}." if overrides else ""
     for label, row in own.items():
-        given += f" Row `{label}`: {row.method}{' with ' + listed(row.settings) if row.settings else ''}."
+        given += f" Row `{label}`: {row.method}{' with ' + settings_text(row.settings) if row.settings else ''}."
     sections = [f"Regime: {name}.{given} Budget: {budget_text}. Accuracy in percent: mean ± half-width of the 95% "
                 f"confidence interval over seeds {', '.join(map(str, seeds))} (Student t). The headline is the "
                 f"sampled avg@{k}; greedy accuracy is beside it. `chain` and `double` are the two problem families "

@@ -300,7 +300,8 @@ def draw_map(cells: dict[str, dict[str, dict[str, Any]]], k: int, path: Path) ->
     for i, label in enumerate(labels):
         for j, name in enumerate(regimes):
             c = cells[name].get(label)
-            if c is None:
+            if c is None:  # a row added to some regimes only: say so, not a blank that reads as zero
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=7, color="grey")
                 continue
             mark = " ★" if c.get("best") else " ○" if c.get("tied") else ""
             mark += " †" if c.get("above_control") is False else ""
